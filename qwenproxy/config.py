@@ -1,0 +1,101 @@
+"""Configuration, resolved once at the edge: defaults -> .env -> environment -> test mapping.
+
+Nothing else in the project reads ``os.environ``; everything takes its settings from
+``app.config`` (or from the mapping this module returns).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from dotenv import dotenv_values
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+# Every setting the project knows, with its default. The type of the default decides how a
+# string from .env or the environment is converted. ``None`` means "string, may be unset".
+DEFAULTS: dict[str, Any] = {
+    # server
+    "HOST": "0.0.0.0",
+    "PORT": 3264,
+    "LOG_LEVEL": "INFO",
+    "LOGS_DIR": "./logs",
+    "SESSION_DIR": "./session",
+    "UPLOADS_DIR": "./uploads",
+    "DATABASE_URL": None,  # default: sqlite:///<SESSION_DIR>/qwenproxy.db
+    "AUTO_MIGRATE": True,
+    "MAX_CONTENT_LENGTH_MB": 150,
+    # client API keys (seed: Authorization.txt); empty or missing file = no auth
+    "API_KEYS_FILE": "./Authorization.txt",
+    # models
+    "MODELS_FILE": "./AvailableModels.txt",
+    "DEFAULT_MODEL": "qwen-max-latest",
+    "MODELS_CACHE_SECONDS": 600,
+    # streaming
+    "PING_INTERVAL": 15.0,  # seconds of upstream silence before a ": ping" comment
+    # Qwen web (chat.qwen.ai)
+    "QWEN_BASE_URL": "https://chat.qwen.ai",
+    "QWEN_TRANSPORT": "direct",  # direct | browser | auto
+    "QWEN_TOKEN": None,  # a single account token, for quick starts
+    "QWEN_CONNECT_TIMEOUT": 10.0,
+    "QWEN_READ_TIMEOUT": 120.0,
+    "QWEN_USER_AGENT": (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/141.0.0.0 Safari/537.36"
+    ),
+    "QWEN_BX_V": "2.5.31",
+    "QWEN_FRONTEND_VERSION": "0.2.63",
+    # shared by the bots
+    "DEFAULT_SYSTEM_PROMPT": None,
+    # start-up
+    "SKIP_ACCOUNT_MENU": False,
+    "NON_INTERACTIVE": False,
+}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Turn a string from .env/environment into the type of the key's default."""
+    default = DEFAULTS.get(key)
+    if not isinstance(value, str) or default is None:
+        return value
+    if isinstance(default, bool):
+        return value.strip().lower() in TRUE_WORDS
+    if isinstance(default, int):
+        return int(value.strip())
+    if isinstance(default, float):
+        return float(value.strip())
+    return value
+
+
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Resolve the settings: defaults, then ``.env``, then the environment, then ``overrides``.
+
+    A test passes ``overrides`` (and usually ``environ={}``) so that the machine's own
+    environment cannot leak into it.
+    """
+    environ = os.environ if environ is None else environ
+    if env_file is None:
+        env_file = environ.get("QWENPROXY_ENV_FILE", ".env")
+    config: dict[str, Any] = dict(DEFAULTS)
+    file_values = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
+    for source in (file_values, environ):
+        for key, value in source.items():
+            if key in DEFAULTS and value is not None:
+                config[key] = _coerce(key, value)
+    for key, value in (overrides or {}).items():
+        config[key] = _coerce(key, value)
+    # the seed's alias for SKIP_ACCOUNT_MENU
+    if config.get("NON_INTERACTIVE"):
+        config["SKIP_ACCOUNT_MENU"] = True
+    if not config.get("DATABASE_URL"):
+        session_dir = Path(config["SESSION_DIR"])
+        config["DATABASE_URL"] = f"sqlite:///{session_dir / 'qwenproxy.db'}"
+    return config

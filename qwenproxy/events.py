@@ -1,0 +1,97 @@
+"""The internal event type every provider yields; ``openai_wire`` renders it for clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Union
+
+
+@dataclass(frozen=True)
+class ResponseStarted:
+    """Upstream ids of the answer: conversation, the user message, the assistant message."""
+
+    chat_id: str | None = None
+    parent_id: str | None = None
+    response_id: str | None = None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call; ``arguments`` is the new fragment of the JSON string."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """A source cited by a search answer."""
+
+    url: str
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    url: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    raw: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: str = "stop"
+
+
+Event = Union[
+    ResponseStarted, TextDelta, ReasoningDelta, ToolCallDelta, Annotation, ImageResult, Usage, Finished
+]
+
+
+@dataclass
+class EventStream:
+    """An iterator of events plus a thread-safe ``cancel`` that aborts the upstream read.
+
+    The stream is consumed by one thread at a time; ``cancel`` may be called from another
+    (the client went away) and must make the blocked read return promptly.
+    """
+
+    events: Iterator[Event]
+    on_cancel: Callable[[], None] | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. which transport/account served
+
+    def __iter__(self) -> Iterator[Event]:
+        return self.events
+
+    def __next__(self) -> Event:
+        return next(self.events)
+
+    def cancel(self) -> None:
+        if self.on_cancel is not None:
+            try:
+                self.on_cancel()
+            except Exception:  # cancelling must never raise into the caller
+                pass
+
+    def close(self) -> None:
+        close = getattr(self.events, "close", None)
+        if close is not None:
+            close()

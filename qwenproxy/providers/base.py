@@ -1,0 +1,123 @@
+"""The one small interface every upstream implements, and the registry that picks one.
+
+A provider knows nothing of Flask: it takes a ``ChatRequest`` and returns an
+``EventStream`` of ``qwenproxy.events``; errors are the typed ones of ``qwenproxy.errors``.
+Adding a provider means one module with one class plus one line in ``providers/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..events import EventStream
+
+
+@dataclass
+class ChatRequest:
+    """What a route asks of a provider, already validated and normalised."""
+
+    model: str  # the model id the provider will use (aliases already resolved)
+    messages: list[dict[str, Any]]  # OpenAI-format messages; providers with server-side
+    # history (Qwen web) send only the last user turn, the others send them all
+    stream: bool = False
+    requested_model: str | None = None  # what the client asked for, before resolution
+    conversation_id: str | None = None  # upstream conversation (Qwen chat_id)
+    parent_id: str | None = None  # upstream message to continue from (Qwen parent_id)
+    account_id: str | None = None  # account the conversation is pinned to, if any
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    options: dict[str, Any] = field(default_factory=dict)  # provider-specific extras
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """One entry of ``GET /api/models``."""
+
+    id: str
+    owned_by: str
+    created: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Provider(ABC):
+    """One upstream. Subclasses set ``name`` and implement the abstract methods."""
+
+    name: str = ""
+    # True when the upstream keeps the conversation (Qwen web: chat_id + parent_id), so a
+    # continuing turn sends only the new message; False when every call carries the history.
+    server_side_history: bool = False
+
+    @abstractmethod
+    def owns(self, model: str) -> bool:
+        """Whether a requested model name belongs to this provider."""
+
+    def resolve_model(self, model: str | None) -> str:
+        """Map an alias or a missing name to the id sent upstream."""
+        return model or ""
+
+    @abstractmethod
+    def list_models(self) -> list[ModelCard]:
+        """The models to list; must not raise when the upstream is unreachable."""
+
+    @abstractmethod
+    def open_stream(self, request: ChatRequest) -> EventStream:
+        """Start a completion. Errors before the first event are raised from here or from
+        the first ``next()``; later ones are raised from the iteration."""
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able health summary for ``/api/status``."""
+        return {"name": self.name}
+
+    def close(self) -> None:
+        """Release long-lived clients when the app shuts down."""
+
+
+class ProviderRegistry:
+    """Ordered providers; the first that owns a model serves it, else the default one."""
+
+    def __init__(self, default: str | None = None) -> None:
+        self._providers: dict[str, Provider] = {}
+        self.default = default
+
+    def register(self, provider: Provider) -> None:
+        self._providers[provider.name] = provider
+        if self.default is None:
+            self.default = provider.name
+
+    def get(self, name: str) -> Provider | None:
+        return self._providers.get(name)
+
+    def __iter__(self):
+        return iter(self._providers.values())
+
+    def for_model(self, model: str | None) -> Provider:
+        if model:
+            for provider in self._providers.values():
+                if provider.owns(model):
+                    return provider
+        if self.default is None or self.default not in self._providers:
+            from ..errors import UpstreamUnavailable
+
+            raise UpstreamUnavailable("No provider is configured")
+        return self._providers[self.default]
+
+    def list_models(self) -> list[ModelCard]:
+        cards: list[ModelCard] = []
+        seen: set[str] = set()
+        for provider in self._providers.values():
+            for card in provider.list_models():
+                if card.id not in seen:
+                    seen.add(card.id)
+                    cards.append(card)
+        return cards
+
+    def close(self) -> None:
+        for provider in self._providers.values():
+            provider.close()
