@@ -22,6 +22,8 @@ def status() -> Response:
         "providers": providers,
         "defaultModel": current_app.config["DEFAULT_MODEL"],
     }
+    if "browserPool" in providers.get("qwen", {}):
+        body["browserPool"] = providers["qwen"]["browserPool"]  # browsers, pages, queue, served, restarts
     return jsonify(body)
 
 
