@@ -27,3 +27,24 @@ def on_starting(server):  # noqa: ANN001 - gunicorn hook signature
 
     db.bind(_config["DATABASE_URL"])
     db.upgrade()
+
+
+_supervisor = None
+
+
+def when_ready(server):  # noqa: ANN001 - gunicorn hook signature
+    """Start the long-running workers (browser pool, …) from the master, never in a gevent worker."""
+    global _supervisor
+    from qwenproxy.supervisor import Supervisor
+    from workers.browser_pool import worker_spec as browser_pool_spec
+
+    specs = [spec for spec in (browser_pool_spec(_config),) if spec is not None]
+    if specs:
+        _supervisor = Supervisor(specs)
+        _supervisor.start()
+
+
+def on_exit(server):  # noqa: ANN001 - gunicorn hook signature
+    """Stop them (the browser pool drains, then closes Chromium)."""
+    if _supervisor is not None:
+        _supervisor.stop(timeout=float(_config["BROWSER_DRAIN_TIMEOUT"]) + 10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from typing import Any
 
 from flask import Flask
 
@@ -24,8 +25,26 @@ def main(app: Flask) -> None:
         signal.signal(signal.SIGTERM, _stop)
     except (ValueError, AttributeError):  # not the main thread, or no SIGTERM (Windows)
         pass
+    supervisor = start_workers(app.config)
     log.info("qwenproxy listening on http://%s:%s/api", host, port)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         _stop()
+    finally:
+        if supervisor is not None:
+            supervisor.stop(timeout=float(app.config["BROWSER_DRAIN_TIMEOUT"]) + 10)
+
+
+def start_workers(config: Any) -> Any:
+    """The worker processes this configuration needs (the browser pool), supervised."""
+    from workers.browser_pool import worker_spec as browser_pool_spec
+
+    from .supervisor import Supervisor
+
+    specs = [spec for spec in (browser_pool_spec(config),) if spec is not None]
+    if not specs:
+        return None
+    supervisor = Supervisor(specs)
+    supervisor.start()
+    return supervisor
