@@ -28,6 +28,8 @@ Wire protocol (``curl --unix-socket PATH http://pool/health`` works):
   final chunk, so the client sees a broken stream at once; ``GET /v1/jobs/<id>`` then says
   why. Closing the connection aborts the in-page fetch (``AbortController``).
 - ``GET /v1/jobs/<id>`` -> ``{"id", "outcome", "error"}`` of one of the last 500 jobs.
+- ``DELETE /v1/browsers/<account_id>`` -> closes that account's Chromium (its jobs fail), so
+  another program can open the profile; the next job for the account relaunches it.
 
 Faults (each ends the affected jobs with an error within seconds and relaunches what died):
 Chromium crash (``disconnected``, process exit), Chromium hang (a watchdog pings every
@@ -374,6 +376,7 @@ class BrowserSlot:
         self.last_error: str | None = None
         self._start_task: asyncio.Future | None = None
         self._cleanup: asyncio.Future | None = None
+        self._closed: asyncio.Event | None = None
         self._token_lock = asyncio.Lock()
 
     def load(self) -> int:
@@ -393,10 +396,14 @@ class BrowserSlot:
         from qwenproxy.chromium import launch
 
         settings = self.pool.settings
+        closing = self._closed if self.state == "closing" else None
         self.state = "starting"
         self.token = None
+        # the profile must be free: the dead or closing Chromium is gone first
         if self._cleanup is not None:
-            await asyncio.shield(self._cleanup)  # the dead browser is gone from the profile first
+            await asyncio.shield(self._cleanup)
+        if closing is not None:
+            await closing.wait()
         t0 = time.monotonic()
         try:
             chromium = await launch(self.profile, headless=settings.headless, chrome_path=settings.chrome_path)
@@ -525,19 +532,23 @@ class BrowserSlot:
             log.warning("%s: relaunch failed: %s", self.key, exc)
 
     async def close(self, reason: str) -> None:
-        self.state = "closing"
-        for page in self.pages:
-            for job in list(page.jobs.values()):
-                job.push_error(reason)
-        chromium, self.chromium = self.chromium, None
-        if self._start_task is not None and not self._start_task.done():
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(self._start_task), 35)
-            chromium = chromium or self.chromium
-        if chromium is not None:
-            await _close_chromium(chromium)
-        self.pages = []
-        self.state = "stopped"
+        """Close this Chromium for good (shutdown, eviction, release); a later job reopens it."""
+        closed = self._closed = asyncio.Event()
+        try:
+            if self._start_task is not None and not self._start_task.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(self._start_task), 35)
+            self.state = "closing"
+            for page in self.pages:
+                for job in list(page.jobs.values()):
+                    job.push_error(reason)
+            chromium, self.chromium = self.chromium, None
+            if chromium is not None:
+                await _close_chromium(chromium)
+            self.pages = []
+            self.state = "stopped"
+        finally:
+            closed.set()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -696,7 +707,9 @@ class Pool:
             browser = self.browsers[key] = BrowserSlot(self, key, account_id)
         browser.last_used = time.monotonic()
         if browser.state != "up":
-            if browser.state in ("stopped", "dead") and (browser._start_task is None or browser._start_task.done()):
+            if browser.state in ("stopped", "dead", "closing") and (
+                browser._start_task is None or browser._start_task.done()
+            ):
                 await self._make_room(browser)
             await asyncio.shield(browser.ensure_started())
         return browser
@@ -777,7 +790,7 @@ class Pool:
                 if browser.state != "up":
                     continue
                 try:
-                    await self._check(browser, timeout=max(1.0, interval * 1.5))
+                    await self._check(browser, timeout=max(2.0, interval * 2))
                 except Exception:  # noqa: BLE001
                     log.exception("watchdog")
 
@@ -942,6 +955,21 @@ async def handle_fetch(request):
             pool.finish(job, "failed", "the pool failed while serving the job")
 
 
+async def handle_release(request):
+    """Close an account's browser (its jobs fail), so another program may open its profile
+    (``flask accounts add``/``relogin`` with a window). The next job for it relaunches it."""
+    from aiohttp import web
+
+    pool: Pool = request.app["pool"]
+    account = request.match_info["account"]
+    browser = pool.browsers.get(account)
+    if browser is None or browser.state in ("stopped", "closing"):
+        return web.json_response({"account": account, "closed": False})
+    await browser.close("the account's browser was closed (its profile is being used elsewhere)")
+    pool.notify()
+    return web.json_response({"account": account, "closed": True})
+
+
 def make_app(pool: Pool):
     from aiohttp import web
 
@@ -950,6 +978,7 @@ def make_app(pool: Pool):
     app.router.add_get("/health", handle_health)
     app.router.add_post("/v1/fetch", handle_fetch)
     app.router.add_get("/v1/jobs/{id}", handle_job)
+    app.router.add_delete("/v1/browsers/{account}", handle_release)
     return app
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from ..errors import UpstreamBlocked, UpstreamError, UpstreamUnavailable
 from .protocol import error_from_response
@@ -130,14 +130,31 @@ class BrowserTransport(Transport):
 
     name = "browser"
 
-    def __init__(self, address: str, *, connect_timeout: float = 5.0, read_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        origin: str | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 120.0,
+        other_origins: Transport | None = None,
+    ) -> None:
         self.address = address
+        self.origin = origin
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        # the pages live on QWEN_BASE_URL's origin; anything else (an OSS upload URL) goes direct
+        self.other_origins = other_origins
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> BrowserTransport:
-        return cls(pool_address(config), read_timeout=float(config["QWEN_READ_TIMEOUT"]))
+        parts = urlsplit(str(config["QWEN_BASE_URL"]))
+        return cls(
+            pool_address(config),
+            origin=f"{parts.scheme}://{parts.netloc}",
+            read_timeout=float(config["QWEN_READ_TIMEOUT"]),
+            other_origins=DirectTransport(float(config["QWEN_CONNECT_TIMEOUT"]), float(config["QWEN_READ_TIMEOUT"])),
+        )
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         if self.address.startswith("http://"):
@@ -163,6 +180,11 @@ class BrowserTransport(Transport):
         account_id: str | None = None,
         timeout: float | None = None,
     ) -> UpstreamResponse:
+        on_site = not self.origin or url == self.origin or url.startswith(self.origin + "/")
+        if not on_site and self.other_origins is not None:
+            return self.other_origins.request(
+                method, url, headers=headers, json_body=json_body, stream=stream, account_id=account_id, timeout=timeout
+            )
         job_timeout = float(timeout or self.read_timeout)
         job = {
             "method": method,
@@ -209,6 +231,19 @@ class BrowserTransport(Transport):
         finally:
             conn.close()
 
+    def release_profile(self, account_id: str) -> bool:
+        """Ask the pool to close an account's browser (before opening its profile elsewhere,
+        e.g. a sign-in window). False when the pool is not running or had none open."""
+        conn = self._connection(5.0)
+        try:
+            conn.request("DELETE", f"/v1/browsers/{quote(str(account_id), safe='')}")
+            resp = conn.getresponse()
+            return resp.status == 200 and bool(json.loads(resp.read().decode("utf-8") or "{}").get("closed"))
+        except (OSError, http.client.HTTPException, ValueError):
+            return False
+        finally:
+            conn.close()
+
     def job_failure(self, job_id: str) -> str:
         """Why a job's stream broke off, as the pool recorded it."""
         try:
@@ -218,6 +253,10 @@ class BrowserTransport(Transport):
         if status == 200 and isinstance(info, dict) and info.get("error"):
             return str(info["error"])
         return "the connection to the browser pool broke"
+
+    def close(self) -> None:
+        if self.other_origins is not None:
+            self.other_origins.close()
 
     def pool_status(self) -> dict[str, Any]:
         """The pool's ``/health``, for ``/api/status``; never raises."""
@@ -315,6 +354,7 @@ class AutoTransport(Transport):
 
     def close(self) -> None:
         self.direct.close()
+        self.browser.close()
 
 
 def make_browser_transport(kind: str, config: Mapping[str, Any]) -> Transport:
