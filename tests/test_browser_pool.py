@@ -293,9 +293,10 @@ def test_eight_concurrent_streams_through_two_pages(served, fake, pool) -> None:
     wall = time.monotonic() - started
     for i in range(8):
         assert results.get(i) == " ".join(f"w{n}" for n in range(1, 11 + i)), i
+    # the pool counts a job once its last chunk is written: a moment after the client has it
+    assert wait_until(lambda: pool.health()["served"] - before >= 16, timeout=5)  # chats/new + completion
     health = pool.health()
     assert health["pages"] == 2 and health["browsers"] == 1
-    assert health["served"] - before >= 16  # chats/new + completion each
     assert health["active"] == 0 and health["queue"] == 0
     # one stream takes ~1 s: run one after another they would take ~8 s
     assert wall < 6, wall
@@ -526,6 +527,17 @@ def test_killed_pool_is_restarted_by_gunicorn_and_the_gap_is_a_503(tmp_path, fak
     assert wait_until(lambda: not alive([new_chromium]), timeout=10)
     assert "MonkeyPatchWarning" not in server.log.read_text(errors="replace")
     shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def test_release_closes_an_accounts_browser_and_the_next_job_reopens_it(served, pool) -> None:
+    chat(served.url, "warm", stream=False)
+    before = pool.chromium_pids()
+    assert pool.transport.release_profile("env_1") is True
+    assert wait_until(lambda: not alive(before), timeout=10)
+    assert pool.health()["browsers"] == 0
+    again = chat(served.url, "reopened", stream=False)
+    assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"] == "Echo: reopened"
+    assert pool.transport.release_profile("nobody") is False
 
 
 def test_no_chromium_left_behind(pool) -> None:
