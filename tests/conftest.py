@@ -152,8 +152,9 @@ class Gunicorn:
             WEB_WORKERS=str(workers),
             LOG_LEVEL="WARNING",
             QWENPROXY_ENV_FILE="",
-            **env,
+            QWEN_TRANSPORT="direct",  # no browser pool unless a test asks for one
         )
+        full_env.update(env)
         self.log = Path(env["SESSION_DIR"]) / "gunicorn.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log, "wb")

@@ -339,23 +339,24 @@ class PageSlot:
         try:
             await self.page.goto(settings.base_url + "/", waitUntil="load", timeout=30_000)
         except Exception as exc:  # noqa: BLE001
-            url = getattr(self.page, "url", "") or ""
-            if not url.startswith(settings.origin):
+            if not self.on_site():
                 raise JobError(502, "page_navigation_failed", f"the browser could not open {settings.base_url}: {exc}")
             log.info("%s: page %d: load did not finish (%s); going on", self.browser.key, self.index, exc)
         self.needs_navigation = False
 
+    def on_site(self) -> bool:
+        url = getattr(self.page, "url", "") or ""
+        origin = self.pool.settings.origin
+        return url == origin or url.startswith(origin + "/")
+
     async def prepare(self, job: Job) -> None:
         async with self.nav_lock:
-            url = getattr(self.page, "url", "") or ""
-            if self.needs_navigation or not url.startswith(self.pool.settings.origin):
+            if self.needs_navigation or not self.on_site():
                 await self.navigate()
         await self.browser.put_token(self, job)
 
     async def ping(self, timeout: float) -> None:
-        await asyncio.wait_for(
-            self.session.send("Runtime.evaluate", {"expression": "1", "returnByValue": True}), timeout
-        )
+        await within(self.session.send("Runtime.evaluate", {"expression": "1", "returnByValue": True}), timeout)
 
 
 class BrowserSlot:
@@ -461,11 +462,11 @@ class BrowserSlot:
         """A new tab in place of a broken one (the browser itself is alive)."""
         await asyncio.sleep(0)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(old.page.close(), 3)
+            await within(old.page.close(), 3)
         if self.state != "up" or old not in self.pages:
             return
         try:
-            page = await asyncio.wait_for(self.chromium.browser.newPage(), 10)
+            page = await within(self.chromium.browser.newPage(), 10)
             fresh = await self._setup_page(page, old.index)
         except Exception as exc:  # noqa: BLE001
             log.warning("%s: could not replace page %d (%s); relaunching the browser", self.key, old.index, exc)
@@ -479,7 +480,8 @@ class BrowserSlot:
         self.pool.restarts += 1
         log.info("%s: page %d replaced", self.key, old.index)
         with contextlib.suppress(Exception):
-            await fresh.navigate()
+            async with fresh.nav_lock:
+                await fresh.navigate()
         self.pool.notify()
 
     async def put_token(self, page: PageSlot, job: Job) -> None:
@@ -564,14 +566,8 @@ class BrowserSlot:
 
 async def _close_chromium(chromium: Any) -> None:
     """Disconnect and kill the whole process group, without blocking the loop."""
-    if chromium is None:
-        return
-    from qwenproxy.chromium import kill_process_group
-
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(chromium.browser.disconnect(), 2)
-    loop = asyncio.get_running_loop()
-    await loop.run_in_executor(None, kill_process_group, chromium.process, 3.0)
+    if chromium is not None:
+        await chromium.close(timeout=3.0)
 
 
 # --------------------------------------------------------------------------- the pool
@@ -775,11 +771,9 @@ class Pool:
         page = job.page
         if page is not None and page.browser.state == "up":
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(page.page.evaluate(ABORT_JS, job.id, ABORTS), 3)
-        if job.task is not None and not job.task.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(job.task), 2)
-            job.task.cancel()
+                await within(page.page.evaluate(ABORT_JS, job.id, ABORTS), 3)
+        # the evaluate task is not cancelled (see ``within``): it ends when the aborted reader
+        # returns, or when its page or browser goes away
 
     # -- watchdog
     async def watchdog(self) -> None:
@@ -801,15 +795,17 @@ class Pool:
             browser.died(f"exited with code {code}", chromium)
             return
         try:
-            await asyncio.wait_for(chromium.browser._connection.send("Browser.getVersion"), timeout)
+            await within(chromium.browser._connection.send("Browser.getVersion"), timeout)
         except Exception as exc:  # noqa: BLE001
             browser.died(f"stopped answering ({type(exc).__name__})", chromium)
             return
         pages = [p for p in browser.pages if p.broken is None]
         results = await asyncio.gather(*(p.ping(timeout) for p in pages), return_exceptions=True)
         for page, result in zip(pages, results, strict=True):
-            if isinstance(result, BaseException) and browser.state == "up":
-                page.fail(f"stopped answering ({type(result).__name__})")
+            # only silence is a hang: a page in the middle of a navigation has no context to
+            # evaluate in, and crashed or closed pages have their own events
+            if isinstance(result, asyncio.TimeoutError) and browser.state == "up":
+                page.fail(f"stopped answering for {timeout:g} s")
 
     # -- shutdown
     async def drain(self) -> None:
@@ -848,6 +844,18 @@ class Pool:
             "uptime": round(time.time() - self.started_at, 1),
             "detail": [b.describe() for b in self.browsers.values()],
         }
+
+
+async def within(awaitable: Any, timeout: float) -> Any:
+    """Await a pyppeteer call for at most ``timeout`` s without cancelling it.
+
+    pyppeteer later calls ``set_exception`` on every pending CDP future when a connection or
+    session closes; on a future we had cancelled that raises ``InvalidStateError`` inside its
+    close handler, which then skips the rest of its cleanup (other calls would hang).
+    """
+    task = asyncio.ensure_future(awaitable)
+    task.add_done_callback(_consume)
+    return await asyncio.wait_for(asyncio.shield(task), timeout)
 
 
 def _consume(task: asyncio.Future) -> None:
@@ -1028,6 +1036,7 @@ async def serve(settings: Settings, parent_pid: int | None = None) -> int:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_loop_exception)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)  # only a flag: the work happens below
     watchdog = pool.spawn(pool.watchdog())
@@ -1045,6 +1054,20 @@ async def serve(settings: Settings, parent_pid: int | None = None) -> int:
             os.unlink(path)
     log.info("browser pool stopped")
     return 0
+
+
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """pyppeteer sends session messages without awaiting them; when the page is already gone
+    their errors surface here as "never retrieved". That is expected: keep it out of the log."""
+    exc = context.get("exception")
+    if (
+        exc is not None
+        and type(exc).__name__ == "NetworkError"
+        and ("No session with given id" in str(exc) or "Target closed" in str(exc))
+    ):
+        log.debug("pyppeteer: %s", exc)
+        return
+    loop.default_exception_handler(context)
 
 
 async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
