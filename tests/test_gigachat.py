@@ -373,3 +373,22 @@ def test_cancel_unblocks_a_silent_stream(fake):
         assert not any(isinstance(e, Finished) for e in rest)
     finally:
         provider.close()
+
+
+def test_slow_model_list_does_not_hold_the_route(fake, monkeypatch):
+    import qwenproxy.providers.gigachat as module
+
+    monkeypatch.setattr(module, "LIST_WAIT_SECONDS", 0.1)
+    fake.delays["models"] = 0.6
+    provider = make_provider(fake)
+    try:
+        started = time.monotonic()
+        assert [c.id for c in provider.list_models()] == list(FALLBACK_MODELS)
+        assert time.monotonic() - started < 0.5
+        deadline = time.monotonic() + 3
+        while provider._models_fetch is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "GigaChat-Pro" in [c.id for c in provider.list_models()]
+        assert len(fake.requests_to("/models")) == 1
+    finally:
+        provider.close()

@@ -60,6 +60,7 @@ T = TypeVar("T")
 # Listed when GigaChat's /models cannot be read (the chat models seen in 2026).
 FALLBACK_MODELS = ("GigaChat", "GigaChat-2", "GigaChat-2-Pro", "GigaChat-2-Max")
 FAILED_LIST_RETRY_SECONDS = 60.0
+LIST_WAIT_SECONDS = 5.0  # how long /api/models waits for GigaChat's list
 
 # GigaChat's finish reasons -> OpenAI's.
 FINISH_REASONS = {
@@ -115,9 +116,7 @@ class _Call:
 
 
 # The call whose HTTP response the httpx event hook should remember.
-_CURRENT_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
-    "gigachat_current_call", default=None
-)
+_CURRENT_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("gigachat_current_call", default=None)
 
 
 def _shutdown(response: httpx.Response) -> None:
@@ -205,6 +204,7 @@ class GigaChatProvider(Provider):
         self._lock = threading.Lock()
         self._models: list[ModelCard] | None = None
         self._models_until = 0.0
+        self._models_fetch: threading.Event | None = None
         self._last_error: str | None = None
         if self.credentials and not _valid_base64(self.credentials):
             log.warning(
@@ -290,9 +290,7 @@ class GigaChatProvider(Provider):
     def _auth_error(self, exc: Exception) -> ApiError:
         """Map a failure of the OAuth endpoint."""
         if isinstance(exc, gexc.RateLimitError):
-            return RateLimited(
-                "GigaChat OAuth: too many token requests", retry_after=exc.retry_after or None
-            )
+            return RateLimited("GigaChat OAuth: too many token requests", retry_after=exc.retry_after or None)
         if isinstance(exc, (gexc.ServerError, httpx.TransportError)):
             return UpstreamUnavailable(f"GigaChat OAuth is unavailable: {self._describe(exc)}")
         if isinstance(exc, gexc.ResponseError):
@@ -333,9 +331,7 @@ class GigaChatProvider(Provider):
             if exc.status_code == 402:
                 return PaymentRequired(f"GigaChat: payment required ({message}).")
             if isinstance(exc, gexc.NotFoundError):
-                return ModelNotFound(
-                    f"The model {model!r} does not exist at GigaChat ({message}).", param="model"
-                )
+                return ModelNotFound(f"The model {model!r} does not exist at GigaChat ({message}).", param="model")
             if isinstance(exc, gexc.UnprocessableEntityError):
                 return BadRequest(f"GigaChat: {message}", status=422, code="invalid_params")
             if isinstance(exc, gexc.BadRequestError):
@@ -343,9 +339,7 @@ class GigaChatProvider(Provider):
             if isinstance(exc, gexc.RequestEntityTooLargeError):
                 return BadRequest(f"GigaChat: {message}", status=413, code="request_too_large")
             if isinstance(exc, gexc.ForbiddenError):
-                return ApiError(
-                    f"GigaChat: {message}", status=403, type="permission_error", code="forbidden"
-                )
+                return ApiError(f"GigaChat: {message}", status=403, type="permission_error", code="forbidden")
             if isinstance(exc, gexc.RateLimitError):
                 return RateLimited(f"GigaChat: {message}", retry_after=exc.retry_after or None)
             if isinstance(exc, gexc.ServerError):
@@ -353,9 +347,7 @@ class GigaChatProvider(Provider):
             return UpstreamError(f"GigaChat answered HTTP {exc.status_code}: {message}")
         if isinstance(exc, httpx.TimeoutException):
             self._last_error = f"timeout: {exc}"
-            return UpstreamUnavailable(
-                f"GigaChat did not answer within {self.timeout:g} s", code="upstream_timeout"
-            )
+            return UpstreamUnavailable(f"GigaChat did not answer within {self.timeout:g} s", code="upstream_timeout")
         if isinstance(exc, httpx.HTTPError):
             self._last_error = f"{type(exc).__name__}: {exc}"
             return UpstreamUnavailable(f"Cannot reach GigaChat: {type(exc).__name__}: {exc}")
@@ -386,28 +378,42 @@ class GigaChatProvider(Provider):
         return model or self.default_model
 
     def list_models(self) -> list[ModelCard]:
-        """GigaChat's chat models from its ``/models`` (cached); a fixed list if unreachable."""
+        """GigaChat's chat models from its ``/models`` (cached).
+
+        The fetch runs aside and is waited for a few seconds only, so a slow or unreachable
+        GigaChat never holds ``/api/models`` for the whole request timeout; meanwhile the
+        last list (or a built-in one) is answered.
+        """
         if not self.configured:
             return []
-        now = time.monotonic()
-        if self._models is not None and now < self._models_until:
+        if self._models is not None and time.monotonic() < self._models_until:
             return self._models
+        with self._lock:
+            done = self._models_fetch
+            if done is None:
+                done = self._models_fetch = threading.Event()
+                threading.Thread(target=self._fetch_models, args=(done,), name="gigachat-models", daemon=True).start()
+        done.wait(min(LIST_WAIT_SECONDS, self.timeout))
+        return self._models or [ModelCard(id=m, owned_by="salutedevices") for m in FALLBACK_MODELS]
+
+    def _fetch_models(self, done: threading.Event) -> None:
         try:
             client = self.client()
             self._ensure_token(client)
             listing = self._guarded(_Call(), "", client.get_models)
-            cards = [
-                ModelCard(id=m.id_, owned_by=m.owned_by or "salutedevices")
-                for m in listing.data
-                if self.owns(m.id_)
+            self._models = [
+                ModelCard(id=m.id_, owned_by=m.owned_by or "salutedevices") for m in listing.data if self.owns(m.id_)
             ]
-            until = now + self.models_cache_seconds
-        except Exception as exc:  # noqa: BLE001 - listing must never fail the route
+            self._models_until = time.monotonic() + self.models_cache_seconds
+        except Exception as exc:  # listing must never fail the route
             log.warning("cannot list GigaChat models, using the built-in list: %s", exc)
-            cards = [ModelCard(id=m, owned_by="salutedevices") for m in FALLBACK_MODELS]
-            until = now + min(FAILED_LIST_RETRY_SECONDS, self.models_cache_seconds)
-        self._models, self._models_until = cards, until
-        return cards
+            if self._models is None:
+                self._models = [ModelCard(id=m, owned_by="salutedevices") for m in FALLBACK_MODELS]
+            self._models_until = time.monotonic() + min(FAILED_LIST_RETRY_SECONDS, self.models_cache_seconds)
+        finally:
+            with self._lock:
+                self._models_fetch = None
+            done.set()
 
     def open_stream(self, request: ChatRequest) -> EventStream:
         """Start a completion; errors before the first event are raised from here."""
@@ -565,7 +571,7 @@ class GigaChatProvider(Provider):
             if close is not None:
                 try:
                     close()
-                except Exception as exc:  # noqa: BLE001 - closing a broken stream
+                except Exception as exc:  # closing a broken stream
                     log.debug("closing the GigaChat stream: %s", exc)
         yield Finished(FINISH_REASONS.get(finish or "stop", "stop"))
 

@@ -21,7 +21,8 @@ What it enforces, because the real service does:
 * ``GET /api/v1/models``, ``GET /api/v1/models/{id}`` (404 "No such model"),
   ``POST /api/v1/tokens/count``.
 * Injectable failures (``fail_next``): any status with the API's ``{"status","message"}``
-  body, optionally with ``Retry-After``; ``expire_tokens()`` invalidates every issued token.
+  body, optionally with ``Retry-After``; ``expire_tokens()`` invalidates every issued token;
+  ``delays`` slows an endpoint down.
 
 Every request is recorded (``requests``); ``oauth_calls`` counts successful token grants.
 """
@@ -39,16 +40,14 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 DEFAULT_CLIENT_ID = "0193f6a0-fake-client-id"
 DEFAULT_CLIENT_SECRET = "fake-client-secret"
-DEFAULT_CREDENTIALS = base64.b64encode(
-    f"{DEFAULT_CLIENT_ID}:{DEFAULT_CLIENT_SECRET}".encode()
-).decode()
+DEFAULT_CREDENTIALS = base64.b64encode(f"{DEFAULT_CLIENT_ID}:{DEFAULT_CLIENT_SECRET}".encode()).decode()
 SCOPES = ("GIGACHAT_API_PERS", "GIGACHAT_API_B2B", "GIGACHAT_API_CORP")
 MODEL_VERSION = "2.0.28.2"
 
@@ -169,6 +168,7 @@ class FakeGigaChat:
         self.reply = reply
         self.chunk_delay = chunk_delay
         self.oauth_rate_limit = oauth_rate_limit
+        self.delays: dict[str, float] = {}  # endpoint ("oauth", "chat", "models") -> seconds
         self.requests: list[RecordedRequest] = []
         self.oauth_calls = 0
         self._tokens: dict[str, int] = {}  # token -> expires_at (ms)
@@ -182,9 +182,7 @@ class FakeGigaChat:
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> FakeGigaChat:
-        self._server = make_server(
-            "127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler
-        )
+        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler)
         self.port = self._server.server_port
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), name="fake-gigachat", daemon=True
@@ -198,7 +196,7 @@ class FakeGigaChat:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> FakeGigaChat:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -236,9 +234,7 @@ class FakeGigaChat:
         any API call. The body is the API's ``{"status", "message"}`` unless ``body`` is given.
         """
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-        failure = Failure(
-            status, message or DEFAULT_MESSAGES.get(status, "Error"), endpoint, headers, body
-        )
+        failure = Failure(status, message or DEFAULT_MESSAGES.get(status, "Error"), endpoint, headers, body)
         with self._lock:
             self._failures.extend([failure] * count)
 
@@ -261,9 +257,7 @@ class FakeGigaChat:
     def _take_failure(self, endpoint: str) -> Failure | None:
         with self._lock:
             for i, failure in enumerate(self._failures):
-                if failure.endpoint == endpoint or (
-                    failure.endpoint is None and endpoint != "oauth"
-                ):
+                if failure.endpoint == endpoint or (failure.endpoint is None and endpoint != "oauth"):
                     return self._failures.pop(i)
         return None
 
@@ -285,23 +279,22 @@ class FakeGigaChat:
         if failure.body is not None:
             return self._json(failure.body, failure.status, failure.headers)
         if failure.endpoint == "oauth":
-            return self._json(
-                {"code": failure.status, "message": failure.message}, failure.status, failure.headers
-            )
+            return self._json({"code": failure.status, "message": failure.message}, failure.status, failure.headers)
         return self._api_error(failure.status, failure.message, failure.headers)
 
     def _wsgi(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         request = Request(environ)
         body = request.get_data()
         with self._lock:
-            self.requests.append(
-                RecordedRequest(request.method, request.path, dict(request.headers), body)
-            )
+            self.requests.append(RecordedRequest(request.method, request.path, dict(request.headers), body))
         response = self._dispatch(request, body)
         return response(environ, start_response)
 
     def _dispatch(self, request: Request, body: bytes) -> Response:
         path = request.path
+        endpoint = "oauth" if path == "/api/v2/oauth" else path[len("/api/v1/") :].split("/", 1)[0]
+        if self.delays.get(endpoint):
+            time.sleep(self.delays[endpoint])
         if path == "/api/v2/oauth":
             if request.method != "POST":
                 return self._json({"code": 405, "message": "Method not allowed"}, 405)
@@ -309,7 +302,6 @@ class FakeGigaChat:
         if not path.startswith("/api/v1/"):
             return self._api_error(404, "Not found")
         route = path[len("/api/v1") :]
-        endpoint = route.strip("/").split("/", 1)[0]
         failure = self._take_failure(endpoint)
         if failure is not None:
             return self._failure_response(failure)
@@ -358,9 +350,7 @@ class FakeGigaChat:
         if not scope:
             return self._json({"code": 5, "message": "scope is empty"}, 400)
         if scope not in self.scopes:
-            return self._json(
-                {"code": 7, "message": "scope from db not fully includes consumed scope"}, 400
-            )
+            return self._json({"code": 7, "message": "scope from db not fully includes consumed scope"}, 400)
         now = time.time()
         with self._lock:
             while self._oauth_times and now - self._oauth_times[0] > 1.0:
@@ -408,13 +398,9 @@ class FakeGigaChat:
                 return self._api_error(422, "Invalid params: content must be a string")
         penalty = payload.get("repetition_penalty")
         if penalty is not None and (not isinstance(penalty, (int, float)) or penalty <= 0):
-            return self._api_error(
-                422, "Invalid params: repetition_penalty must be in range (0, +inf)"
-            )
+            return self._api_error(422, "Invalid params: repetition_penalty must be in range (0, +inf)")
         temperature = payload.get("temperature")
-        if temperature is not None and (
-            not isinstance(temperature, (int, float)) or temperature <= 0
-        ):
+        if temperature is not None and (not isinstance(temperature, (int, float)) or temperature <= 0):
             return self._api_error(422, "Invalid params: temperature must be in range (0, +inf)")
         top_p = payload.get("top_p")
         if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 <= top_p <= 1):
@@ -487,9 +473,7 @@ class FakeGigaChat:
         response.headers["Cache-Control"] = "no-cache"
         return response
 
-    def _sse(
-        self, text: str, finish: str, usage: dict[str, int], model: str, created: int
-    ) -> Iterator[bytes]:
+    def _sse(self, text: str, finish: str, usage: dict[str, int], model: str, created: int) -> Iterator[bytes]:
         def event(data: dict[str, Any]) -> bytes:
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
