@@ -392,3 +392,10 @@ def test_slow_model_list_does_not_hold_the_route(fake, monkeypatch):
         assert len(fake.requests_to("/models")) == 1
     finally:
         provider.close()
+
+
+def test_unreadable_ca_bundle_is_a_clear_503(fake, tmp_path):
+    provider = make_provider(fake, ca_bundle_file=str(tmp_path / "missing.pem"))
+    with pytest.raises(UpstreamUnavailable) as info:
+        ask(provider)
+    assert "GIGACHAT_CA_BUNDLE_FILE" in info.value.message

@@ -60,6 +60,7 @@ T = TypeVar("T")
 # Listed when GigaChat's /models cannot be read (the chat models seen in 2026).
 FALLBACK_MODELS = ("GigaChat", "GigaChat-2", "GigaChat-2-Pro", "GigaChat-2-Max")
 FAILED_LIST_RETRY_SECONDS = 60.0
+CONNECT_TIMEOUT = 10.0
 LIST_WAIT_SECONDS = 5.0  # how long /api/models waits for GigaChat's list
 
 # GigaChat's finish reasons -> OpenAI's.
@@ -260,24 +261,36 @@ class GigaChatProvider(Provider):
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    values = self._settings.model_dump(include=_CLIENT_ARGS, exclude_none=True)
-                    client = GigaChatSyncClient(**values)
-                    # The constructor fills gaps from GIGACHAT_* in the process environment;
-                    # replace its settings by ours so only app.config counts.
-                    client._settings = self._settings
-                    client._access_token = None
-                    # Our own API transport, to see each response and abort it on cancel.
-                    client._client_instance = httpx.Client(
-                        base_url=self._settings.base_url,
-                        verify=self._verify(),
-                        timeout=httpx.Timeout(self._settings.timeout),
-                        event_hooks={"response": [_remember_response]},
-                    )
-                    client._auth_client_instance = httpx.Client(
-                        verify=self._verify(), timeout=httpx.Timeout(self._settings.timeout)
-                    )
-                    self._client = client
+                    try:
+                        self._client = self._build_client()
+                    except Exception as exc:
+                        log.error("cannot set up the GigaChat client: %s", type(exc).__name__)
+                        raise UpstreamUnavailable(
+                            f"GigaChat client settings are invalid ({type(exc).__name__}); check the "
+                            "GIGACHAT_* settings, GIGACHAT_CA_BUNDLE_FILE in particular.",
+                            code="gigachat_not_configured",
+                        ) from exc
         return self._client
+
+    def _build_client(self) -> GigaChatSyncClient:
+        values = self._settings.model_dump(include=_CLIENT_ARGS, exclude_none=True)
+        client = GigaChatSyncClient(**values)
+        # The constructor fills gaps from GIGACHAT_* in the process environment; replace its
+        # settings by ours so only app.config counts.
+        client._settings = self._settings
+        client._access_token = None
+        verify = self._verify()
+        # Connecting should fail fast; reading may take as long as a long answer does.
+        timeout = httpx.Timeout(self._settings.timeout, connect=min(CONNECT_TIMEOUT, self._settings.timeout))
+        # Our own API transport, to see each response and abort it on cancel.
+        client._client_instance = httpx.Client(
+            base_url=self._settings.base_url,
+            verify=verify,
+            timeout=timeout,
+            event_hooks={"response": [_remember_response]},
+        )
+        client._auth_client_instance = httpx.Client(verify=verify, timeout=timeout)
+        return client
 
     def _ensure_token(self, client: GigaChatSyncClient) -> None:
         """Fetch a token now if the cached one is missing or expiring, so an OAuth failure
