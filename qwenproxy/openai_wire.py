@@ -88,7 +88,7 @@ class Collected:
             self.images.append(event.url)
 
     def message(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": self.text}
+        message: dict[str, Any] = {"role": "assistant", "content": self.text, "refusal": None}
         if self.reasoning:
             message["reasoning_content"] = self.reasoning
         if self.tool_calls:

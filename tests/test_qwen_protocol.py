@@ -41,8 +41,7 @@ def _usage(n: int) -> dict:
 def recorded_stream(pieces: list[str]) -> bytes:
     """A stream shaped like the Oct 2025 capture (spec §4.3), spacing quirks included."""
     lines = [
-        'data: {"response.created":{"chat_id": "0cac4f88-1", "parent_id": "f2a0176c-2", '
-        '"response_id":"e34734e7-3"}} '
+        'data: {"response.created":{"chat_id": "0cac4f88-1", "parent_id": "f2a0176c-2", "response_id":"e34734e7-3"}} '
     ]
     for i, piece in enumerate(pieces, 1):
         delta = {
@@ -54,7 +53,9 @@ def recorded_stream(pieces: list[str]) -> bytes:
         'data: {"choices": [{"delta": {"role": "assistant", "content": "", "phase": "answer", "status": "typing"}}], '
         '"usage": ' + json.dumps(_usage(len(pieces))) + "}"
     )
-    lines.append('data: {"choices": [{"delta": {"content": "", "role": "assistant", "status": "finished", "phase": "answer"}}]}')
+    lines.append(
+        'data: {"choices": [{"delta": {"content": "", "role": "assistant", "status": "finished", "phase": "answer"}}]}'
+    )
     return ("\n\n".join(lines) + "\n\n").encode("utf-8")
 
 
@@ -155,10 +156,18 @@ def test_thinking_phases_are_reasoning_not_content() -> None:
         created
         + delta(content="Let me think", phase="think", status="typing")
         + delta(content="", phase="think", status="finished")
-        + delta(content="", phase="thinking_summary", status="typing",
-                extra={"summary_thought": {"content": ["First idea"]}})
-        + delta(content="", phase="thinking_summary", status="typing",
-                extra={"summary_thought": {"content": ["First idea", "Second idea"]}})
+        + delta(
+            content="",
+            phase="thinking_summary",
+            status="typing",
+            extra={"summary_thought": {"content": ["First idea"]}},
+        )
+        + delta(
+            content="",
+            phase="thinking_summary",
+            status="typing",
+            extra={"summary_thought": {"content": ["First idea", "Second idea"]}},
+        )
         + delta(content="Answer", phase="answer", status="typing")
         + delta(content="", phase="answer", status="finished")
     )
@@ -204,23 +213,56 @@ def envelope(code: str, details: str, **extra) -> bytes:
 @pytest.mark.parametrize(
     ("body", "headers", "status", "kind", "code"),
     [
-        (envelope("RateLimited", "You've reached the upper limit for today's usage.", num=19,
-                  template="Please wait {{num}} hours"), ENV, 200, RateLimited, "rate_limited"),
-        (envelope("unauthorized", "Token has expired, please log in again."), ENV, 200, Unauthorized,
-         "upstream_unauthorized"),
+        (
+            envelope(
+                "RateLimited",
+                "You've reached the upper limit for today's usage.",
+                num=19,
+                template="Please wait {{num}} hours",
+            ),
+            ENV,
+            200,
+            RateLimited,
+            "rate_limited",
+        ),
+        (
+            envelope("unauthorized", "Token has expired, please log in again."),
+            ENV,
+            200,
+            Unauthorized,
+            "upstream_unauthorized",
+        ),
         (envelope("Unauthorized", "Token has expired"), ENV, 200, Unauthorized, "upstream_unauthorized"),
         (envelope("Bad_Request", "The chat is in progress!"), ENV, 200, Conflict, "chat_in_progress"),
-        (envelope("Bad_Request", "Invalid input too many messages."), ENV, 200, UpstreamError,
-         "upstream_bad_request"),
+        (envelope("Bad_Request", "Invalid input too many messages."), ENV, 200, UpstreamError, "upstream_bad_request"),
         (envelope("Not_Found", "Model not found"), ENV, 200, ModelNotFound, "model_not_found"),
         (envelope("Not_Found", "Chat not found"), ENV, 200, NotFound, "upstream_not_found"),
-        (json.dumps({"ret": ["FAIL_SYS_USER_VALIDATE", "RGV587_ERROR::SM::哎哟喂,被挤爆啦,请稍后重试"],
-                     "data": {"url": "https://chat.qwen.ai:443//punish?x5secdata=1"}}).encode(), ENV, 200,
-         UpstreamBlocked, "upstream_captcha"),
-        (b'<!doctypehtml><html><head><meta name="aliyun_waf_aa" content="1"></head></html>',
-         {"content-type": "text/html"}, 200, UpstreamBlocked, "upstream_waf"),
-        (b'{"success":false}', {"content-type": "application/json", "x-actual-status-code": "404"}, 200,
-         UpstreamError, "upstream_status"),
+        (
+            json.dumps(
+                {
+                    "ret": ["FAIL_SYS_USER_VALIDATE", "RGV587_ERROR::SM::哎哟喂,被挤爆啦,请稍后重试"],
+                    "data": {"url": "https://chat.qwen.ai:443//punish?x5secdata=1"},
+                }
+            ).encode(),
+            ENV,
+            200,
+            UpstreamBlocked,
+            "upstream_captcha",
+        ),
+        (
+            b'<!doctypehtml><html><head><meta name="aliyun_waf_aa" content="1"></head></html>',
+            {"content-type": "text/html"},
+            200,
+            UpstreamBlocked,
+            "upstream_waf",
+        ),
+        (
+            b'{"success":false}',
+            {"content-type": "application/json", "x-actual-status-code": "404"},
+            200,
+            UpstreamError,
+            "upstream_status",
+        ),
         (b"", {}, 401, Unauthorized, "upstream_unauthorized"),
         (b"", {}, 429, RateLimited, "rate_limited"),
         (b"<html>504 Gateway Time-out</html>", {"content-type": "text/html"}, 504, UpstreamError, "upstream_html"),
@@ -244,10 +286,16 @@ def test_success_is_not_an_error() -> None:
 
 def test_bodies_follow_the_spec() -> None:
     chat = new_chat_body("qwen3-max", now=1761484022.218)
-    assert chat == {"title": "Новый чат", "models": ["qwen3-max"], "chat_mode": "normal", "chat_type": "t2t",
-                    "timestamp": 1761484022218}
-    body = completion_body(chat_id="c1", model="qwen3-max", content="hi", parent_id="r0", system="be brief",
-                           now=1761490228.5)
+    assert chat == {
+        "title": "Новый чат",
+        "models": ["qwen3-max"],
+        "chat_mode": "normal",
+        "chat_type": "t2t",
+        "timestamp": 1761484022218,
+    }
+    body = completion_body(
+        chat_id="c1", model="qwen3-max", content="hi", parent_id="r0", system="be brief", now=1761490228.5
+    )
     assert body["chat_id"] == "c1" and body["parent_id"] == "r0" and body["timestamp"] == 1761490228
     assert body["stream"] is True and body["incremental_output"] is True and body["system_message"] == "be brief"
     (message,) = body["messages"]

@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from ..errors import UpstreamUnavailable
+from ..errors import UpstreamError, UpstreamUnavailable
 
 
 class UpstreamResponse(ABC):
@@ -117,7 +117,9 @@ class _RequestsResponse(UpstreamResponse):
             # chunk_size=None: hand over each piece as soon as the socket yields it
             yield from self._response.iter_content(chunk_size=None)
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, AttributeError) as exc:
-            raise UpstreamUnavailable(f"Connection to Qwen broke: {type(exc).__name__}") from exc
+            raise UpstreamError(
+                f"Qwen's answer broke off ({type(exc).__name__})", code="upstream_truncated"
+            ) from exc
         finally:
             self._response.close()
 
