@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 
 import openai
 import pytest
+import requests
 from werkzeug.serving import make_server
 
 from qwenproxy import create_app
 from qwenproxy.events import EventStream, Finished, ResponseStarted, TextDelta, Usage
 from qwenproxy.models import Chat, Message
 from qwenproxy.providers.base import ChatRequest, ModelCard, Provider
+from tests.conftest import ROOT, Gunicorn
 from tests.fakes.gigachat import FakeGigaChat
+from tests.openai_schema import validate
 
 
 class StubLocalCoder(Provider):
@@ -63,6 +67,7 @@ def make_app(tmp_path, fake: FakeGigaChat | None, **config):
         "QWEN_BASE_URL": "http://127.0.0.1:9",
         "GIGACHAT_VERIFY_SSL_CERTS": False,
         "GIGACHAT_TIMEOUT": 5.0,
+        "LOG_LEVEL": "WARNING",
     }
     if fake is not None:
         settings.update(
@@ -304,6 +309,7 @@ def test_openai_client_streams_gigachat(gateway, fake):
     assert fake.chat_requests[-1]["messages"][0] == {"role": "system", "content": "Считай"}
     completion = client.chat.completions.create(model="GigaChat", messages=[{"role": "user", "content": "x"}])
     assert completion.choices[0].message.content == "Раз, два, три"
+    validate("CreateChatCompletionResponse", completion.model_dump(exclude_none=False, exclude_unset=True))
     assert fake.oauth_calls == 1  # one long-lived SDK client for the app
     ids = [m.id for m in client.models.list().data]
     assert {"GigaChat", "GigaChat-2", "GigaChat-2-Pro", "GigaChat-2-Max"} <= set(ids)
@@ -339,3 +345,42 @@ def test_token_refreshed_once_after_expiry_across_requests(dual_client, fake):
         assert dual_client.get("/gigachat", query_string={"query": f"b{i}", "session_id": "t"}).status_code == 200
     assert fake.oauth_calls == 2
     assert len(fake.chat_requests) == 7
+
+
+def test_gigachat_under_gunicorn_gevent(tmp_path, fake):
+    fake.reply = "a b c d e"
+    fake.chunk_delay = 0.2  # one stream takes about a second
+    env = {
+        "SESSION_DIR": str(tmp_path / "session"),
+        "API_KEYS_FILE": str(tmp_path / "Authorization.txt"),
+        "MODELS_FILE": str(ROOT / "AvailableModels.txt"),
+        "QWEN_BASE_URL": "http://127.0.0.1:9",
+        "GIGACHAT_CREDENTIALS": fake.credentials,
+        "GIGACHAT_BASE_URL": fake.url,
+        "GIGACHAT_AUTH_URL": fake.auth_url,
+    }
+    server = Gunicorn(env, workers=1)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        texts: list[str] = []
+
+        def one_stream() -> None:
+            stream = client.chat.completions.create(
+                model="GigaChat-2", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+            texts.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=one_stream) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+        # one gevent worker interleaves the three upstream streams
+        assert time.monotonic() - started < 2.5
+        assert texts == ["a b c d e"] * 3
+        seed = requests.get(server.url + "/gigachat", params={"query": "x", "session_id": "g"}, timeout=20)
+        assert seed.content == b'{"response":"a b c d e"}'
+        assert fake.oauth_calls == 1
+    finally:
+        server.stop()
