@@ -52,6 +52,19 @@ DEFAULTS: dict[str, Any] = {
     ),
     "QWEN_BX_V": "2.5.31",
     "QWEN_FRONTEND_VERSION": "0.2.63",
+    # GigaChat (Sber), through the official SDK; names are the SDK's own variables
+    "GIGACHAT_CREDENTIALS": None,  # the "authorization key": base64(client_id:client_secret)
+    "API_KEY": None,  # the seed's name for GIGACHAT_CREDENTIALS, used when that is unset
+    "GIGACHAT_SCOPE": "GIGACHAT_API_PERS",  # or GIGACHAT_API_B2B / GIGACHAT_API_CORP
+    "GIGACHAT_BASE_URL": None,  # unset: the SDK's default API address
+    "GIGACHAT_AUTH_URL": None,  # unset: the SDK's default OAuth address
+    "GIGACHAT_VERIFY_SSL_CERTS": True,
+    "GIGACHAT_CA_BUNDLE_FILE": None,  # e.g. the "Russian Trusted Root CA" bundle
+    "GIGACHAT_MODEL": "GigaChat",  # the model the /gigachat route uses
+    "GIGACHAT_TIMEOUT": 120.0,  # seconds per read; long answers take a while
+    "GIGACHAT_TOKEN_EXPIRY_BUFFER_MS": 60000,  # refresh the token this long before expiry
+    # Dual AI Chat routes (/gigachat, /qwen, /history)
+    "DUAL_HISTORY_TURNS": 10,  # stored messages of a session sent with a prompt (seed: 10)
     # shared by the bots
     "DEFAULT_SYSTEM_PROMPT": None,
     # start-up
