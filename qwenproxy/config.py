@@ -56,8 +56,8 @@ DEFAULTS: dict[str, Any] = {
     "GIGACHAT_CREDENTIALS": None,  # the "authorization key": base64(client_id:client_secret)
     "API_KEY": None,  # the seed's name for GIGACHAT_CREDENTIALS, used when that is unset
     "GIGACHAT_SCOPE": "GIGACHAT_API_PERS",  # or GIGACHAT_API_B2B / GIGACHAT_API_CORP
-    "GIGACHAT_BASE_URL": None,  # unset: the SDK's default API address
-    "GIGACHAT_AUTH_URL": None,  # unset: the SDK's default OAuth address
+    "GIGACHAT_BASE_URL": "https://gigachat.devices.sberbank.ru/api/v1",
+    "GIGACHAT_AUTH_URL": "https://ngw.devices.sberbank.ru:9443/api/v2/oauth",
     "GIGACHAT_VERIFY_SSL_CERTS": True,
     "GIGACHAT_CA_BUNDLE_FILE": None,  # e.g. the "Russian Trusted Root CA" bundle
     "GIGACHAT_MODEL": "GigaChat",  # the model the /gigachat route uses
