@@ -134,22 +134,27 @@ DEFAULT_MODELS: list[str] = [
 
 EXPIRED_DETAILS = "Token has expired, please log in again."
 RATE_LIMIT_DETAILS = "You've reached the upper limit for today's usage."
-RATE_LIMIT_TEMPLATE = (
-    "You have reached the daily usage limit. Please wait {{num}} hours before trying again."
-)
+RATE_LIMIT_TEMPLATE = "You have reached the daily usage limit. Please wait {{num}} hours before trying again."
 TOO_MANY_MESSAGES = "Invalid input too many messages."
 CHAT_IN_PROGRESS = "The chat is in progress!"
 MODEL_NOT_FOUND = "Model not found"
 CHAT_NOT_FOUND = "Chat not found"
 PARENT_NOT_FOUND = "The parent message does not exist."
-INVALID_CREDENTIALS = (
-    "The email or password provided is incorrect. Please check for typos and try logging in again."
-)
+INVALID_CREDENTIALS = "The email or password provided is incorrect. Please check for typos and try logging in again."
 HOSTILE_MODES = ("captcha", "waf", "actual_status_404", "truncate", "stream_error")
 CHAT_MODES = ("normal", "guest", "local")
 CHAT_TYPES = (
-    "t2t", "search", "t2i", "t2v", "image_edit", "deep_research", "web_dev", "artifacts",
-    "slides", "learn", "travel",
+    "t2t",
+    "search",
+    "t2i",
+    "t2v",
+    "image_edit",
+    "deep_research",
+    "web_dev",
+    "artifacts",
+    "slides",
+    "learn",
+    "travel",
 )
 SYSTEM_PROMPT_TOKENS = 24  # §4.7: input_tokens includes Qwen's hidden system prompt
 _TOKEN_RE = re.compile(r"\s*(?:\w+|[^\w\s]+)|\s+")
@@ -199,11 +204,7 @@ def message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        parts = [
-            item.get("text", "")
-            for item in content
-            if isinstance(item, dict) and item.get("type") == "text"
-        ]
+        parts = [item.get("text", "") for item in content if isinstance(item, dict) and item.get("type") == "text"]
         return "".join(p for p in parts if isinstance(p, str))
     return ""
 
@@ -224,12 +225,8 @@ def _spaced(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode("utf-8")
 
 
-def _json_response(
-    obj: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(
-        _compact(obj), status=status, headers=headers, content_type="application/json"
-    )
+def _json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_compact(obj), status=status, headers=headers, content_type="application/json")
 
 
 def _new_id() -> str:
@@ -379,9 +376,7 @@ class FakeQwen:
     def start(self, port: int = 0) -> FakeQwen:
         """Bind 127.0.0.1 (a free port unless given) and serve in a daemon thread."""
         self._stopping.clear()
-        self._server = make_server(
-            "127.0.0.1", port, self._wsgi, threaded=True, request_handler=_QuietHandler
-        )
+        self._server = make_server("127.0.0.1", port, self._wsgi, threaded=True, request_handler=_QuietHandler)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -420,9 +415,7 @@ class FakeQwen:
 
     # ------------------------------------------------------------------ tokens and users
 
-    def make_token(
-        self, *, user_id: str | None = None, expires_in: int = 7 * 86400, expired: bool = False
-    ) -> str:
+    def make_token(self, *, user_id: str | None = None, expires_in: int = 7 * 86400, expired: bool = False) -> str:
         """An HS256 JWT as chat.qwen.ai issues them (§2.3), signed with this fake's secret."""
         now = int(time.time())
         payload = {
@@ -460,9 +453,7 @@ class FakeQwen:
             return None
         if not isinstance(header, dict) or header.get("alg") != "HS256":
             return None
-        expected = hmac.new(
-            self.secret, f"{parts[0]}.{parts[1]}".encode("ascii"), hashlib.sha256
-        ).digest()
+        expected = hmac.new(self.secret, f"{parts[0]}.{parts[1]}".encode("ascii"), hashlib.sha256).digest()
         if not hmac.compare_digest(signature, expected):
             return None
         if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
@@ -534,9 +525,9 @@ class FakeQwen:
     def _waf() -> Response:
         aa = secrets.token_hex(16)
         html = (
-            "<!doctypehtml><html><head><meta charset=\"utf-8\">"
-            f"<meta name=\"aliyun_waf_aa\" content=\"{aa}\">"
-            f"<meta name=\"aliyun_waf_bb\" content=\"{secrets.token_hex(16)}\">"
+            '<!doctypehtml><html><head><meta charset="utf-8">'
+            f'<meta name="aliyun_waf_aa" content="{aa}">'
+            f'<meta name="aliyun_waf_bb" content="{secrets.token_hex(16)}">'
             "<title></title></head><body><script>"
             "var arg1='" + secrets.token_hex(20) + "';"
             "setTimeout(function(){location.reload()},1000);"
@@ -701,25 +692,19 @@ class FakeQwen:
 
     def _ep_signin(self, request: Request, body: Any) -> Response:
         if not (
-            isinstance(body, dict)
-            and isinstance(body.get("email"), str)
-            and isinstance(body.get("password"), str)
+            isinstance(body, dict) and isinstance(body.get("email"), str) and isinstance(body.get("password"), str)
         ):
             detail = [{"type": "missing", "loc": ["body"], "msg": "Field required"}]
             return _json_response({"detail": detail}, status=422)
         with self._lock:
             user = self.users.get(body["email"].lower())
-        if user is None or not hmac.compare_digest(
-            body["password"].lower(), user["password_sha256"]
-        ):
+        if user is None or not hmac.compare_digest(body["password"].lower(), user["password_sha256"]):
             return _json_response({"detail": INVALID_CREDENTIALS}, status=401)
         token = self.make_token(user_id=user["id"])
         payload = self._decode_token(token)
         assert payload is not None
         response = _json_response(self._session_info(token, payload))
-        response.set_cookie(
-            "token", token, expires=payload["exp"], httponly=True, samesite="Lax", path="/"
-        )
+        response.set_cookie("token", token, expires=payload["exp"], httponly=True, samesite="Lax", path="/")
         return response
 
     def _ep_session(self, request: Request, body: Any) -> Response:
@@ -743,9 +728,7 @@ class FakeQwen:
         if not isinstance(body, dict):
             return self._fail("Bad_Request", "Invalid input")
         models = body.get("models")
-        if not (
-            isinstance(models, list) and models and all(isinstance(m, str) for m in models)
-        ):
+        if not (isinstance(models, list) and models and all(isinstance(m, str) for m in models)):
             return self._fail("Bad_Request", "Invalid input: models")
         if any(m not in self.models for m in models):
             return self._fail("Not_Found", MODEL_NOT_FOUND)
@@ -964,9 +947,7 @@ class FakeQwen:
 
         if not turn.stream:
             return self._complete_blocking(turn, request.environ)
-        body_iter = _StreamBody(
-            self._stream(turn, request.environ), lambda: self._end_turn(turn, "aborted")
-        )
+        body_iter = _StreamBody(self._stream(turn, request.environ), lambda: self._end_turn(turn, "aborted"))
         return Response(
             body_iter,
             status=200,
