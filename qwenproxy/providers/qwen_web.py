@@ -144,12 +144,7 @@ class QwenWebProvider(Provider):
         tried: set[str] = set()
         last_error: Exception | None = None
         for _attempt in range(self.max_attempts):
-            try:
-                account = self.pool.acquire(prefer=request.account_id, exclude=tried)
-            except Exception:
-                if last_error is not None and not tried:
-                    raise last_error from None
-                raise
+            account = self.pool.acquire(prefer=request.account_id, exclude=tried)
             # a conversation lives in the account that created it upstream
             same_account = request.account_id in (None, account.id)
             chat_id = request.conversation_id if same_account else None
