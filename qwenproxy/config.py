@@ -40,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "MODELS_CACHE_SECONDS": 600,
     # streaming
     "PING_INTERVAL": 15.0,  # seconds of upstream silence before a ": ping" comment
+    # Qwen web modes (docs/MODES.md)
+    "REASONING_IN_CONTENT": False,  # reasoning as <think>…</think> in content, not reasoning_content
     # Qwen web (chat.qwen.ai)
     "QWEN_BASE_URL": "https://chat.qwen.ai",
     "QWEN_TRANSPORT": "direct",  # direct | browser | auto
