@@ -52,6 +52,11 @@ DEFAULTS: dict[str, Any] = {
     ),
     "QWEN_BX_V": "2.5.31",
     "QWEN_FRONTEND_VERSION": "0.2.63",
+    # Qwen web accounts (`flask accounts`, docs/ACCOUNTS.md)
+    "ACCOUNT_DEFAULT_WAIT_HOURS": 1.0,  # WAIT after a rate limit that does not say how long
+    "ACCOUNT_AUTO_RELOGIN": False,  # sign in again with credentials kept by `add --remember`
+    "ACCOUNT_LOGIN_TIMEOUT": 300.0,  # seconds `accounts add`/`relogin` wait for a browser login
+    "CHROME_PATH": None,  # Chrome/Chromium binary; default: Debian's /usr/bin/chromium
     # shared by the bots
     "DEFAULT_SYSTEM_PROMPT": None,
     # start-up
