@@ -17,6 +17,10 @@ Auth (§2)
 - §2.2: ``POST /api/v1/auths/signin`` with ``{"email","password": sha256-hex}`` → Open WebUI
   style session JSON (+ ``token`` cookie); wrong credentials → HTTP 401 ``{"detail":…}``.
   ``GET /api/v1/auths/`` → session info, or the ``unauthorized`` envelope.
+  ``GET /auth`` → a plain sign-in page (e-mail + password form) whose script hashes the
+  password with SHA-256, posts it to the sign-in API and keeps the token in
+  ``localStorage.token`` (unless ``signin_page_local_storage`` is off) and, from the
+  response, in the ``token`` cookie: what ``flask accounts add`` waits for in a browser.
   Guest mode (no JWT, ``bx-umidtoken``) is not reproduced: every v2 route needs a token.
 
 Envelopes and errors (§3.0)
@@ -145,12 +149,44 @@ PARENT_NOT_FOUND = "The parent message does not exist."
 INVALID_CREDENTIALS = (
     "The email or password provided is incorrect. Please check for typos and try logging in again."
 )
+INJECTABLE = ("rate_limited", "unauthorized", "http_401", "http_403", "http_429")
 HOSTILE_MODES = ("captcha", "waf", "actual_status_404", "truncate", "stream_error")
 CHAT_MODES = ("normal", "guest", "local")
 CHAT_TYPES = (
     "t2t", "search", "t2i", "t2v", "image_edit", "deep_research", "web_dev", "artifacts",
     "slides", "learn", "travel",
 )
+SIGNIN_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Qwen Chat</title></head>
+<body><div class="login-container"><form id="signin">
+<input type="email" name="email" id="email" placeholder="Email" required>
+<input type="password" name="password" id="password" placeholder="Password" required>
+<button type="submit">Sign in</button></form><p id="message"></p></div>
+<script>
+const STORE_LOCAL = __STORE_LOCAL__;
+async function sha256hex(text) {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest)).map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+document.getElementById("signin").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const email = document.getElementById("email").value;
+  const password = await sha256hex(document.getElementById("password").value);
+  const response = await fetch("/api/v1/auths/signin", {
+    method: "POST", credentials: "same-origin",
+    headers: {"Content-Type": "application/json"}, body: JSON.stringify({email, password}),
+  });
+  const data = await response.json();
+  if (!response.ok || !data.token) {
+    document.getElementById("message").textContent = data.detail || "Sign-in failed";
+    return;
+  }
+  if (STORE_LOCAL) localStorage.setItem("token", data.token);
+  document.querySelector(".login-container").remove();
+  document.body.insertAdjacentHTML("beforeend", '<p id="welcome">Signed in</p>');
+});
+</script></body></html>
+"""
 SYSTEM_PROMPT_TOKENS = 24  # §4.7: input_tokens includes Qwen's hidden system prompt
 _TOKEN_RE = re.compile(r"\s*(?:\w+|[^\w\s]+)|\s+")
 _WORDS_RE = re.compile(r"words:(\d+)")
@@ -326,7 +362,9 @@ class FakeQwen:
     ``stream_error_payload``, ``quota`` (token → completions left), ``rate_limit_hours``,
     ``revoked`` (tokens), ``answer`` (user text → answer text), ``info_events`` (send a
     ``response.info`` keep-alive after ``response.created``), ``split_events`` (write each
-    event in two pieces, cut inside the first multi-byte character), ``captcha_body_limit``.
+    event in two pieces, cut inside the first multi-byte character), ``captcha_body_limit``,
+    ``inject`` ((token, path) → ``INJECTABLE`` kind or None: an account-level failure on
+    ``chats/new`` and completions, checked right after auth), ``signin_page_local_storage``.
     Records: ``requests``, ``completed``, ``aborted``, ``chats``, ``users``, ``errors``.
     """
 
@@ -347,6 +385,8 @@ class FakeQwen:
         self.info_events: bool = False
         self.split_events: bool = False
         self.captcha_body_limit: int | None = 128 * 1024
+        self.inject: Callable[[str, str], str | None] | None = None
+        self.signin_page_local_storage: bool = True
         self.requests: list[dict[str, Any]] = []
         self.completed: list[str] = []
         self.aborted: list[str] = []
@@ -371,6 +411,7 @@ class FakeQwen:
                 Rule("/api/v1/auths/signin", endpoint="signin", methods=["POST"]),
                 Rule("/api/v1/auths/", endpoint="session", methods=["GET"]),
                 Rule("/api/v2/users/status", endpoint="user_status", methods=["GET"]),
+                Rule("/auth", endpoint="auth_page", methods=["GET"]),
             ]
         )
 
@@ -503,6 +544,21 @@ class FakeQwen:
 
     def _unauthorized(self) -> Response:
         return self._fail("unauthorized", EXPIRED_DETAILS)
+
+    def _injected(self, token: str, path: str) -> Response | None:
+        """The ``inject`` knob: the account-level failure a test chose for this request."""
+        kind = self.inject(token, path) if self.inject is not None else None
+        if kind is None:
+            return None
+        if kind == "rate_limited":
+            return self._fail(
+                "RateLimited", RATE_LIMIT_DETAILS, template=RATE_LIMIT_TEMPLATE, num=self.rate_limit_hours
+            )
+        if kind == "unauthorized":
+            return self._unauthorized()
+        if kind in ("http_401", "http_403", "http_429"):
+            return _json_response({"detail": f"injected {kind}"}, status=int(kind[5:]))
+        raise ValueError(f"unknown injected failure {kind!r}")
 
     def _take_hostile(self, kinds: tuple[str, ...]) -> str | None:
         """The hostile mode to apply to this request (counting down ``hostile_times``)."""
@@ -722,6 +778,10 @@ class FakeQwen:
         )
         return response
 
+    def _ep_auth_page(self, request: Request, body: Any) -> Response:
+        store = "true" if self.signin_page_local_storage else "false"
+        return Response(SIGNIN_PAGE.replace("__STORE_LOCAL__", store), content_type="text/html; charset=utf-8")
+
     def _ep_session(self, request: Request, body: Any) -> Response:
         auth = self._authenticate(request)
         if auth is None:
@@ -740,6 +800,9 @@ class FakeQwen:
         auth = self._authenticate(request)
         if auth is None:
             return self._unauthorized()
+        injected = self._injected(auth[0], request.path)
+        if injected is not None:
+            return injected
         if not isinstance(body, dict):
             return self._fail("Bad_Request", "Invalid input")
         models = body.get("models")
@@ -867,6 +930,9 @@ class FakeQwen:
         if auth is None:
             return self._unauthorized()
         token, payload = auth
+        injected = self._injected(token, request.path)
+        if injected is not None:
+            return injected
         if not isinstance(body, dict):
             return self._fail("Bad_Request", "Invalid input")
         chat_id = request.args.get("chat_id")
