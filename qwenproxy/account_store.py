@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 CREDENTIALS_FILE = "credentials.json"
 RELOGIN_AHEAD = 600.0  # with auto re-login, renew a token this many seconds before it expires
 RELOGIN_BACKOFF = 300.0  # a failed automatic re-login is not retried sooner than this
+RELOGIN_AFTER_SUCCESS = 60.0  # nor a successful one repeated sooner than this
 
 Relogin = Callable[[AccountRow], "str | None"]
 
@@ -337,8 +338,8 @@ class DatabasePool(AccountPool):
             return False
         self.set_token(row.id, token)
         log.info("account %s logged in again automatically (%s)", row.id, mask(token))
-        with self._relogin_lock:
-            self._relogin_after.pop(row.id, None)
+        with self._relogin_lock:  # not again at once, even if Qwen handed back a short-lived token
+            self._relogin_after[row.id] = now + RELOGIN_AFTER_SUCCESS
         return True
 
     # ------------------------------------------------------------------ registry operations

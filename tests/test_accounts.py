@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from qwenproxy import create_app
-from qwenproxy.account_store import account_dir, iso
+from qwenproxy.account_store import RELOGIN_BACKOFF, account_dir, iso
 from qwenproxy.models import Account as AccountRow
 from tests.conftest import app_config
 from tests.fakes.qwen_web import FakeQwen
@@ -445,7 +445,8 @@ def test_automatic_relogin_with_stored_credentials(make_app, fake_qwen, clock) -
     creations = [r["headers"]["authorization"] for r in fake_qwen.requests if r["path"] == "/api/v2/chats/new"]
     assert creations == [f"Bearer {rejected}", f"Bearer {fresh.token}"]
     assert completion_tokens(fake_qwen) == [fresh.token]
-    # an expired JWT is renewed before any request is sent with it
+    # an expired JWT is renewed before any request is sent with it (a while later: no sign-in storms)
+    clock.now += RELOGIN_BACKOFF + 1
     expired = fake_qwen.make_token(user_id=user, expired=True)
     pool.set_token(account_id, expired)
     r = ask(application.test_client())

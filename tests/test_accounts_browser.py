@@ -14,6 +14,7 @@ from qwenproxy.models import Account as AccountRow
 from tests.conftest import app_config
 
 pytest.importorskip("pyppeteer")
+pytestmark = pytest.mark.filterwarnings("ignore:remove loop argument:DeprecationWarning")  # pyppeteer's websockets
 
 
 def _chromium_or_skip() -> None:
