@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -42,6 +43,19 @@ Relogin = Callable[[AccountRow], "str | None"]
 
 
 # --------------------------------------------------------------------------- small helpers
+
+_JWT = re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]{4,}")
+
+
+class RedactTokens(logging.Filter):
+    """Masks anything JWT-shaped in a record: peewee logs SQL parameters at DEBUG level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if _JWT.search(text):
+            record.msg, record.args = _JWT.sub(lambda m: mask(m.group()), text), None
+        return True
+
 
 
 def iso(ts: float | None) -> str | None:
@@ -591,4 +605,7 @@ def init_app(app: Any) -> DatabasePool:
             log.warning("could not import QWEN_TOKEN into the accounts registry: %s", exc)
     app.extensions["account_pool"] = pool
     app.cli.add_command(accounts_cli)
+    sql_log = logging.getLogger("peewee")  # our own modules only ever log mask(token)
+    if not any(isinstance(f, RedactTokens) for f in sql_log.filters):
+        sql_log.addFilter(RedactTokens())
     return pool
