@@ -229,8 +229,13 @@ class DatabasePool(AccountPool):
                     raise self.unavailable(rows, now)
                 choice = next((r for r in usable if r.id == prefer), usable[0])
                 stamp = max(now, max(r.last_used_at or 0.0 for r in rows) + 0.001)
-                # compare-and-swap: only if nobody took it since we read it, and it is still OK
-                same = (AccountRow.id == choice.id) & (AccountRow.last_used_at == choice.last_used_at)
+                # compare-and-swap: only if nobody took it (or gave it a new token) since we read
+                # it, and it is still OK
+                same = (
+                    (AccountRow.id == choice.id)
+                    & (AccountRow.last_used_at == choice.last_used_at)
+                    & (AccountRow.token == choice.token)
+                )
                 taken = AccountRow.update(last_used_at=stamp).where(same & _usable(now)).execute()
                 if taken == 1:
                     return Account(id=choice.id, token=choice.token, email=choice.email, profile_dir=choice.profile_dir)
