@@ -25,7 +25,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     Path(app.config["SESSION_DIR"]).mkdir(parents=True, exist_ok=True)
 
-    from . import apikeys, db, middleware
+    from . import account_store, apikeys, db, middleware
     from .api import (
         chat,
         chats,
@@ -53,5 +53,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     for module in blueprints:
         app.register_blueprint(module.bp)
 
+    account_store.init_app(app)  # the Qwen accounts registry, before the providers use it
     app.extensions["providers"] = build_registry(app)
     return app

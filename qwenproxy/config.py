@@ -67,6 +67,11 @@ DEFAULTS: dict[str, Any] = {
     "GIGACHAT_TOKEN_EXPIRY_BUFFER_MS": 60000,  # refresh the token this long before expiry
     # Dual AI Chat routes (/gigachat, /qwen, /history)
     "DUAL_HISTORY_TURNS": 10,  # stored messages of a session sent with a prompt (seed: 10)
+    # Qwen web accounts (`flask accounts`, docs/ACCOUNTS.md)
+    "ACCOUNT_DEFAULT_WAIT_HOURS": 1.0,  # WAIT after a rate limit that does not say how long
+    "ACCOUNT_AUTO_RELOGIN": False,  # sign in again with credentials kept by `add --remember`
+    "ACCOUNT_LOGIN_TIMEOUT": 300.0,  # seconds `accounts add`/`relogin` wait for a browser login
+    "CHROME_PATH": None,  # Chrome/Chromium binary; default: Debian's /usr/bin/chromium
     # shared by the bots
     "DEFAULT_SYSTEM_PROMPT": None,
     # start-up

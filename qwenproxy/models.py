@@ -14,6 +14,7 @@ from typing import Any
 from peewee import (
     AutoField,
     BigIntegerField,
+    BooleanField,
     CharField,
     DoubleField,
     ForeignKeyField,
@@ -90,3 +91,24 @@ class Message(BaseModel):
         if isinstance(content, str):
             return content, 0
         return json.dumps(content, ensure_ascii=False), 1
+
+
+class Account(BaseModel):
+    """A Qwen web account (``flask accounts``); the state every worker process shares."""
+
+    id = CharField(primary_key=True, max_length=100)  # acc_<epoch-ms>, as the seed
+    token = TextField()
+    user_id = CharField(max_length=100, null=True, index=True)  # the JWT's ``id`` claim
+    email = CharField(max_length=320, null=True)
+    expires_at = DoubleField(null=True)  # the JWT's ``exp`` (unix s)
+    reset_at = DoubleField(null=True)  # WAIT until then (unix s)
+    invalid = BooleanField(default=False)
+    last_error = TextField(null=True)
+    requests_served = IntegerField(default=0)
+    last_used_at = DoubleField(default=0.0, index=True)  # round-robin order
+    created_at = DoubleField(default=time.time)
+    source = CharField(max_length=20, null=True)  # env | import | browser | password | token
+    profile_dir = TextField(null=True)  # Chromium profile (cookies) for the browser pool
+
+    class Meta:
+        table_name = "account"

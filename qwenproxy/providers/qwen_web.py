@@ -12,7 +12,7 @@ from flask import Flask
 from .. import tools
 from ..accounts import AccountPool, TokenPool
 from ..catalog import ModelCatalog
-from ..errors import RateLimited, Unauthorized, UpstreamError
+from ..errors import ApiError, RateLimited, Unauthorized, UpstreamError
 from ..events import Event, EventStream, ResponseStarted
 from ..qwen import modes
 from ..qwen.client import QwenClient
@@ -85,7 +85,7 @@ class QwenWebProvider(Provider):
     name = "qwen"
     server_side_history = True
 
-    def __init__(self, client: QwenClient, pool: AccountPool, catalog: ModelCatalog, max_attempts: int = 5) -> None:
+    def __init__(self, client: QwenClient, pool: AccountPool, catalog: ModelCatalog, max_attempts: int = 20) -> None:
         self.client = client
         self.pool = pool
         self.catalog = catalog
@@ -178,7 +178,13 @@ class QwenWebProvider(Provider):
         tried: set[str] = set()
         last_error: Exception | None = None
         for _attempt in range(self.max_attempts):
-            account = self.pool.acquire(prefer=request.account_id, exclude=tried)
+            try:
+                account = self.pool.acquire(prefer=request.account_id, exclude=tried)
+            except ApiError:
+                if not tried:
+                    raise
+                # nothing untried is left; one tried before may be usable again (re-login)
+                account = self.pool.acquire(prefer=request.account_id)
             # a conversation lives in the account that created it upstream
             same_account = request.account_id in (None, account.id)
             chat_id = request.conversation_id if same_account else None
@@ -204,7 +210,7 @@ class QwenWebProvider(Provider):
                     extra=extra,
                 )
                 events, response = self.client.open_completion(account.token, body, account_id=account.id)
-            except RateLimited as exc:
+            except RateLimited as exc:  # the envelope's data.num (hours) is on the error
                 log.warning("account %s rate limited; trying another", account.id)
                 self.pool.mark_rate_limited(account.id, getattr(exc, "hours", None))
                 tried.add(account.id)

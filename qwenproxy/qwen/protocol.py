@@ -195,6 +195,10 @@ def error_from_response(status: int, headers: Mapping[str, str], body: bytes) ->
             return _error_from_code(str(data.get("code", "")), str(data.get("details", "")), data)
         if "detail" in payload and status >= 400:  # legacy Open WebUI style
             detail = str(payload["detail"])
+            if status in (401, 403):  # an account problem: the caller tries another account
+                return Unauthorized(f"Qwen answered HTTP {status}: {detail}")
+            if status == 429:
+                return RateLimited(f"Qwen answered HTTP 429: {detail}")
             if "model" in detail.lower():
                 return ModelNotFound(f"Qwen: {detail}", param="model")
             return UpstreamError(f"Qwen: {detail}")

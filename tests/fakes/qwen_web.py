@@ -17,6 +17,10 @@ Auth (§2)
 - §2.2: ``POST /api/v1/auths/signin`` with ``{"email","password": sha256-hex}`` → Open WebUI
   style session JSON (+ ``token`` cookie); wrong credentials → HTTP 401 ``{"detail":…}``.
   ``GET /api/v1/auths/`` → session info, or the ``unauthorized`` envelope.
+  ``GET /auth`` → a plain sign-in page (e-mail + password form) whose script hashes the
+  password with SHA-256, posts it to the sign-in API and keeps the token in
+  ``localStorage.token`` (unless ``signin_page_local_storage`` is off) and, from the
+  response, in the ``token`` cookie: what ``flask accounts add`` waits for in a browser.
   Guest mode (no JWT, ``bx-umidtoken``) is not reproduced: every v2 route needs a token.
 
 Envelopes and errors (§3.0)
@@ -157,7 +161,10 @@ CHAT_IN_PROGRESS = "The chat is in progress!"
 MODEL_NOT_FOUND = "Model not found"
 CHAT_NOT_FOUND = "Chat not found"
 PARENT_NOT_FOUND = "The parent message does not exist."
-INVALID_CREDENTIALS = "The email or password provided is incorrect. Please check for typos and try logging in again."
+INVALID_CREDENTIALS = (
+    "The email or password provided is incorrect. Please check for typos and try logging in again."
+)
+INJECTABLE = ("rate_limited", "unauthorized", "http_401", "http_403", "http_429")
 HOSTILE_MODES = ("captcha", "waf", "actual_status_404", "truncate", "stream_error")
 CHAT_MODES = ("normal", "guest", "local")
 CHAT_TYPES = (
@@ -178,6 +185,37 @@ IMAGE_HW = {"1:1": [1024, 1024], "16:9": [1280, 720], "9:16": [720, 1280], "4:3"
 TINY_PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 )
+SIGNIN_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Qwen Chat</title></head>
+<body><div class="login-container"><form id="signin">
+<input type="email" name="email" id="email" placeholder="Email" required>
+<input type="password" name="password" id="password" placeholder="Password" required>
+<button type="submit">Sign in</button></form><p id="message"></p></div>
+<script>
+const STORE_LOCAL = __STORE_LOCAL__;
+async function sha256hex(text) {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest)).map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+document.getElementById("signin").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const email = document.getElementById("email").value;
+  const password = await sha256hex(document.getElementById("password").value);
+  const response = await fetch("/api/v1/auths/signin", {
+    method: "POST", credentials: "same-origin",
+    headers: {"Content-Type": "application/json"}, body: JSON.stringify({email, password}),
+  });
+  const data = await response.json();
+  if (!response.ok || !data.token) {
+    document.getElementById("message").textContent = data.detail || "Sign-in failed";
+    return;
+  }
+  if (STORE_LOCAL) localStorage.setItem("token", data.token);
+  document.querySelector(".login-container").remove();
+  document.body.insertAdjacentHTML("beforeend", '<p id="welcome">Signed in</p>');
+});
+</script></body></html>
+"""
 SYSTEM_PROMPT_TOKENS = 24  # §4.7: input_tokens includes Qwen's hidden system prompt
 _TOKEN_RE = re.compile(r"\s*(?:\w+|[^\w\s]+)|\s+")
 _WORDS_RE = re.compile(r"words:(\d+)")
@@ -348,6 +386,8 @@ class FakeQwen:
     ``response.info`` keep-alive after ``response.created``), ``split_events`` (write each
     event in two pieces, cut inside the first multi-byte character), ``captcha_body_limit``,
     ``thinking_style`` ("think" | "summary"), ``image_base_url``, ``search_docs``.
+    ``inject`` ((token, path) → ``INJECTABLE`` kind or None: an account-level failure on
+    ``chats/new`` and completions, checked right after auth), ``signin_page_local_storage``.
     Records: ``requests``, ``completed``, ``aborted``, ``chats``, ``users``, ``errors``.
     """
 
@@ -371,6 +411,8 @@ class FakeQwen:
         self.info_events: bool = False
         self.split_events: bool = False
         self.captcha_body_limit: int | None = 128 * 1024
+        self.inject: Callable[[str, str], str | None] | None = None
+        self.signin_page_local_storage: bool = True
         self.requests: list[dict[str, Any]] = []
         self.completed: list[str] = []
         self.aborted: list[str] = []
@@ -396,6 +438,7 @@ class FakeQwen:
                 Rule("/api/v1/auths/", endpoint="session", methods=["GET"]),
                 Rule("/api/v2/users/status", endpoint="user_status", methods=["GET"]),
                 Rule("/output/<path:rest>", endpoint="image_file", methods=["GET"]),
+                Rule("/auth", endpoint="auth_page", methods=["GET"]),
             ]
         )
 
@@ -522,6 +565,21 @@ class FakeQwen:
 
     def _unauthorized(self) -> Response:
         return self._fail("unauthorized", EXPIRED_DETAILS)
+
+    def _injected(self, token: str, path: str) -> Response | None:
+        """The ``inject`` knob: the account-level failure a test chose for this request."""
+        kind = self.inject(token, path) if self.inject is not None else None
+        if kind is None:
+            return None
+        if kind == "rate_limited":
+            return self._fail(
+                "RateLimited", RATE_LIMIT_DETAILS, template=RATE_LIMIT_TEMPLATE, num=self.rate_limit_hours
+            )
+        if kind == "unauthorized":
+            return self._unauthorized()
+        if kind in ("http_401", "http_403", "http_429"):
+            return _json_response({"detail": f"injected {kind}"}, status=int(kind[5:]))
+        raise ValueError(f"unknown injected failure {kind!r}")
 
     def _take_hostile(self, kinds: tuple[str, ...]) -> str | None:
         """The hostile mode to apply to this request (counting down ``hostile_times``)."""
@@ -735,6 +793,10 @@ class FakeQwen:
         response.set_cookie("token", token, expires=payload["exp"], httponly=True, samesite="Lax", path="/")
         return response
 
+    def _ep_auth_page(self, request: Request, body: Any) -> Response:
+        store = "true" if self.signin_page_local_storage else "false"
+        return Response(SIGNIN_PAGE.replace("__STORE_LOCAL__", store), content_type="text/html; charset=utf-8")
+
     def _ep_session(self, request: Request, body: Any) -> Response:
         auth = self._authenticate(request)
         if auth is None:
@@ -753,6 +815,9 @@ class FakeQwen:
         auth = self._authenticate(request)
         if auth is None:
             return self._unauthorized()
+        injected = self._injected(auth[0], request.path)
+        if injected is not None:
+            return injected
         if not isinstance(body, dict):
             return self._fail("Bad_Request", "Invalid input")
         models = body.get("models")
@@ -878,6 +943,9 @@ class FakeQwen:
         if auth is None:
             return self._unauthorized()
         token, payload = auth
+        injected = self._injected(token, request.path)
+        if injected is not None:
+            return injected
         if not isinstance(body, dict):
             return self._fail("Bad_Request", "Invalid input")
         chat_id = request.args.get("chat_id")
