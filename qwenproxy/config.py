@@ -7,8 +7,9 @@ Nothing else in the project reads ``os.environ``; everything takes its settings 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from dotenv import dotenv_values
 
@@ -28,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "UPLOADS_DIR": "./uploads",
     "DATABASE_URL": None,  # default: sqlite:///<SESSION_DIR>/qwenproxy.db
     "AUTO_MIGRATE": True,
+    "WEB_WORKERS": 0,  # 0: from the number of CPUs
+    "GRACEFUL_TIMEOUT": 60,
     "MAX_CONTENT_LENGTH_MB": 150,
     # client API keys (seed: Authorization.txt); empty or missing file = no auth
     "API_KEYS_FILE": "./Authorization.txt",
@@ -86,6 +89,7 @@ def load_config(
         env_file = environ.get("QWENPROXY_ENV_FILE", ".env")
     config: dict[str, Any] = dict(DEFAULTS)
     file_values = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
+    # an empty env_file ("") means: read no .env at all
     for source in (file_values, environ):
         for key, value in source.items():
             if key in DEFAULTS and value is not None:

@@ -10,8 +10,8 @@ import contextlib
 import importlib.util
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 
 import click

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Union
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,7 @@ class Finished:
     reason: str = "stop"
 
 
-Event = Union[
-    ResponseStarted, TextDelta, ReasoningDelta, ToolCallDelta, Annotation, ImageResult, Usage, Finished
-]
+Event = Union[ResponseStarted, TextDelta, ReasoningDelta, ToolCallDelta, Annotation, ImageResult, Usage, Finished]
 
 
 @dataclass

@@ -1,0 +1,41 @@
+"""qwenproxy: an OpenAI-compatible gateway to Qwen web, GigaChat and a local Qwen2.5-Coder."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from .config import load_config
+
+__version__ = "0.1.0"
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app. ``config`` (tests) overrides defaults, ``.env`` and the environment."""
+    app = Flask(__name__)
+    testing = bool(config and config.get("TESTING"))
+    # a test's mapping is the whole truth: neither the environment nor .env leak into it
+    settings = load_config(config, environ={} if testing else None, env_file="" if testing else None)
+    app.config.update(settings)
+    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_CONTENT_LENGTH_MB"]) * 1024 * 1024
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    Path(app.config["SESSION_DIR"]).mkdir(parents=True, exist_ok=True)
+
+    from . import apikeys, db, middleware
+    from .api import chat, chats, errors, openai, status
+    from .providers import build_registry
+
+    middleware.configure_logging(app.config["LOG_LEVEL"])
+    middleware.init_app(app)
+    db.init_app(app)
+    apikeys.init_app(app)
+    errors.init_app(app)
+    for module in (openai, chat, chats, status):
+        app.register_blueprint(module.bp)
+
+    app.extensions["providers"] = build_registry(app)
+    return app

@@ -1,0 +1,28 @@
+"""OpenAI-compatible routes: chat completions and the model list."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from .common import json_body, registry, run_chat
+
+bp = Blueprint("openai", __name__)
+
+
+@bp.post("/api/chat/completions")
+def chat_completions() -> Response:
+    body = json_body()
+    return run_chat(body, body.get("messages"), simple=False)
+
+
+@bp.get("/api/models")
+def models() -> Response:
+    cards = registry().list_models()
+    return jsonify(
+        {
+            "object": "list",
+            "data": [
+                {"id": c.id, "object": "model", "created": c.created, "owned_by": c.owned_by, **c.extra} for c in cards
+            ],
+        }
+    )

@@ -1,0 +1,399 @@
+"""chat.qwen.ai web API ("v2"): request bodies, the SSE stream, and the HTTP-200 error envelopes.
+
+Free of Flask and of any transport: it builds JSON bodies, turns raw bytes into internal
+events incrementally, and turns upstream failures into the typed errors of
+``qwenproxy.errors``. Section numbers refer to ``shared/specs/qwen-web.md``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from ..errors import (
+    ApiError,
+    Conflict,
+    ModelNotFound,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    UpstreamBlocked,
+    UpstreamError,
+)
+from ..events import (
+    Event,
+    Finished,
+    ReasoningDelta,
+    ResponseStarted,
+    TextDelta,
+    Usage,
+)
+
+DEFAULT_CHAT_TITLE = "Новый чат"
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+def new_chat_body(
+    model: str,
+    *,
+    title: str = DEFAULT_CHAT_TITLE,
+    chat_type: str = "t2t",
+    chat_mode: str = "normal",
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Body of ``POST /api/v2/chats/new`` (§3.4); the timestamp is in milliseconds."""
+    now = time.time() if now is None else now
+    return {
+        "title": title,
+        "models": [model],
+        "chat_mode": chat_mode,
+        "chat_type": chat_type,
+        "timestamp": int(now * 1000),
+    }
+
+
+def completion_body(
+    *,
+    chat_id: str,
+    model: str,
+    content: str | list[dict[str, Any]],
+    parent_id: str | None = None,
+    system: str | None = None,
+    files: list[dict[str, Any]] | None = None,
+    chat_type: str = "t2t",
+    feature_config: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Body of ``POST /api/v2/chat/completions?chat_id=`` (§3.5): exactly one message.
+
+    ``parent_id`` is the previous assistant ``response_id``; it goes at the top level and
+    into the message as both ``parentId`` and ``parent_id`` (§4.8).
+    """
+    now = time.time() if now is None else now
+    features: dict[str, Any] = {"thinking_enabled": False, "output_schema": "phase"}
+    features.update(feature_config or {})
+    features["output_schema"] = "phase"  # without it deltas carry no phase (§3.5)
+    message = {
+        "fid": str(uuid.uuid4()),
+        "parentId": parent_id,
+        "parent_id": parent_id,
+        "childrenIds": [str(uuid.uuid4())],
+        "role": "user",
+        "content": content,
+        "user_action": "chat",
+        "files": list(files or []),
+        "timestamp": int(now),
+        "models": [model],
+        "chat_type": chat_type,
+        "sub_chat_type": chat_type,
+        "feature_config": features,
+        "extra": {"meta": {"subChatType": chat_type}},
+    }
+    body: dict[str, Any] = {
+        "stream": True,
+        "incremental_output": True,
+        "chat_id": chat_id,
+        "chat_mode": "normal",
+        "model": model,
+        "parent_id": parent_id,
+        "messages": [message],
+        "timestamp": int(now),
+    }
+    if system:
+        body["system_message"] = system
+    if extra:
+        body.update(extra)
+    return body
+
+
+# --------------------------------------------------------------------------- error envelopes
+
+
+def _error_from_code(code: str, details: str, data: Mapping[str, Any]) -> ApiError:
+    """Map an envelope's ``data.code`` (§3.0 table) to a typed error."""
+    text = details or code or "upstream error"
+    lowered = code.lower()
+    if lowered in ("ratelimited", "parallellimited", "quotalimited"):
+        hours = data.get("num")
+        retry = None
+        try:
+            retry = float(hours) * 3600 if hours is not None else None
+        except (TypeError, ValueError):
+            retry = None
+        err = RateLimited(f"Qwen quota reached: {text}", retry_after=retry)
+        err.hours = float(hours) if retry is not None else None  # type: ignore[attr-defined]
+        return err
+    if lowered == "unauthorized":
+        return Unauthorized(f"Qwen rejected the account token: {text}")
+    if lowered == "not_found":
+        if "model" in text.lower():
+            return ModelNotFound(f"Qwen: {text}", param="model")
+        return NotFound(f"Qwen: {text}", code="upstream_not_found")
+    if lowered == "bad_request":
+        if "in progress" in text.lower():
+            return Conflict("Qwen is still answering the previous message in this chat", code="chat_in_progress")
+        return UpstreamError(f"Qwen rejected the request: {text}", code="upstream_bad_request")
+    if code == "FAIL_SYS_USER_VALIDATE":
+        return _captcha_error()
+    return UpstreamError(f"Qwen error {code}: {text}")
+
+
+def _captcha_error() -> UpstreamBlocked:
+    return UpstreamBlocked(
+        "Qwen answered with an anti-bot captcha; use QWEN_TRANSPORT=browser (or auto)",
+        code="upstream_captcha",
+    )
+
+
+def error_from_response(status: int, headers: Mapping[str, str], body: bytes) -> ApiError | None:
+    """The typed error a non-stream answer stands for, or ``None`` if it is a success.
+
+    Upstream mostly answers HTTP 200 with a JSON envelope (§3.0); also handles the slider
+    captcha JSON, the WAF HTML page, ``x-actual-status-code`` wrapping and real 4xx/5xx.
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    actual = lower.get("x-actual-status-code")
+    if actual and actual.strip() not in ("200", ""):
+        return UpstreamError(f"Qwen gateway answered {actual.strip()} inside HTTP 200", code="upstream_status")
+    ctype = lower.get("content-type", "")
+    text = body.decode("utf-8", "replace")
+    if "html" in ctype or text.lstrip().lower().startswith(("<!doctype", "<html")):
+        if "aliyun_waf" in text:
+            return UpstreamBlocked(
+                "Qwen answered with its WAF challenge page; use QWEN_TRANSPORT=browser (or auto)",
+                code="upstream_waf",
+            )
+        return UpstreamError(f"Qwen answered HTTP {status} with an HTML page", code="upstream_html")
+    payload: Any = None
+    try:
+        payload = json.loads(text) if text.strip() else None
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        ret = payload.get("ret")
+        if isinstance(ret, list) and any("FAIL_SYS_USER_VALIDATE" in str(r) for r in ret):
+            return _captcha_error()
+        if payload.get("success") is False or (
+            isinstance(payload.get("data"), dict) and "code" in payload["data"] and "details" in payload["data"]
+        ):
+            data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+            return _error_from_code(str(data.get("code", "")), str(data.get("details", "")), data)
+        if "detail" in payload and status >= 400:  # legacy Open WebUI style
+            detail = str(payload["detail"])
+            if "model" in detail.lower():
+                return ModelNotFound(f"Qwen: {detail}", param="model")
+            return UpstreamError(f"Qwen: {detail}")
+    if status in (401, 403):
+        return Unauthorized(f"Qwen answered HTTP {status}")
+    if status == 429:
+        return RateLimited("Qwen answered HTTP 429")
+    if status >= 400:
+        return UpstreamError(f"Qwen answered HTTP {status}")
+    return None
+
+
+def unwrap(payload: Any) -> Any:
+    """``data`` of a success envelope (§3.0); flat answers are returned as they are."""
+    if isinstance(payload, dict) and payload.get("success") is True and "data" in payload:
+        return payload["data"]
+    return payload
+
+
+# --------------------------------------------------------------------------- SSE framing
+
+
+class SSEDecoder:
+    """Incremental ``text/event-stream`` decoder: bytes in, ``data`` payloads out.
+
+    Chunks may split lines, CRLF pairs and UTF-8 characters anywhere. Comment lines
+    (``: keepalive``) are skipped; several ``data:`` lines of one event are joined by ``\\n``.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[str]:
+        self._buffer += self._decoder.decode(chunk)
+        return self._drain(final=False)
+
+    def close(self) -> list[str]:
+        self._buffer += self._decoder.decode(b"", final=True)
+        out = self._drain(final=True)
+        if self._data:
+            out.append("\n".join(self._data))
+            self._data = []
+        return out
+
+    def _drain(self, final: bool) -> list[str]:
+        out: list[str] = []
+        pos = 0
+        buf = self._buffer
+        while True:
+            match = _NEWLINE.search(buf, pos)
+            if match is None:
+                break
+            if match.group() == "\r" and match.end() == len(buf) and not final:
+                break  # a lone CR at the end may be the first half of CRLF
+            self._line(buf[pos : match.start()], out)
+            pos = match.end()
+        rest = buf[pos:]
+        if final and rest:
+            self._line(rest, out)
+            rest = ""
+        self._buffer = rest
+        return out
+
+    def _line(self, line: str, out: list[str]) -> None:
+        if line == "":
+            if self._data:
+                out.append("\n".join(self._data))
+                self._data = []
+            return
+        if line.startswith(":"):
+            return
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+
+
+# --------------------------------------------------------------------------- stream events
+
+
+def usage_from_qwen(raw: Mapping[str, Any] | None) -> Usage:
+    """Qwen's cumulative usage object (§4.7) in OpenAI's names, keeping the raw object."""
+    raw = dict(raw or {})
+    prompt = int(raw.get("input_tokens") or raw.get("prompt_tokens") or 0)
+    completion = int(raw.get("output_tokens") or raw.get("completion_tokens") or 0)
+    total = int(raw.get("total_tokens") or prompt + completion)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, raw=raw)
+
+
+class StreamInterpreter:
+    """Turns the decoded JSON events of one completion stream (§4.2) into internal events.
+
+    Tracks the primary answer (``response_index`` "0"), keeps only the last cumulative
+    usage, diffs the cumulative ``thinking_summary`` arrays, and raises typed errors for
+    in-stream failures.
+    """
+
+    def __init__(self) -> None:
+        self.started: ResponseStarted | None = None
+        self.usage: Usage | None = None
+        self.finished = False
+        self._summary_seen: dict[str, int] = {}
+
+    def feed_data(self, data: str) -> list[Event]:
+        data = data.strip()
+        if not data:
+            return []
+        if data == "[DONE]":
+            return self._finish("stop") if not self.finished else []
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return []  # not every line is JSON (§4.1)
+        if not isinstance(obj, dict):
+            return []
+        return self.feed(obj)
+
+    def feed(self, obj: Mapping[str, Any]) -> list[Event]:
+        if self.finished:
+            return []
+        if "response.created" in obj:
+            created = obj["response.created"] or {}
+            if self.started is None and str(created.get("response_index", "0")) == "0":
+                self.started = ResponseStarted(
+                    chat_id=created.get("chat_id"),
+                    parent_id=created.get("parent_id"),
+                    response_id=created.get("response_id"),
+                )
+                return [self.started]
+            return []
+        if "response.stopped" in obj:
+            return self._finish("stop")
+        if "error" in obj and "choices" not in obj:
+            err = obj["error"] if isinstance(obj["error"], dict) else {"details": str(obj["error"])}
+            raise _error_from_code(str(err.get("code", "")), str(err.get("details", "")), err)
+        choices = obj.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return []
+        rid = obj.get("response_id")
+        if rid and self.started and self.started.response_id and rid != self.started.response_id:
+            return []  # a parallel answer (§4.2); we follow the first one
+        if isinstance(obj.get("usage"), dict):
+            self.usage = usage_from_qwen(obj["usage"])
+        delta = choices[0].get("delta") or {}
+        return self._delta(delta)
+
+    def _delta(self, delta: Mapping[str, Any]) -> list[Event]:
+        phase = delta.get("phase")
+        status = delta.get("status")
+        content = delta.get("content") or ""
+        if status == "error":
+            extra = delta.get("extra") or {}
+            err = extra.get("error") if isinstance(extra, dict) else None
+            err = err if isinstance(err, dict) else {"details": str(err or "stream error")}
+            raise _error_from_code(str(err.get("code", "")), str(err.get("details", "")), err)
+        out: list[Event] = []
+        if phase in (None, "answer"):
+            if content and delta.get("role", "assistant") == "assistant":
+                out.append(TextDelta(content))
+            if status == "finished":
+                out.extend(self._finish("stop"))
+        elif phase == "think":
+            if content:
+                out.append(ReasoningDelta(content))
+        elif phase == "thinking_summary":
+            out.extend(self._summary(delta.get("extra") or {}))
+        return out
+
+    def _summary(self, extra: Mapping[str, Any]) -> list[Event]:
+        """Cumulative ``summary_thought.content`` arrays (§4.4): emit only what is new."""
+        out: list[Event] = []
+        for key in ("summary_thought",):
+            items = (extra.get(key) or {}).get("content") or []
+            seen = self._summary_seen.get(key, 0)
+            for item in items[seen:]:
+                if item:
+                    out.append(ReasoningDelta(str(item) + "\n"))
+            self._summary_seen[key] = max(seen, len(items))
+        return out
+
+    def _finish(self, reason: str) -> list[Event]:
+        self.finished = True
+        out: list[Event] = []
+        if self.usage is not None:
+            out.append(self.usage)
+        out.append(Finished(reason))
+        return out
+
+
+def parse_stream(chunks: Iterable[bytes]) -> Iterator[Event]:
+    """Events of a completion stream read incrementally from raw byte chunks.
+
+    Raises ``UpstreamError`` when the stream ends without its ``finished`` delta.
+    """
+    decoder = SSEDecoder()
+    interp = StreamInterpreter()
+    for chunk in chunks:
+        for data in decoder.feed(chunk):
+            yield from interp.feed_data(data)
+            if interp.finished:
+                return
+    for data in decoder.close():
+        yield from interp.feed_data(data)
+    if not interp.finished:
+        raise UpstreamError("Qwen's stream ended before the answer was finished", code="upstream_truncated")

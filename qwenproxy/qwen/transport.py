@@ -1,0 +1,177 @@
+"""How bytes reach chat.qwen.ai: one small interface, with the ``direct`` HTTP transport here.
+
+The ``browser`` transport (a fetch inside a logged-in page of the browser pool) implements
+the same interface, so neither the protocol module nor the routes change with the transport.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import requests
+
+from ..errors import UpstreamError, UpstreamUnavailable
+
+
+class UpstreamResponse(ABC):
+    """A response whose body may still be arriving."""
+
+    status: int
+    headers: Mapping[str, str]
+    served_by: str = ""
+
+    @abstractmethod
+    def iter_bytes(self) -> Iterator[bytes]:
+        """Body chunks as they arrive (never waits for the whole body)."""
+
+    def read(self) -> bytes:
+        return b"".join(self.iter_bytes())
+
+    @abstractmethod
+    def close(self) -> None:
+        """Abort the request; safe to call from another thread, and more than once."""
+
+    def header(self, name: str) -> str:
+        name = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == name:
+                return value
+        return ""
+
+
+class Transport(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        json_body: Any = None,
+        stream: bool = False,
+        account_id: str | None = None,
+        timeout: float | None = None,
+    ) -> UpstreamResponse:
+        """Send one request; raise ``UpstreamUnavailable`` when the upstream is unreachable."""
+
+    def close(self) -> None:
+        pass
+
+
+def js_date_string(now: float | None = None) -> str:
+    """``Date.toString()`` without the zone name, as the front end sends in ``timezone``."""
+    t = time.localtime(now)
+    offset = -time.altzone if t.tm_isdst > 0 and time.daylight else -time.timezone
+    sign = "+" if offset >= 0 else "-"
+    offset = abs(offset)
+    return time.strftime("%a %b %d %Y %H:%M:%S", t) + f" GMT{sign}{offset // 3600:02d}{offset % 3600 // 60:02d}"
+
+
+def browser_headers(
+    config: Mapping[str, Any],
+    *,
+    token: str | None,
+    accept: str = "*/*",
+    referer_path: str = "/",
+    stream: bool = False,
+) -> dict[str, str]:
+    """The header set of the real web front end (§3.0), Bearer token and ``token`` cookie."""
+    base = str(config["QWEN_BASE_URL"]).rstrip("/")
+    headers = {
+        "Accept": accept,
+        "Accept-Language": "en-US,en;q=0.9",
+        "Content-Type": "application/json; charset=UTF-8",
+        "Origin": base,
+        "Referer": base + referer_path,
+        "User-Agent": str(config["QWEN_USER_AGENT"]),
+        "source": "web",
+        "bx-v": str(config["QWEN_BX_V"]),
+        "version": str(config["QWEN_FRONTEND_VERSION"]),
+        "timezone": js_date_string(),
+        "x-request-id": str(uuid.uuid4()),
+    }
+    if stream:
+        headers["x-accel-buffering"] = "no"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+        headers["Cookie"] = f"token={token}"
+    return headers
+
+
+class _RequestsResponse(UpstreamResponse):
+    def __init__(self, response: requests.Response) -> None:
+        self._response = response
+        self.status = response.status_code
+        self.headers = response.headers
+        self.served_by = "direct"
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        try:
+            # chunk_size=None: hand over each piece as soon as the socket yields it
+            yield from self._response.iter_content(chunk_size=None)
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, AttributeError) as exc:
+            raise UpstreamError(
+                f"Qwen's answer broke off ({type(exc).__name__})", code="upstream_truncated"
+            ) from exc
+        finally:
+            self._response.close()
+
+    def close(self) -> None:
+        try:
+            raw = self._response.raw
+            # shut the socket down so a read blocked in another greenlet/thread returns now
+            fp = getattr(raw, "_fp", None)  # http.client.HTTPResponse
+            sock = getattr(getattr(getattr(fp, "fp", None), "raw", None), "_sock", None)
+            sock = sock or getattr(getattr(raw, "_connection", None), "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._response.close()
+        except Exception:
+            pass
+
+
+class DirectTransport(Transport):
+    """Plain HTTPS with the browser's headers; gevent makes ``requests`` cooperative."""
+
+    name = "direct"
+
+    def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+        self._session = requests.Session()
+        self._timeout = (connect_timeout, read_timeout)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        json_body: Any = None,
+        stream: bool = False,
+        account_id: str | None = None,
+        timeout: float | None = None,
+    ) -> UpstreamResponse:
+        try:
+            response = self._session.request(
+                method,
+                url,
+                headers=dict(headers),
+                json=json_body,
+                stream=stream,
+                timeout=(self._timeout[0], timeout or self._timeout[1]),
+            )
+        except requests.RequestException as exc:
+            raise UpstreamUnavailable(f"Cannot reach Qwen at {url.split('?')[0]}: {type(exc).__name__}") from exc
+        return _RequestsResponse(response)
+
+    def close(self) -> None:
+        self._session.close()

@@ -1,0 +1,123 @@
+"""Starts the long-running worker processes and restarts the ones that die.
+
+Runs in the gunicorn master (its hooks) or in ``python app.py`` — never inside a gevent web
+worker, which must not fork. Plain threads and ``subprocess`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str] | None = None
+    health_url: str | None = None
+
+
+@dataclass
+class _Child:
+    spec: WorkerSpec
+    process: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    last_exit: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Supervisor:
+    """Keeps each ``WorkerSpec`` running; ``stop`` sends SIGTERM, then SIGKILL."""
+
+    def __init__(self, specs: list[WorkerSpec], restart_delay: float = 1.0) -> None:
+        self._children = {s.name: _Child(s) for s in specs}
+        self.restart_delay = restart_delay
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _spawn(self, child: _Child) -> None:
+        env = dict(os.environ)
+        env.update(child.spec.env or {})
+        argv = list(child.spec.argv)
+        if argv and argv[0] == "python":
+            argv[0] = sys.executable
+        # own process group, so that stop() reaches the worker's children (Chromium) too
+        child.process = subprocess.Popen(argv, env=env, start_new_session=True)
+        child.started_at = time.time()
+        log.info("started worker %s (pid %s)", child.spec.name, child.process.pid)
+
+    def start(self) -> None:
+        with self._lock:
+            for child in self._children.values():
+                self._spawn(child)
+        self._thread = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.2):
+            with self._lock:
+                for child in self._children.values():
+                    proc = child.process
+                    if proc is None or proc.poll() is None:
+                        continue
+                    child.last_exit = proc.returncode
+                    if time.time() - child.started_at < self.restart_delay:
+                        continue  # crash loop guard: wait at least restart_delay between starts
+                    log.warning("worker %s exited with %s; restarting", child.spec.name, proc.returncode)
+                    child.restarts += 1
+                    self._spawn(child)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        with self._lock:
+            procs = [c.process for c in self._children.values() if c.process is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+        deadline = time.time() + timeout
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait(timeout=5)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                name: {
+                    "pid": c.process.pid if c.process else None,
+                    "running": bool(c.process and c.process.poll() is None),
+                    "restarts": c.restarts,
+                    "last_exit": c.last_exit,
+                }
+                for name, c in self._children.items()
+            }
+
+    def pid(self, name: str) -> int | None:
+        child = self._children.get(name)
+        return child.process.pid if child and child.process else None
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,163 @@
+"""Shared fixtures: fake upstreams as real servers, the app on a temporary database."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from qwenproxy import create_app
+from tests.fakes.qwen_web import FakeQwen
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fake_qwen() -> Iterator[FakeQwen]:
+    fake = FakeQwen().start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def app_config(tmp_path: Path, fake: FakeQwen, **extra) -> dict:
+    config = {
+        "TESTING": True,
+        "SESSION_DIR": str(tmp_path / "session"),
+        "QWEN_BASE_URL": fake.url,
+        "QWEN_TOKEN": fake.make_token(),
+        "API_KEYS_FILE": str(tmp_path / "Authorization.txt"),
+        "MODELS_FILE": str(ROOT / "AvailableModels.txt"),
+        "QWEN_READ_TIMEOUT": 10.0,
+        "PING_INTERVAL": 15.0,
+        "LOG_LEVEL": "WARNING",
+    }
+    config.update(extra)
+    return config
+
+
+@pytest.fixture
+def app(tmp_path: Path, fake_qwen: FakeQwen):
+    application = create_app(app_config(tmp_path, fake_qwen))
+    yield application
+    application.extensions["providers"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+class LiveServer:
+    """The app served by werkzeug in a thread: for clients that need a real socket."""
+
+    def __init__(self, application) -> None:
+        self.server = make_server("127.0.0.1", 0, application, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def live_server(app) -> Iterator[LiveServer]:
+    server = LiveServer(app)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+class Gunicorn:
+    """The real thing: ``gunicorn -c gunicorn.conf.py app:app`` with gevent workers."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2, cwd: Path = ROOT) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("QWEN", "GIGACHAT", "LOCAL_MODEL"))}
+        full_env.update(
+            HOST="127.0.0.1",
+            PORT=str(self.port),
+            WEB_WORKERS=str(workers),
+            LOG_LEVEL="WARNING",
+            QWENPROXY_ENV_FILE="",
+            **env,
+        )
+        self.log = Path(env["SESSION_DIR"]) / "gunicorn.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
+            cwd=cwd,
+            env=full_env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_http(self.url + "/api/status", proc=self.proc)
+        except Exception:
+            self.stop()
+            raise RuntimeError(self.log.read_text(errors="replace")[-3000:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log_file.close()
+
+
+@pytest.fixture
+def gunicorn_server(tmp_path: Path, fake_qwen: FakeQwen) -> Iterator[Gunicorn]:
+    env = {
+        "SESSION_DIR": str(tmp_path / "session"),
+        "QWEN_BASE_URL": fake_qwen.url,
+        "QWEN_TOKEN": fake_qwen.make_token(),
+        "API_KEYS_FILE": str(tmp_path / "Authorization.txt"),
+        "MODELS_FILE": str(ROOT / "AvailableModels.txt"),
+    }
+    server = Gunicorn(env)
+    try:
+        yield server
+    finally:
+        server.stop()

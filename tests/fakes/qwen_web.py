@@ -1,0 +1,1208 @@
+"""Offline fake of chat.qwen.ai's web API ("API v2"), served over real HTTP for the tests.
+
+Every behaviour follows ``/work/shared/specs/qwen-web.md``; where the real upstream is
+unknown or varies, the fake takes the stricter, real-looking choice (marked *[choice]*).
+
+Transport
+- A werkzeug threaded server on 127.0.0.1 (HTTP/1.1, chunked bodies, ``Connection: close``).
+  Each SSE event is one write + flush, so clients see events as they are produced.
+
+Auth (§2)
+- §2.3: tokens are HS256 JWTs signed with the fake's secret, payload
+  ``{"id", "last_password_change", "exp"}`` (no ``iat``), lifetime 7 days by default.
+- §2.4: ``Authorization: Bearer <jwt>`` or the ``token`` cookie; the header wins when both
+  are sent (Open WebUI order). Missing, garbage, badly signed, expired or revoked tokens on
+  logged-in routes → HTTP 200 ``{"success":false,...,"data":{"code":"unauthorized",
+  "details":"Token has expired, please log in again."}}`` (§2.2, §3.0).
+- §2.2: ``POST /api/v1/auths/signin`` with ``{"email","password": sha256-hex}`` → Open WebUI
+  style session JSON (+ ``token`` cookie); wrong credentials → HTTP 401 ``{"detail":…}``.
+  ``GET /api/v1/auths/`` → session info, or the ``unauthorized`` envelope.
+  Guest mode (no JWT, ``bx-umidtoken``) is not reproduced: every v2 route needs a token.
+
+Envelopes and errors (§3.0)
+- Success ``{"success":true,"request_id":…,"data":…}``, errors the same with
+  ``success:false`` and ``data.code``/``data.details``, always HTTP 200 ``application/json``,
+  compact separators (as captured), UTF-8 unescaped.
+- Hostile modes (``hostile`` knob; ``hostile_times`` limits how often): ``captcha`` → the
+  ``FAIL_SYS_USER_VALIDATE`` slider JSON; ``waf`` → ``text/html`` page with
+  ``<meta name="aliyun_waf_aa" …>``; ``actual_status_404`` → HTTP 200 with
+  ``x-actual-status-code: 404`` and a small JSON body. They guard ``chats/new`` and
+  completions (checked before auth: the WAF sits in front of the app). *[choice]* A request
+  body over ``captcha_body_limit`` (128 KiB) on those routes always gets the slider (§3.0).
+- Legacy ``POST /api/chat/completions`` → 504 HTML (retired, §3.9). Other ``/api`` paths →
+  404 ``{"detail":"Not Found"}`` (FastAPI style), wrong method → 405.
+
+Models (§3.3, §6.1)
+- ``GET /api/models`` (auth optional, no envelope): ``{"data":[{id,name,object,owned_by,
+  info:{…,meta:{capabilities, abilities, chat_type, max_context_length, …}},preset,
+  action_ids}]}``; default ids = the 18 of §6.1; thinking models carry the thinking/summary
+  lengths, the others ``max_generation_length``; ``is_single_round`` for qwq/qvq and
+  ``file_limits`` for qwen2.5-omni-7b as in §3.3.
+
+Chats (§3.4, §3.7)
+- ``POST /api/v2/chats/new`` validates ``models`` (non-empty list of known ids, else
+  ``Not_Found`` "Model not found"), ``chat_mode`` (normal/guest/local), ``chat_type`` and a
+  millisecond ``timestamp`` *[choice: seconds are rejected]*; answers ``data.id``.
+- ``GET /api/v2/chats/`` (list), ``GET /api/v2/chats/<id>`` (``data.currentId``,
+  ``data.chat.history.messages`` map, ``data.chat.messages`` array), ``DELETE`` →
+  ``data: true``; unknown or foreign chat → ``Not_Found`` "Chat not found"
+  *[choice: details text invented]*. ``GET /api/v2/users/status`` → ``data: true``.
+
+Completions (§3.5, Appendix A) — checks in this order, all HTTP 200 envelopes:
+  hostile/WAF → auth → JSON body → ``chat_id`` in query and body equal (``Bad_Request``) →
+  exactly one message (``Bad_Request`` "Invalid input too many messages.") → known model
+  (``Not_Found`` "Model not found") → chat exists and belongs to the user (``Not_Found``
+  "Chat not found") → not generating (``Bad_Request`` "The chat is in progress!") →
+  ``parent_id`` null on the first turn, else the ``response_id`` of an assistant message of
+  that chat (``Bad_Request`` "The parent message does not exist." *[choice: text
+  invented]*) → per-token quota (``RateLimited`` with ``template`` and ``num`` =
+  ``rate_limit_hours``). ``messages[0].parent_id``/``parentId`` are recorded, not checked
+  (upstream behaviour unknown).
+- ``stream:true`` (§4.1–4.3): ``Content-Type: text/event-stream`` *[choice: no charset, so
+  clients must decode UTF-8 themselves]*; ``data: <json>\\n\\n`` events, no ``event:``/``id:``,
+  no ``[DONE]``. Order: ``response.created`` (inconsistent spacing and a trailing space, as
+  captured; ``chat_id``, ``parent_id`` = new server id of the user message, ``response_id``,
+  ``response_index:"0"``) → optional ``response.info`` keep-alive (``info_events``) →
+  [``think`` deltas + ``think`` finished delta when ``feature_config.thinking_enabled``,
+  §4.4 2025 style] → one ``answer`` delta per word-ish token with **cumulative** ``usage``
+  (§4.7; ``input_tokens`` includes a hidden system prompt) → one empty ``typing`` delta →
+  the ``finished`` delta without ``usage`` (Oct 2025 capture). Deltas use ``", "``/``": "``
+  separators and raw UTF-8. Without ``feature_config.output_schema == "phase"`` no delta
+  carries ``phase`` (§3.5) — so a ``think`` finished delta then looks like the end.
+  ``stream`` absent counts as ``true``. Without ``incremental_output: true`` each delta carries the
+  cumulative text of its phase (§3.5 "deltas instead of cumulative text").
+- ``stream:false`` → §3.5 envelope ``data: {chat_id: "", parent_id, message_id,
+  messages: null, choices: [{message: {role, content}}]}`` (``chat_id`` empty as captured).
+- ``hostile == "truncate"``: after ``hostile_after`` deltas the socket is shut down without
+  the chunked terminator (client sees a broken body, no ``finished``);
+  ``"stream_error"``: after ``hostile_after`` deltas an in-stream
+  ``{"error": {"code", "details"}}`` event (§4.2 item 5), then the body ends cleanly.
+- The chat is ``in_progress`` from acceptance until the generator produced the finished
+  delta, hit a hostile cut, or the client went away. A failed write (client closed the
+  connection) closes the generator: its ``response_id`` goes to ``aborted``; a stream whose
+  finished delta was written goes to ``completed``.
+
+Not reproduced: files/STS/OSS (§5), task polling (§3.6), search/t2i/t2v phases
+(§4.5–4.6), 2026 ``thinking_summary`` phase, parallel answers (``response_index`` "1"),
+``response.stopped``, the header-based WAF heuristics (``bx-*``), ``/api/v2/models``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+DEFAULT_MODELS: list[str] = [
+    "qwen3-max",
+    "qwen3-vl-plus",
+    "qwen3-coder-plus",
+    "qwen3-omni-flash",
+    "qwen-plus-2025-09-11",
+    "qwen3-235b-a22b",
+    "qwen3-30b-a3b",
+    "qwen3-coder-30b-a3b-instruct",
+    "qwen-max-latest",
+    "qwen-plus-2025-01-25",
+    "qwq-32b",
+    "qwen-turbo-2025-02-11",
+    "qwen2.5-omni-7b",
+    "qvq-72b-preview-0310",
+    "qwen2.5-vl-32b-instruct",
+    "qwen2.5-14b-instruct-1m",
+    "qwen2.5-coder-32b-instruct",
+    "qwen2.5-72b-instruct",
+]
+
+EXPIRED_DETAILS = "Token has expired, please log in again."
+RATE_LIMIT_DETAILS = "You've reached the upper limit for today's usage."
+RATE_LIMIT_TEMPLATE = (
+    "You have reached the daily usage limit. Please wait {{num}} hours before trying again."
+)
+TOO_MANY_MESSAGES = "Invalid input too many messages."
+CHAT_IN_PROGRESS = "The chat is in progress!"
+MODEL_NOT_FOUND = "Model not found"
+CHAT_NOT_FOUND = "Chat not found"
+PARENT_NOT_FOUND = "The parent message does not exist."
+INVALID_CREDENTIALS = (
+    "The email or password provided is incorrect. Please check for typos and try logging in again."
+)
+HOSTILE_MODES = ("captcha", "waf", "actual_status_404", "truncate", "stream_error")
+CHAT_MODES = ("normal", "guest", "local")
+CHAT_TYPES = (
+    "t2t", "search", "t2i", "t2v", "image_edit", "deep_research", "web_dev", "artifacts",
+    "slides", "learn", "travel",
+)
+SYSTEM_PROMPT_TOKENS = 24  # §4.7: input_tokens includes Qwen's hidden system prompt
+_TOKEN_RE = re.compile(r"\s*(?:\w+|[^\w\s]+)|\s+")
+_WORDS_RE = re.compile(r"words:(\d+)")
+_MODEL_USER_ID = "8a5f6b3e-9f0b-4c1e-8a51-2f7c9d0e1b23"
+_MODEL_CREATED_AT = 1732711466
+
+# id -> (display name, thinking, max_context_length, vision)
+_MODEL_TABLE: dict[str, tuple[str, bool, int, bool]] = {
+    "qwen3-max": ("Qwen3-Max", True, 262144, True),
+    "qwen3-vl-plus": ("Qwen3-VL-235B-A22B", True, 262144, True),
+    "qwen3-coder-plus": ("Qwen3-Coder", False, 1048576, True),
+    "qwen3-omni-flash": ("Qwen3-Omni-Flash", True, 65536, True),
+    "qwen-plus-2025-09-11": ("Qwen3-Next-80B-A3B", True, 262144, True),
+    "qwen3-235b-a22b": ("Qwen3-235B-A22B-2507", True, 131072, True),
+    "qwen3-30b-a3b": ("Qwen3-30B-A3B-2507", True, 131072, True),
+    "qwen3-coder-30b-a3b-instruct": ("Qwen3-Coder-Flash", False, 262144, True),
+    "qwen-max-latest": ("Qwen2.5-Max", False, 131072, True),
+    "qwen-plus-2025-01-25": ("Qwen2.5-Plus", False, 131072, True),
+    "qwq-32b": ("QwQ-32B", True, 131072, False),
+    "qwen-turbo-2025-02-11": ("Qwen2.5-Turbo", False, 1000000, True),
+    "qwen2.5-omni-7b": ("Qwen2.5-Omni-7B", False, 30720, True),
+    "qvq-72b-preview-0310": ("QVQ-Max", True, 131072, True),
+    "qwen2.5-vl-32b-instruct": ("Qwen2.5-VL-32B-Instruct", False, 131072, True),
+    "qwen2.5-14b-instruct-1m": ("Qwen2.5-14B-Instruct-1M", False, 1000000, True),
+    "qwen2.5-coder-32b-instruct": ("Qwen2.5-Coder-32B-Instruct", False, 131072, True),
+    "qwen2.5-72b-instruct": ("Qwen2.5-72B-Instruct", False, 131072, True),
+}
+
+
+def tokenize(text: str) -> list[str]:
+    """Split text into word-ish tokens that keep their leading spaces ("".join == text)."""
+    return _TOKEN_RE.findall(text)
+
+
+def default_answer(text: str) -> str:
+    """``words:N`` → "w1 … wN" (long streams on demand), otherwise ``Echo: <text>``."""
+    match = _WORDS_RE.search(text)
+    if match:
+        count = min(int(match.group(1)), 200_000)
+        return " ".join(f"w{i}" for i in range(1, count + 1))
+    return f"Echo: {text}"
+
+
+def message_text(content: Any) -> str:
+    """Text of a message ``content``: a string, or the ``text`` items of an array (§3.5)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [
+            item.get("text", "")
+            for item in content
+            if isinstance(item, dict) and item.get("type") == "text"
+        ]
+        return "".join(p for p in parts if isinstance(p, str))
+    return ""
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _compact(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _spaced(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
+
+def _json_response(
+    obj: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        _compact(obj), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class _HeaderDict(dict):
+    """A plain dict of request headers with lower-case keys and case-insensitive lookups."""
+
+    def __getitem__(self, key: str) -> Any:
+        return super().__getitem__(key.lower())
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(key.lower(), default)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Werkzeug's handler without the per-request access log."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+class _Stopped(Exception):
+    """Raised inside a stream when the fake is shutting down."""
+
+
+@dataclass
+class _Turn:
+    """One accepted completion request and its generation state."""
+
+    token: str
+    chat_id: str
+    model: str
+    user_message_id: str
+    response_id: str
+    stream: bool
+    phase_schema: bool
+    incremental: bool
+    phases: list[tuple[str, list[str]]]
+    input_tokens: int
+    cut: str | None = None
+    cut_after: int = 3
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    outcome: str | None = None
+    generation_done: bool = False
+    texts: dict[str, str] = field(default_factory=dict)
+
+    def usage(self) -> dict[str, Any]:
+        out_details: dict[str, int] = {"text_tokens": self.output_tokens}
+        if self.reasoning_tokens:
+            out_details["reasoning_tokens"] = self.reasoning_tokens
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "characters": 0,
+            "total_tokens": self.input_tokens + self.output_tokens,
+            "input_tokens_details": {"text_tokens": self.input_tokens},
+            "output_tokens_details": out_details,
+            "cached_tokens": 0,
+        }
+
+
+class _StreamBody:
+    """WSGI body iterator whose ``close()`` tells the fake how the stream ended."""
+
+    def __init__(self, gen: Iterator[bytes], on_close: Callable[[], None]) -> None:
+        self._gen = gen
+        self._on_close = on_close
+
+    def __iter__(self) -> _StreamBody:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._gen)
+
+    def close(self) -> None:
+        try:
+            self._gen.close()  # type: ignore[attr-defined]
+        finally:
+            self._on_close()
+
+
+class FakeQwen:
+    """A chat.qwen.ai look-alike; set the public attributes to steer it from a test.
+
+    Knobs: ``chunk_delay`` (s between SSE events, read live), ``hostile`` (one of
+    ``HOSTILE_MODES`` or None) with ``hostile_times`` (None = always, N = next N requests)
+    and ``hostile_after`` (deltas before a truncate/stream_error cut),
+    ``stream_error_payload``, ``quota`` (token → completions left), ``rate_limit_hours``,
+    ``revoked`` (tokens), ``answer`` (user text → answer text), ``info_events`` (send a
+    ``response.info`` keep-alive after ``response.created``), ``split_events`` (write each
+    event in two pieces, cut inside the first multi-byte character), ``captcha_body_limit``.
+    Records: ``requests``, ``completed``, ``aborted``, ``chats``, ``users``, ``errors``.
+    """
+
+    def __init__(self, *, chunk_delay: float = 0.0, models: list[str] | None = None) -> None:
+        self.chunk_delay = chunk_delay
+        self.models: list[str] = list(models) if models is not None else list(DEFAULT_MODELS)
+        self.hostile: str | None = None
+        self.hostile_times: int | None = None  # None: every request; N: the next N, then off
+        self.hostile_after: int = 3  # deltas sent before "truncate" / "stream_error" cut in
+        self.stream_error_payload: dict[str, str] = {
+            "code": "Internal_Server_Error",
+            "details": "Internal error occurred",
+        }
+        self.quota: dict[str, int] = {}
+        self.rate_limit_hours: int = 19
+        self.revoked: set[str] = set()
+        self.answer: Callable[[str], str] | None = None
+        self.info_events: bool = False
+        self.split_events: bool = False
+        self.captcha_body_limit: int | None = 128 * 1024
+        self.requests: list[dict[str, Any]] = []
+        self.completed: list[str] = []
+        self.aborted: list[str] = []
+        self.errors: list[str] = []  # tracebacks of crashes inside the fake itself
+        self.chats: dict[str, dict[str, Any]] = {}
+        self.users: dict[str, dict[str, str]] = {}  # email -> {"id", "password_sha256", "name"}
+        self.url: str = ""
+        self.secret: bytes = secrets.token_bytes(32)
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._url_map = Map(
+            [
+                Rule("/api/models", endpoint="models", methods=["GET"]),
+                Rule("/api/v2/chats/new", endpoint="chats_new", methods=["POST"]),
+                Rule("/api/v2/chats/", endpoint="chats_list", methods=["GET"]),
+                Rule("/api/v2/chats/<chat_id>", endpoint="chat_get", methods=["GET"]),
+                Rule("/api/v2/chats/<chat_id>", endpoint="chat_delete", methods=["DELETE"]),
+                Rule("/api/v2/chat/completions", endpoint="completions", methods=["POST"]),
+                Rule("/api/chat/completions", endpoint="legacy_completions", methods=["POST"]),
+                Rule("/api/v1/auths/signin", endpoint="signin", methods=["POST"]),
+                Rule("/api/v1/auths/", endpoint="session", methods=["GET"]),
+                Rule("/api/v2/users/status", endpoint="user_status", methods=["GET"]),
+            ]
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, port: int = 0) -> FakeQwen:
+        """Bind 127.0.0.1 (a free port unless given) and serve in a daemon thread."""
+        self._stopping.clear()
+        self._server = make_server(
+            "127.0.0.1", port, self._wsgi, threaded=True, request_handler=_QuietHandler
+        )
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-qwen",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 5.0) -> bool:
+        """Poll ``predicate`` until it is truthy or ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if predicate():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+    # ------------------------------------------------------------------ tokens and users
+
+    def make_token(
+        self, *, user_id: str | None = None, expires_in: int = 7 * 86400, expired: bool = False
+    ) -> str:
+        """An HS256 JWT as chat.qwen.ai issues them (§2.3), signed with this fake's secret."""
+        now = int(time.time())
+        payload = {
+            "id": user_id or _new_id(),
+            "last_password_change": now - 30 * 86400,
+            "exp": now - 3600 if expired else now + expires_in,
+        }
+        header = {"alg": "HS256", "typ": "JWT"}
+        signing_input = f"{_b64url(_compact(header))}.{_b64url(_compact(payload))}"
+        signature = hmac.new(self.secret, signing_input.encode("ascii"), hashlib.sha256).digest()
+        return f"{signing_input}.{_b64url(signature)}"
+
+    def add_user(self, email: str, password: str) -> str:
+        """Register an account for ``/api/v1/auths/signin``; returns a fresh token for it."""
+        user_id = _new_id()
+        with self._lock:
+            self.users[email.lower()] = {
+                "id": user_id,
+                "email": email,
+                "password_sha256": hashlib.sha256(password.encode("utf-8")).hexdigest(),
+                "name": email.split("@")[0],
+            }
+        return self.make_token(user_id=user_id)
+
+    def _decode_token(self, token: str) -> dict[str, Any] | None:
+        """The payload of a well-signed, unexpired, unrevoked token, else None."""
+        parts = token.split(".")
+        if len(parts) != 3:
+            return None
+        try:
+            header = json.loads(_b64url_decode(parts[0]))
+            payload = json.loads(_b64url_decode(parts[1]))
+            signature = _b64url_decode(parts[2])
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(header, dict) or header.get("alg") != "HS256":
+            return None
+        expected = hmac.new(
+            self.secret, f"{parts[0]}.{parts[1]}".encode("ascii"), hashlib.sha256
+        ).digest()
+        if not hmac.compare_digest(signature, expected):
+            return None
+        if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
+            return None
+        exp = payload.get("exp")
+        if not isinstance(exp, int) or exp <= time.time():
+            return None
+        with self._lock:
+            if token in self.revoked:
+                return None
+        return payload
+
+    @staticmethod
+    def _presented_token(request: Request) -> str | None:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return request.cookies.get("token") or None
+
+    def _authenticate(self, request: Request) -> tuple[str, dict[str, Any]] | None:
+        token = self._presented_token(request)
+        if token is None:
+            return None
+        payload = self._decode_token(token)
+        return None if payload is None else (token, payload)
+
+    # ------------------------------------------------------------------ envelopes
+
+    @staticmethod
+    def _ok(data: Any) -> Response:
+        return _json_response({"success": True, "request_id": _new_id(), "data": data})
+
+    @staticmethod
+    def _fail(code: str, details: str, **extra: Any) -> Response:
+        data = {"code": code, "details": details, **extra}
+        return _json_response({"success": False, "request_id": _new_id(), "data": data})
+
+    def _unauthorized(self) -> Response:
+        return self._fail("unauthorized", EXPIRED_DETAILS)
+
+    def _take_hostile(self, kinds: tuple[str, ...]) -> str | None:
+        """The hostile mode to apply to this request (counting down ``hostile_times``)."""
+        with self._lock:
+            mode = self.hostile
+            if mode not in kinds:
+                return None
+            if self.hostile_times is not None:
+                self.hostile_times -= 1
+                if self.hostile_times <= 0:
+                    self.hostile = None
+                    self.hostile_times = None
+            return mode
+
+    @staticmethod
+    def _captcha(request: Request) -> Response:
+        x5secdata = secrets.token_hex(120)
+        url = (
+            f"https://chat.qwen.ai:443/{request.path}/_____tmd_____/punish"
+            f"?x5secdata={x5secdata}&x5step=2&action=captcha&pureCaptcha="
+        )
+        body = {
+            "ret": ["FAIL_SYS_USER_VALIDATE", "RGV587_ERROR::SM::哎哟喂,被挤爆啦,请稍后重试"],
+            "data": {"url": url},
+        }
+        return _json_response(body)
+
+    @staticmethod
+    def _waf() -> Response:
+        aa = secrets.token_hex(16)
+        html = (
+            "<!doctypehtml><html><head><meta charset=\"utf-8\">"
+            f"<meta name=\"aliyun_waf_aa\" content=\"{aa}\">"
+            f"<meta name=\"aliyun_waf_bb\" content=\"{secrets.token_hex(16)}\">"
+            "<title></title></head><body><script>"
+            "var arg1='" + secrets.token_hex(20) + "';"
+            "setTimeout(function(){location.reload()},1000);"
+            "</script></body></html>"
+        )
+        response = Response(html, content_type="text/html; charset=utf-8")
+        response.set_cookie("acw_tc", secrets.token_hex(16), max_age=1500, httponly=True)
+        return response
+
+    @staticmethod
+    def _actual_404() -> Response:
+        return _json_response(
+            {"success": False, "code": 404, "message": "Not Found"},
+            headers={"x-actual-status-code": "404"},
+        )
+
+    def _guard(self, request: Request) -> Response | None:
+        """The anti-bot layer in front of chats/new and completions (§3.0)."""
+        limit = self.captcha_body_limit
+        if limit is not None and (request.content_length or 0) > limit:
+            return self._captcha(request)
+        mode = self._take_hostile(("captcha", "waf", "actual_status_404"))
+        if mode == "captcha":
+            return self._captcha(request)
+        if mode == "waf":
+            return self._waf()
+        if mode == "actual_status_404":
+            return self._actual_404()
+        return None
+
+    # ------------------------------------------------------------------ WSGI
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        request = Request(environ)
+        body_json = self._record(request)
+        try:
+            endpoint, args = self._url_map.bind_to_environ(environ).match()
+            handler = getattr(self, f"_ep_{endpoint}")
+            response = handler(request, body_json, **args)
+        except NotFound:
+            response = _json_response({"detail": "Not Found"}, status=404)
+        except MethodNotAllowed:
+            response = _json_response({"detail": "Method Not Allowed"}, status=405)
+        except HTTPException as exc:
+            response = exc.get_response(environ)
+        except Exception:  # noqa: BLE001 - a crash in the fake must be visible to tests
+            with self._lock:
+                self.errors.append(traceback.format_exc())
+            response = _json_response({"detail": "Internal Server Error"}, status=500)
+        return response(environ, start_response)
+
+    def _record(self, request: Request) -> Any:
+        raw = request.get_data(cache=True)
+        try:
+            body_json = json.loads(raw) if raw else None
+        except (ValueError, UnicodeDecodeError):
+            body_json = None
+        entry = {
+            "method": request.method,
+            "path": request.path,
+            "query": dict(request.args),
+            "headers": _HeaderDict((k.lower(), v) for k, v in request.headers.items()),
+            "json": body_json,
+            "time": time.time(),
+        }
+        with self._lock:
+            self.requests.append(entry)
+        return body_json
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _model_entry(self, model_id: str) -> dict[str, Any]:
+        default = (model_id, False, 131072, False)
+        name, thinking, context, vision = _MODEL_TABLE.get(model_id, default)
+        capabilities = {
+            "document": True,
+            "vision": vision,
+            "video": vision,
+            "audio": vision,
+            "citations": True,
+        }
+        if thinking:
+            capabilities.update({"thinking_budget": True, "thinking": True})
+        meta: dict[str, Any] = {
+            "profile_image_url": "/static/favicon.png",
+            "description": f"{name} is a model of the Qwen series.",
+            "short_description": name,
+            "capabilities": capabilities,
+            "max_context_length": context,
+        }
+        if thinking:
+            meta["max_thinking_generation_length"] = 81920
+            meta["max_summary_generation_length"] = 8192
+        else:
+            meta["max_generation_length"] = 8192
+        meta["abilities"] = {key: int(value) for key, value in capabilities.items()}
+        meta["abilities"]["mcp"] = 1
+        meta["chat_type"] = ["t2t", "t2v", "t2i", "search", "artifacts", "web_dev", "deep_research"]
+        meta["mcp"] = ["image-generation", "code-interpreter", "amap", "fire-crawl"]
+        meta["modality"] = ["text"]
+        if model_id in ("qwq-32b", "qvq-72b-preview-0310"):
+            meta["is_single_round"] = 1
+        if model_id == "qwen2.5-omni-7b":
+            meta["file_limits"] = {
+                "image_max_size": 10,
+                "image_max_count": 5,
+                "video_max_size": 150,
+                "video_max_count": 1,
+                "audio_max_size": 100,
+                "audio_max_count": 1,
+                "doc_max_size": 20,
+                "doc_max_count": 1,
+            }
+        return {
+            "id": model_id,
+            "name": name,
+            "object": "model",
+            "owned_by": "openai",
+            "info": {
+                "id": model_id,
+                "user_id": _MODEL_USER_ID,
+                "base_model_id": None,
+                "name": name,
+                "meta": meta,
+                "access_control": None,
+                "is_active": True,
+                "is_visitor_active": True,
+                "updated_at": _MODEL_CREATED_AT,
+                "created_at": _MODEL_CREATED_AT,
+            },
+            "preset": True,
+            "action_ids": [],
+        }
+
+    def _ep_models(self, request: Request, body: Any) -> Response:
+        return _json_response({"data": [self._model_entry(m) for m in self.models]})
+
+    def _ep_legacy_completions(self, request: Request, body: Any) -> Response:
+        html = (
+            "<html><head><title>504 Gateway Time-out</title></head><body>"
+            "<center><h1>504 Gateway Time-out</h1></center><hr><center>alibaba-ga</center>"
+            "</body></html>"
+        )
+        return Response(html, status=504, content_type="text/html")
+
+    def _session_info(self, token: str, payload: dict[str, Any]) -> dict[str, Any]:
+        user_id = payload["id"]
+        with self._lock:
+            user = next((u for u in self.users.values() if u["id"] == user_id), None)
+        email = user["email"] if user else f"{user_id[:8]}@fake.qwen.local"
+        return {
+            "id": user_id,
+            "email": email,
+            "name": user["name"] if user else email.split("@")[0],
+            "role": "user",
+            "profile_image_url": "/user.png",
+            "token": token,
+            "token_type": "Bearer",
+            "expires_at": payload["exp"],
+            "permissions": {"chat": {"file_upload": True, "delete": True, "edit": True}},
+        }
+
+    def _ep_signin(self, request: Request, body: Any) -> Response:
+        if not (
+            isinstance(body, dict)
+            and isinstance(body.get("email"), str)
+            and isinstance(body.get("password"), str)
+        ):
+            detail = [{"type": "missing", "loc": ["body"], "msg": "Field required"}]
+            return _json_response({"detail": detail}, status=422)
+        with self._lock:
+            user = self.users.get(body["email"].lower())
+        if user is None or not hmac.compare_digest(
+            body["password"].lower(), user["password_sha256"]
+        ):
+            return _json_response({"detail": INVALID_CREDENTIALS}, status=401)
+        token = self.make_token(user_id=user["id"])
+        payload = self._decode_token(token)
+        assert payload is not None
+        response = _json_response(self._session_info(token, payload))
+        response.set_cookie(
+            "token", token, expires=payload["exp"], httponly=True, samesite="Lax", path="/"
+        )
+        return response
+
+    def _ep_session(self, request: Request, body: Any) -> Response:
+        auth = self._authenticate(request)
+        if auth is None:
+            return self._unauthorized()
+        return _json_response(self._session_info(*auth))
+
+    def _ep_user_status(self, request: Request, body: Any) -> Response:
+        if self._authenticate(request) is None:
+            return self._unauthorized()
+        return self._ok(True)
+
+    def _ep_chats_new(self, request: Request, body: Any) -> Response:
+        blocked = self._guard(request)
+        if blocked is not None:
+            return blocked
+        auth = self._authenticate(request)
+        if auth is None:
+            return self._unauthorized()
+        if not isinstance(body, dict):
+            return self._fail("Bad_Request", "Invalid input")
+        models = body.get("models")
+        if not (
+            isinstance(models, list) and models and all(isinstance(m, str) for m in models)
+        ):
+            return self._fail("Bad_Request", "Invalid input: models")
+        if any(m not in self.models for m in models):
+            return self._fail("Not_Found", MODEL_NOT_FOUND)
+        if body.get("chat_mode") not in CHAT_MODES:
+            return self._fail("Bad_Request", "Invalid input: chat_mode")
+        if body.get("chat_type") not in CHAT_TYPES:
+            return self._fail("Bad_Request", "Invalid input: chat_type")
+        stamp = body.get("timestamp")
+        if not isinstance(stamp, int) or isinstance(stamp, bool) or stamp < 10**12:
+            return self._fail("Bad_Request", "Invalid input: timestamp")
+        title = body.get("title")
+        chat_id = _new_id()
+        now = int(time.time())
+        with self._lock:
+            self.chats[chat_id] = {
+                "owner": auth[1]["id"],
+                "model": models[0],
+                "models": list(models),
+                "title": title if isinstance(title, str) and title else "New Chat",
+                "chat_type": body["chat_type"],
+                "chat_mode": body["chat_mode"],
+                "messages": [],
+                "in_progress": False,
+                "last_response_id": None,
+                "created_at": now,
+                "updated_at": now,
+            }
+        return self._ok({"id": chat_id})
+
+    def _owned_chat(self, chat_id: str, user_id: str) -> dict[str, Any] | None:
+        chat = self.chats.get(chat_id)
+        return chat if chat is not None and chat["owner"] == user_id else None
+
+    def _ep_chats_list(self, request: Request, body: Any) -> Response:
+        auth = self._authenticate(request)
+        if auth is None:
+            return self._unauthorized()
+        page = request.args.get("page", 1, type=int) or 1
+        with self._lock:
+            mine = [
+                {
+                    "id": cid,
+                    "title": chat["title"],
+                    "updated_at": chat["updated_at"],
+                    "created_at": chat["created_at"],
+                    "chat_type": chat["chat_type"],
+                }
+                for cid, chat in self.chats.items()
+                if chat["owner"] == auth[1]["id"]
+            ]
+        mine.sort(key=lambda c: c["updated_at"], reverse=True)
+        size = request.args.get("limit", 20, type=int) or 20
+        return self._ok(mine[(page - 1) * size : page * size])
+
+    def _ep_chat_get(self, request: Request, body: Any, chat_id: str) -> Response:
+        auth = self._authenticate(request)
+        if auth is None:
+            return self._unauthorized()
+        with self._lock:
+            chat = self._owned_chat(chat_id, auth[1]["id"])
+            if chat is None:
+                return self._fail("Not_Found", CHAT_NOT_FOUND)
+            messages = [dict(m) for m in chat["messages"]]
+            snapshot = {k: v for k, v in chat.items() if k != "messages"}
+        history: dict[str, dict[str, Any]] = {}
+        for msg in messages:
+            history[msg["id"]] = {
+                "id": msg["id"],
+                "parentId": msg["parent_id"],
+                "childrenIds": [m["id"] for m in messages if m["parent_id"] == msg["id"]],
+                "role": msg["role"],
+                "content": msg["content"],
+                "timestamp": msg["timestamp"],
+                "models": [msg["model"]],
+                "done": msg.get("status", "finished") != "typing",
+            }
+        current = messages[-1]["id"] if messages else None
+        data = {
+            "id": chat_id,
+            "user_id": snapshot["owner"],
+            "title": snapshot["title"],
+            "chat": {
+                "id": "",
+                "title": snapshot["title"],
+                "models": snapshot["models"],
+                "history": {"messages": history, "currentId": current},
+                "messages": list(history.values()),
+                "timestamp": snapshot["created_at"] * 1000,
+            },
+            "currentId": current,
+            "updated_at": snapshot["updated_at"],
+            "created_at": snapshot["created_at"],
+            "share_id": None,
+            "archived": False,
+            "pinned": False,
+            "meta": {},
+            "folder_id": None,
+            "chat_type": snapshot["chat_type"],
+        }
+        return self._ok(data)
+
+    def _ep_chat_delete(self, request: Request, body: Any, chat_id: str) -> Response:
+        auth = self._authenticate(request)
+        if auth is None:
+            return self._unauthorized()
+        with self._lock:
+            if self._owned_chat(chat_id, auth[1]["id"]) is None:
+                return self._fail("Not_Found", CHAT_NOT_FOUND)
+            del self.chats[chat_id]
+        return self._ok(True)
+
+    # ------------------------------------------------------------------ completions
+
+    def _ep_completions(self, request: Request, body: Any) -> Response:
+        blocked = self._guard(request)
+        if blocked is not None:
+            return blocked
+        auth = self._authenticate(request)
+        if auth is None:
+            return self._unauthorized()
+        token, payload = auth
+        if not isinstance(body, dict):
+            return self._fail("Bad_Request", "Invalid input")
+        chat_id = request.args.get("chat_id")
+        if not chat_id or body.get("chat_id") != chat_id:
+            return self._fail("Bad_Request", "Invalid input: chat_id")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return self._fail("Bad_Request", "Invalid input: messages")
+        if len(messages) > 1:
+            return self._fail("Bad_Request", TOO_MANY_MESSAGES)
+        message = messages[0]
+        if not isinstance(message, dict) or message.get("role") != "user":
+            return self._fail("Bad_Request", "Invalid input: messages")
+        model = body.get("model")
+        if not isinstance(model, str) or model not in self.models:
+            return self._fail("Not_Found", MODEL_NOT_FOUND)
+        stream = body.get("stream", True)
+        feature_config = message.get("feature_config")
+        if not isinstance(feature_config, dict):
+            feature_config = {}
+        text = message_text(message.get("content"))
+        answer_fn = self.answer or default_answer
+        phases: list[tuple[str, list[str]]] = []
+        if feature_config.get("thinking_enabled") is True:
+            phases.append(("think", tokenize(f"The user asked: {text}. I will answer it.")))
+        phases.append(("answer", tokenize(str(answer_fn(text)))))
+        parent_id = body.get("parent_id")
+        now = int(time.time())
+
+        with self._lock:
+            chat = self._owned_chat(chat_id, payload["id"])
+            if chat is None:
+                return self._fail("Not_Found", CHAT_NOT_FOUND)
+            if chat["in_progress"]:
+                return self._fail("Bad_Request", CHAT_IN_PROGRESS)
+            answers = {m["id"] for m in chat["messages"] if m["role"] == "assistant"}
+            if not chat["messages"]:
+                parent_ok = parent_id is None
+            else:
+                parent_ok = isinstance(parent_id, str) and parent_id in answers
+            if not parent_ok:
+                return self._fail("Bad_Request", PARENT_NOT_FOUND)
+            left = self.quota.get(token)
+            if left is not None:
+                if left <= 0:
+                    return self._fail(
+                        "RateLimited",
+                        RATE_LIMIT_DETAILS,
+                        template=RATE_LIMIT_TEMPLATE,
+                        num=self.rate_limit_hours,
+                    )
+                self.quota[token] = left - 1
+            cut = self._take_hostile(("truncate", "stream_error"))
+            turn = _Turn(
+                token=token,
+                chat_id=chat_id,
+                model=model,
+                user_message_id=_new_id(),
+                response_id=_new_id(),
+                stream=stream is not False,
+                phase_schema=feature_config.get("output_schema") == "phase",
+                incremental=body.get("incremental_output") is True,
+                phases=phases,
+                input_tokens=SYSTEM_PROMPT_TOKENS + len(tokenize(text)),
+                cut=cut,
+                cut_after=self.hostile_after,
+            )
+            chat["messages"].append(
+                {
+                    "id": turn.user_message_id,
+                    "role": "user",
+                    "content": message.get("content"),
+                    "parent_id": parent_id,
+                    "model": model,
+                    "timestamp": now,
+                    "status": "finished",
+                    "request_parent_id": message.get("parent_id", message.get("parentId")),
+                }
+            )
+            chat["messages"].append(
+                {
+                    "id": turn.response_id,
+                    "role": "assistant",
+                    "content": "",
+                    "reasoning": "",
+                    "parent_id": turn.user_message_id,
+                    "model": model,
+                    "timestamp": now,
+                    "status": "typing",
+                }
+            )
+            chat["in_progress"] = True
+            chat["last_response_id"] = turn.response_id
+            chat["updated_at"] = now
+
+        if not turn.stream:
+            return self._complete_blocking(turn, request.environ)
+        body_iter = _StreamBody(
+            self._stream(turn, request.environ), lambda: self._end_turn(turn, "aborted")
+        )
+        return Response(
+            body_iter,
+            status=200,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            content_type="text/event-stream",
+            direct_passthrough=True,
+        )
+
+    def _pause(self) -> None:
+        delay = self.chunk_delay
+        if self._stopping.is_set():
+            raise _Stopped
+        if delay > 0 and self._stopping.wait(delay):
+            raise _Stopped
+
+    def _assistant_message(self, turn: _Turn) -> dict[str, Any] | None:
+        chat = self.chats.get(turn.chat_id)
+        if chat is None:
+            return None
+        return next((m for m in chat["messages"] if m["id"] == turn.response_id), None)
+
+    def _add_text(self, turn: _Turn, phase: str, piece: str) -> None:
+        with self._lock:
+            turn.output_tokens += 1
+            if phase == "think":
+                turn.reasoning_tokens += 1
+            turn.texts[phase] = turn.texts.get(phase, "") + piece
+            msg = self._assistant_message(turn)
+            if msg is not None:
+                msg["content" if phase == "answer" else "reasoning"] = turn.texts[phase]
+
+    def _end_generation(self, turn: _Turn, status: str) -> None:
+        """The model stopped producing for this turn: the chat accepts the next request."""
+        with self._lock:
+            if turn.generation_done:
+                return
+            turn.generation_done = True
+            chat = self.chats.get(turn.chat_id)
+            if chat is not None:
+                chat["in_progress"] = False
+                chat["updated_at"] = int(time.time())
+            msg = self._assistant_message(turn)
+            if msg is not None:
+                msg["status"] = status
+
+    def _end_turn(self, turn: _Turn, outcome: str) -> None:
+        """Record how delivery of a turn ended (once): completed, aborted, truncated, …"""
+        status = {"completed": "finished", "aborted": "aborted"}.get(outcome, outcome)
+        self._end_generation(turn, status)
+        with self._lock:
+            if turn.outcome is not None:
+                return
+            turn.outcome = outcome
+            if outcome == "completed":
+                self.completed.append(turn.response_id)
+            elif outcome == "aborted":
+                self.aborted.append(turn.response_id)
+
+    def _frame(self, payload: bytes) -> Iterator[bytes]:
+        event = b"data: " + payload + b"\n\n"
+        if not self.split_events:
+            yield event
+            return
+        cut = next((i + 1 for i, b in enumerate(event) if b >= 0x80), len(event) // 2)
+        yield event[:cut]
+        yield event[cut:]
+
+    def _delta(self, turn: _Turn, delta: dict[str, Any], with_usage: bool = True) -> bytes:
+        if not turn.phase_schema:
+            delta = {k: v for k, v in delta.items() if k != "phase"}
+        event: dict[str, Any] = {"choices": [{"delta": delta}]}
+        if with_usage:
+            event["usage"] = turn.usage()
+        return _spaced(event)
+
+    def _created(self, turn: _Turn) -> bytes:
+        # Spacing copied from the Oct 2025 capture (§4.1, §4.3), trailing space included.
+        chat_id = json.dumps(turn.chat_id)
+        parent_id = json.dumps(turn.user_message_id)
+        response_id = json.dumps(turn.response_id)
+        return (
+            f'{{"response.created":{{"chat_id": {chat_id}, "parent_id": {parent_id}, '
+            f'"response_id":{response_id}, "response_index": "0"}}}} '
+        ).encode()
+
+    def _cut_stream(self, turn: _Turn, environ: dict[str, Any]) -> Iterator[bytes]:
+        """Hostile end of a stream: a dropped connection or an in-stream error event."""
+        if turn.cut == "truncate":
+            self._end_turn(turn, "truncated")
+            sock = environ.get("werkzeug.socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            return
+        self._end_turn(turn, "error")
+        yield from self._frame(_spaced({"error": dict(self.stream_error_payload)}))
+
+    def _stream(self, turn: _Turn, environ: dict[str, Any]) -> Iterator[bytes]:
+        try:
+            yield from self._frame(self._created(turn))
+            if self.info_events:
+                self._pause()
+                info = {
+                    "action": "keep_alive",
+                    "chat_id": turn.chat_id,
+                    "response_id": turn.response_id,
+                    "timestamp": int(time.time()),
+                }
+                yield from self._frame(_spaced({"response.info": info}))
+            sent = 0
+            for phase, tokens in turn.phases:
+                for token in tokens:
+                    if turn.cut and sent >= turn.cut_after:
+                        yield from self._cut_stream(turn, environ)
+                        return
+                    self._pause()
+                    self._add_text(turn, phase, token)
+                    content = token if turn.incremental else turn.texts[phase]
+                    delta = {
+                        "role": "assistant",
+                        "content": content,
+                        "phase": phase,
+                        "status": "typing",
+                    }
+                    yield from self._frame(self._delta(turn, delta))
+                    sent += 1
+                if phase == "think":
+                    self._pause()
+                    delta = {
+                        "content": "",
+                        "role": "assistant",
+                        "status": "finished",
+                        "phase": "think",
+                    }
+                    yield from self._frame(self._delta(turn, delta))
+            if turn.cut:
+                yield from self._cut_stream(turn, environ)
+                return
+            self._pause()
+            tail = {"role": "assistant", "content": "", "phase": "answer", "status": "typing"}
+            yield from self._frame(self._delta(turn, tail))
+            self._pause()
+            self._end_generation(turn, "finished")
+            finished = {
+                "content": "",
+                "role": "assistant",
+                "status": "finished",
+                "phase": "answer",
+            }
+            yield from self._frame(self._delta(turn, finished, with_usage=False))
+            # Reached only once the finished event was written to the socket.
+            self._end_turn(turn, "completed")
+        except _Stopped:
+            self._end_turn(turn, "stopped")
+        except Exception:  # noqa: BLE001 - a crash in the fake must be visible to tests
+            with self._lock:
+                self.errors.append(traceback.format_exc())
+            self._end_turn(turn, "crashed")
+
+    def _complete_blocking(self, turn: _Turn, environ: dict[str, Any]) -> Response:
+        """``stream:false``: generate everything, then answer the §3.5 JSON envelope."""
+        try:
+            for phase, tokens in turn.phases:
+                for token in tokens:
+                    self._pause()
+                    self._add_text(turn, phase, token)
+        except _Stopped:
+            self._end_turn(turn, "stopped")
+            return self._fail("Internal_Server_Error", "Internal error occurred")
+        if turn.cut == "stream_error":
+            self._end_turn(turn, "error")
+            return self._fail(
+                self.stream_error_payload.get("code", "Internal_Server_Error"),
+                self.stream_error_payload.get("details", "Internal error occurred"),
+            )
+        answer = turn.texts.get("answer", "")
+        envelope = _compact(
+            {
+                "success": True,
+                "request_id": _new_id(),
+                "data": {
+                    "chat_id": "",
+                    "parent_id": turn.user_message_id,
+                    "message_id": turn.response_id,
+                    "messages": None,
+                    "choices": [{"message": {"role": "assistant", "content": answer}}],
+                },
+            }
+        )
+        if turn.cut == "truncate":
+            self._end_turn(turn, "truncated")
+
+            def cut_body() -> Iterator[bytes]:
+                yield envelope[: len(envelope) // 2]
+                sock = environ.get("werkzeug.socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+            return Response(cut_body(), content_type="application/json", direct_passthrough=True)
+        self._end_turn(turn, "completed")
+        return Response(envelope, content_type="application/json")
+
+
+@contextlib.contextmanager
+def running_fake_qwen(**kwargs: Any) -> Iterator[FakeQwen]:
+    """Start a :class:`FakeQwen` (``kwargs`` go to its constructor) and stop it afterwards."""
+    fake = FakeQwen(**kwargs).start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tests.fakes.qwen_web --port 8899``: serve until Ctrl-C."""
+    parser = argparse.ArgumentParser(description="Fake chat.qwen.ai web API")
+    parser.add_argument("--port", type=int, default=8899)
+    parser.add_argument("--chunk-delay", type=float, default=0.02)
+    parser.add_argument("--user", action="append", default=[], metavar="EMAIL:PASSWORD")
+    args = parser.parse_args(argv)
+    fake = FakeQwen(chunk_delay=args.chunk_delay).start(port=args.port)
+    print(f"fake chat.qwen.ai at {fake.url}", flush=True)
+    print(f"token: {fake.make_token()}", flush=True)
+    for spec in args.user:
+        email, _, password = spec.partition(":")
+        fake.add_user(email, password)
+        print(f"user: {email}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.stop()
+
+
+if __name__ == "__main__":
+    main()
