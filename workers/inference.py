@@ -45,9 +45,10 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 logger = logging.getLogger("workers.inference")
@@ -590,10 +591,22 @@ def worker_spec(config: Mapping[str, Any]):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m workers.inference", description="Local GPTQ Qwen2.5-Coder worker")
     p.add_argument("-m", "--model", "--model_dir", dest="model", required=True, help="checkpoint folder")
-    p.add_argument("-cache", "--cache_type", dest="cache_type", choices=["normal", "q4"], default="normal",
-                   help="KV cache: normal, or q4 = 4-bit HQQ-quantized (transformers QuantizedCache)")  # fmt: skip
-    p.add_argument("-l", "--max_seq_len", dest="max_seq_len", type=int, default=None,
-                   help="context window; prompts are cut from the oldest turns to fit (default: model config)")  # fmt: skip
+    p.add_argument(
+        "-cache",
+        "--cache_type",
+        dest="cache_type",
+        choices=["normal", "q4"],
+        default="normal",
+        help="KV cache: normal, or q4 = 4-bit HQQ-quantized (transformers QuantizedCache)",
+    )
+    p.add_argument(
+        "-l",
+        "--max_seq_len",
+        dest="max_seq_len",
+        type=int,
+        default=None,
+        help="context window; prompts are cut from the oldest turns to fit (default: model config)",
+    )
     p.add_argument("-p", "--port", type=int, default=8001)
     p.add_argument("-host", "--host", default="127.0.0.1")
     p.add_argument("--socket", help="serve on this Unix socket instead of TCP")

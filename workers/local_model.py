@@ -15,9 +15,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -67,7 +68,7 @@ class SamplingParams:
     min_tokens: int = 0  # vLLM's name; forces a length (the bench and tests use it)
 
     @classmethod
-    def from_dict(cls, body: dict[str, Any], defaults: dict[str, Any] | None = None) -> "SamplingParams":
+    def from_dict(cls, body: dict[str, Any], defaults: dict[str, Any] | None = None) -> SamplingParams:
         """Build from a request body, falling back to ``defaults`` then to the class defaults."""
         merged: dict[str, Any] = {}
         for source in (defaults or {}, body):
@@ -491,8 +492,7 @@ class LocalModel:
             ids = self.encode_chat(head + rest[start:])
         if len(ids) >= window:
             raise ContextTooLongError(
-                f"The prompt needs {len(ids)} tokens even without older turns; the model's "
-                f"context (-l) is {window}"
+                f"The prompt needs {len(ids)} tokens even without older turns; the model's context (-l) is {window}"
             )
         if start:
             logger.info("prompt truncated: dropped %d oldest message(s) to fit %d tokens", start, window)

@@ -62,9 +62,7 @@ def _new_transformers_shims(layers):
                 module.attention_type = old.attention_type
             super().__setitem__(idx, module)
 
-    hooks = [
-        layer.register_forward_hook(lambda m, i, o: (o,) if torch.is_tensor(o) else o) for layer in layers
-    ]
+    hooks = [layer.register_forward_hook(lambda m, i, o: (o,) if torch.is_tensor(o) else o) for layer in layers]
     cls, layers.__class__ = layers.__class__, _KeepAttrsModuleList
     try:
         yield
@@ -86,9 +84,7 @@ def quantize(fp_dir: str | Path, out_dir: str | Path, bits: int = 4, group_size:
     tokenizer = AutoTokenizer.from_pretrained(fp_dir)
     hf = AutoModelForCausalLM.from_pretrained(fp_dir, torch_dtype=torch.float32).eval()
     hf.seqlen = hf.config.max_position_embeddings
-    qcfg = BaseQuantizeConfig(
-        bits=bits, group_size=group_size, desc_act=False, sym=True, model_file_base_name="model"
-    )
+    qcfg = BaseQuantizeConfig(bits=bits, group_size=group_size, desc_act=False, sym=True, model_file_base_name="model")
     model = GPTQ_CAUSAL_LM_MODEL_MAP[hf.config.model_type](hf, False, qcfg)  # shim 1
     started = time.monotonic()
     with _new_transformers_shims(model.model.model.layers):
@@ -136,9 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     if not fp_dir:
         from .make_tiny_qwen import make_tiny
 
-        fp_dir = str(make_tiny(
-            args.out_dir.rstrip("/") + "-fp", init_range=args.init_range, train_steps=args.train_steps
-        ))
+        fp_dir = str(
+            make_tiny(args.out_dir.rstrip("/") + "-fp", init_range=args.init_range, train_steps=args.train_steps)
+        )
     quantize(fp_dir, args.out_dir)
     if args.tied_dir:
         write_tied_variant(args.out_dir, args.tied_dir)
