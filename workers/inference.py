@@ -155,6 +155,7 @@ class WorkerState:
                 max_seq_len=self.model.max_seq_len,
                 device=self.model.device,
                 dtype=self.model.dtype,
+                kernel=self.model.kernel,
                 memory=memory_stats(),
             )
         return body

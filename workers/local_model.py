@@ -379,6 +379,7 @@ class LocalModel:
         self.tokenizer = None
         self.model = None  # the transformers model inside auto-gptq's wrapper
         self.eos_ids: set[int] = set()
+        self.kernel = ""  # the auto-gptq QuantLinear implementation that was picked
         self.pad_id: int | None = None
         self._tok_lock = threading.Lock()  # fast tokenizers are not safe for concurrent encode
 
@@ -414,6 +415,9 @@ class LocalModel:
             torch_dtype=DTYPES[self.dtype],
         )
         self.model = wrapper.model.eval()
+        qlinear = next((m for m in self.model.modules() if type(m).__name__ == "QuantLinear"), None)
+        self.kernel = f"{type(qlinear).__module__}.QuantLinear" if qlinear is not None else "none"
+        progress(f"weights loaded, kernel {self.kernel}")
         progress("tied embeddings check")
         fix_tied_embeddings(self.model, self.path)
         config = self.model.config
