@@ -177,6 +177,9 @@ class WorkerState:
             logger.info("loading %s: %s (%.1f s)", self.name, stage, time.monotonic() - started)
 
         try:
+            if args.ensure_deps:
+                progress("installing requirements-local.txt (first start)")
+                ensure_requirements()
             progress("importing torch and auto-gptq")
             import torch
 
@@ -581,8 +584,8 @@ def worker_spec(config: Mapping[str, Any]):
 
     url = str(config.get("LOCAL_MODEL_URL") or "http://127.0.0.1:8001")
     health = None if url.startswith("unix:") else url.rstrip("/") + "/health"
-    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    env = {"PYTHONPATH": pythonpath, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # the repo root, so that ``-m workers.inference`` resolves whatever the gateway's cwd is
+    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return WorkerSpec(name="local-coder", argv=worker_argv(config), env=env, health_url=health)
 
 
@@ -632,8 +635,6 @@ def main(argv: list[str] | None = None) -> None:
     # the worker never downloads: the checkpoint is a local folder
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.ensure_deps:
-        ensure_requirements()
     state = WorkerState(args)
     if args.socket:
         server: socketserver.BaseServer = WorkerUnixServer(args.socket, state)

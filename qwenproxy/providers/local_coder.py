@@ -220,6 +220,7 @@ class LocalCoderProvider(Provider):
             "max_seq_len",
             "device",
             "dtype",
+            "kernel",
             "memory",
             "error",
         ):
