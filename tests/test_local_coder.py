@@ -528,3 +528,31 @@ def test_openai_client_streams_from_the_local_model(worker: Worker, tmp_path) ->
     finally:
         server.shutdown()
         app.extensions["providers"].close()
+
+
+def test_seed_qwen_route_and_status_on_the_real_worker(worker: Worker, tmp_path) -> None:
+    from qwenproxy import create_app
+
+    app = create_app(
+        {
+            "TESTING": True,
+            "SESSION_DIR": str(tmp_path / "session"),
+            "API_KEYS_FILE": str(tmp_path / "Authorization.txt"),
+            "LOCAL_MODEL_URL": worker.url,
+            "DEFAULT_SYSTEM_PROMPT": "You write Python code.",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    try:
+        client = app.test_client()
+        status = client.get("/qwen/status").get_json()
+        assert status == {"available": True, "model_loaded": True, "status": "healthy"}
+        body = client.get("/qwen", query_string={"query": "def add(a, b):", "session_id": "s1", "max_tokens": 8})
+        assert body.status_code == 200, body.data
+        answer = body.get_json()
+        assert set(answer) == {"response", "generation_time", "tokens_generated"}
+        assert 0 < answer["tokens_generated"] <= 8 and answer["generation_time"] > 0
+        history = client.get("/history", query_string={"session_id": "s1"}).get_json()["history"]
+        assert history[-1] == {"role": "assistant", "content": answer["response"]}
+    finally:
+        app.extensions["providers"].close()
