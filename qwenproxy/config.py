@@ -74,6 +74,25 @@ DEFAULTS: dict[str, Any] = {
     "CHROME_PATH": None,  # Chrome/Chromium binary; default: Debian's /usr/bin/chromium
     # shared by the bots
     "DEFAULT_SYSTEM_PROMPT": None,
+    # local Qwen2.5-Coder (GPTQ) inference worker: workers/inference.py, requirements-local.txt
+    "LOCAL_MODEL_PATH": None,  # checkpoint folder; when set the gateway starts and supervises the worker
+    "LOCAL_MODEL_URL": "http://127.0.0.1:8001",  # where the worker listens; or unix:///path/to.sock
+    "QWEN_SERVER_URL": None,  # the seed's name for LOCAL_MODEL_URL (used when that is left at its default)
+    "LOCAL_MODEL_NAME": "qwen2.5-coder-local",  # model id; the checkpoint folder's name is accepted too
+    "LOCAL_MODEL_CACHE": "normal",  # normal | q4 (4-bit HQQ KV cache)
+    "LOCAL_MODEL_MAX_SEQ_LEN": 0,  # context window (-l); 0 = the checkpoint's max_position_embeddings
+    "LOCAL_MODEL_DEVICE": "auto",  # auto | cpu | cuda | cuda:N
+    "LOCAL_MODEL_DTYPE": "auto",  # auto (fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    "LOCAL_MODEL_PARALLEL": 1,  # concurrent generations in the worker; the others queue FIFO
+    "LOCAL_MODEL_THREADS": 0,  # torch CPU threads in the worker; 0 = torch's default
+    "LOCAL_MODEL_AUTO_INSTALL": True,  # the worker pip-installs requirements-local.txt when missing
+    "LOCAL_MODEL_MAX_TOKENS": 4096,  # seed 002 defaults, each overridable per request
+    "LOCAL_MODEL_TEMPERATURE": 0.4,
+    "LOCAL_MODEL_TOP_P": 0.9,
+    "LOCAL_MODEL_TOP_K": 60,
+    "LOCAL_MODEL_REPETITION_PENALTY": 1.1,
+    "LOCAL_MODEL_CONNECT_TIMEOUT": 3.0,
+    "LOCAL_MODEL_READ_TIMEOUT": 600.0,  # seconds without a line from the worker (queued streams get keep-alives)
     # start-up
     "SKIP_ACCOUNT_MENU": False,
     "NON_INTERACTIVE": False,
