@@ -26,7 +26,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Path(app.config["SESSION_DIR"]).mkdir(parents=True, exist_ok=True)
 
     from . import apikeys, db, middleware
-    from .api import chat, chats, errors, openai, status
+    from .api import chat, chats, errors, files, openai, status
     from .providers import build_registry
 
     middleware.configure_logging(app.config["LOG_LEVEL"])
@@ -34,7 +34,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     apikeys.init_app(app)
     errors.init_app(app)
-    for module in (openai, chat, chats, status):
+    for module in (openai, chat, chats, status, files):
         app.register_blueprint(module.bp)
 
     app.extensions["providers"] = build_registry(app)
