@@ -26,7 +26,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Path(app.config["SESSION_DIR"]).mkdir(parents=True, exist_ok=True)
 
     from . import apikeys, db, middleware
-    from .api import chat, chats, errors, files, openai, status
+    from .api import (
+        chat,
+        chats,
+        dual_chat,
+        errors,
+        files,
+        images,
+        openai,
+        status,
+    )
     from .providers import build_registry
 
     middleware.configure_logging(app.config["LOG_LEVEL"])
@@ -34,7 +43,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     apikeys.init_app(app)
     errors.init_app(app)
-    for module in (openai, chat, chats, status, files):
+    blueprints = (
+        openai,
+        chat,
+        chats,
+        status,
+        dual_chat,
+        images,
+        files,
+    )
+    for module in blueprints:
         app.register_blueprint(module.bp)
 
     app.extensions["providers"] = build_registry(app)

@@ -40,6 +40,8 @@ DEFAULTS: dict[str, Any] = {
     "MODELS_CACHE_SECONDS": 600,
     # streaming
     "PING_INTERVAL": 15.0,  # seconds of upstream silence before a ": ping" comment
+    # Qwen web modes (docs/MODES.md)
+    "REASONING_IN_CONTENT": False,  # reasoning as <think>…</think> in content, not reasoning_content
     # Qwen web (chat.qwen.ai)
     "QWEN_BASE_URL": "https://chat.qwen.ai",
     "QWEN_TRANSPORT": "direct",  # direct | browser | auto
@@ -59,6 +61,19 @@ DEFAULTS: dict[str, Any] = {
     "QWEN_PARSE_TIMEOUT": 60.0,  # seconds to wait for Qwen to parse an uploaded document
     "QWEN_PARSE_POLL_INTERVAL": 1.0,
     "VISION_MODEL": "qwen3-vl-plus",  # used instead of a model without vision when images are sent
+    # GigaChat (Sber), through the official SDK; names are the SDK's own variables
+    "GIGACHAT_CREDENTIALS": None,  # the "authorization key": base64(client_id:client_secret)
+    "API_KEY": None,  # the seed's name for GIGACHAT_CREDENTIALS, used when that is unset
+    "GIGACHAT_SCOPE": "GIGACHAT_API_PERS",  # or GIGACHAT_API_B2B / GIGACHAT_API_CORP
+    "GIGACHAT_BASE_URL": "https://gigachat.devices.sberbank.ru/api/v1",
+    "GIGACHAT_AUTH_URL": "https://ngw.devices.sberbank.ru:9443/api/v2/oauth",
+    "GIGACHAT_VERIFY_SSL_CERTS": True,
+    "GIGACHAT_CA_BUNDLE_FILE": None,  # e.g. the "Russian Trusted Root CA" bundle
+    "GIGACHAT_MODEL": "GigaChat",  # the model the /gigachat route uses
+    "GIGACHAT_TIMEOUT": 120.0,  # seconds per read; long answers take a while
+    "GIGACHAT_TOKEN_EXPIRY_BUFFER_MS": 60000,  # refresh the token this long before expiry
+    # Dual AI Chat routes (/gigachat, /qwen, /history)
+    "DUAL_HISTORY_TURNS": 10,  # stored messages of a session sent with a prompt (seed: 10)
     # shared by the bots
     "DEFAULT_SYSTEM_PROMPT": None,
     # start-up

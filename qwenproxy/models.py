@@ -50,6 +50,7 @@ class Chat(BaseModel):
     upstream_chat_id = CharField(max_length=100, null=True, index=True)
     last_response_id = CharField(max_length=100, null=True)  # next turn's parent_id
     account_id = CharField(max_length=100, null=True)  # account the upstream chat lives in
+    session_id = CharField(max_length=200, null=True, unique=True)  # Dual AI Chat session
 
     class Meta:
         table_name = "chat"
@@ -74,6 +75,7 @@ class Message(BaseModel):
     usage_raw = TextField(null=True)
     finish_reason = CharField(max_length=30, null=True)
     status = CharField(max_length=20, default="complete")  # complete | partial | error
+    bot = CharField(max_length=20, null=True)  # Dual AI Chat: "gigachat" | "qwen"
     created = DoubleField(default=time.time)  # unix seconds
 
     class Meta:

@@ -65,6 +65,7 @@ def serve(
     include_usage: bool = False,
     ping_interval: float = 15.0,
     shape: Callable[[Collected, dict[str, Any]], dict[str, Any]] | None = None,
+    reasoning_in_content: bool = False,
 ) -> Response:
     """Run one completion and answer it as JSON or as SSE.
 
@@ -105,6 +106,7 @@ def serve(
         model=model,
         include_usage=include_usage,
         extras=extras(turn.collected, turn.info),
+        reasoning_in_content=reasoning_in_content,
     )
 
     def relay() -> Iterator[str]:

@@ -113,13 +113,16 @@ class Gunicorn:
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("QWEN", "GIGACHAT", "LOCAL_MODEL"))}
         full_env.update(
-            HOST="127.0.0.1",
-            PORT=str(self.port),
-            WEB_WORKERS=str(workers),
-            LOG_LEVEL="WARNING",
-            QWENPROXY_ENV_FILE="",
-            **env,
+            {
+                "HOST": "127.0.0.1",
+                "PORT": str(self.port),
+                "WEB_WORKERS": str(workers),
+                "LOG_LEVEL": "WARNING",
+                "QWENPROXY_ENV_FILE": "",
+                "QWEN_TRANSPORT": "direct",
+            }
         )
+        full_env.update(env)
         self.log = Path(env["SESSION_DIR"]) / "gunicorn.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(self.log, "wb")

@@ -15,8 +15,10 @@ def build_registry(app: Flask) -> ProviderRegistry:
     Each provider module exposes ``Provider.from_app(app)``; a provider whose settings are
     missing still registers and answers its requests with a clear 503 naming the variable.
     """
+    from .gigachat import GigaChatProvider
     from .qwen_web import QwenWebProvider
 
     registry = ProviderRegistry(default="qwen")
     registry.register(QwenWebProvider.from_app(app))
+    registry.register(GigaChatProvider.from_app(app))
     return registry

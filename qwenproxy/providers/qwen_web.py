@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from flask import Flask
 
+from .. import tools
 from ..accounts import AccountPool, TokenPool
 from ..catalog import ALIAS_TO_CANONICAL, ModelCatalog
 from ..errors import RateLimited, Unauthorized, UpstreamError
 from ..events import Event, EventStream, ResponseStarted
+from ..qwen import modes
 from ..qwen.client import QwenClient
 from ..qwen.files import QwenFiles
 from ..qwen.protocol import completion_body
@@ -153,14 +156,21 @@ class QwenWebProvider(Provider):
     def resolve_model(self, model: str | None) -> str:
         return self.catalog.resolve(model)
 
+    def resolve_request(self, model: str | None) -> tuple[str, str, dict[str, Any]]:
+        """``qwen3-max-thinking`` → (``qwen3-max``, ``qwen3-max-thinking``, {thinking}) (modes.py)."""
+        resolved, flags = self.catalog.resolve_modes(model)
+        return resolved, resolved + flags.suffix(), flags.options()
+
     def list_models(self) -> list[ModelCard]:
         upstream = {str(m["id"]): m for m in (self.catalog.upstream_models() or [])}
-        return [
-            ModelCard(
-                id=mid, owned_by="qwen", created=int((upstream.get(mid) or {}).get("info", {}).get("created_at") or 0)
-            )
-            for mid in self.catalog.ids()
-        ]
+        cards = []
+        variants = []
+        for mid in self.catalog.ids():
+            created = int((upstream.get(mid) or {}).get("info", {}).get("created_at") or 0)
+            cards.append(ModelCard(id=mid, owned_by="qwen", created=created))
+            if mid in upstream:  # the modes a model supports, from its capabilities/chat_type
+                variants += [ModelCard(id=v, owned_by="qwen", created=created) for v in modes.variants(upstream[mid])]
+        return cards + variants
 
     # --- chat
     def open_stream(self, request: ChatRequest) -> EventStream:
@@ -173,11 +183,35 @@ class QwenWebProvider(Provider):
                 response.close()
 
         stream.events = self._events(request, stream, current)
+        spec = tools.ToolSpec.parse(request.tools, request.tool_choice, request.options.get("parallel_tool_calls"))
+        if spec.active:
+
+            def retry(started: ResponseStarted | None) -> Iterator[Event]:
+                again = replace(
+                    request,
+                    messages=[{"role": "user", "content": tools.RETRY_PROMPT}],
+                    conversation_id=stream.info.get("upstream_chat_id"),
+                    parent_id=started.response_id if started else None,
+                    account_id=stream.info.get("account_id"),
+                )
+                return self._events(again, stream, current)
+
+            stream.events = tools.ToolCallFilter(stream.events, spec, retry=retry)
         stream.on_cancel = cancel
         return stream
 
+    @staticmethod
+    def _turn(request: ChatRequest, continuing: bool) -> tuple[Any, str | None]:
+        """The user content and system message of this turn; with tools, the tool prompt
+        and the earlier calls and results are written into it (tools.fold_turn)."""
+        spec = tools.ToolSpec.parse(request.tools, request.tool_choice, request.options.get("parallel_tool_calls"))
+        if tools.engaged(request.messages, spec):
+            return tools.fold_turn(request.messages, spec, continuing=continuing)
+        return last_user_turn(request.messages)
+
     def _events(self, request: ChatRequest, stream: EventStream, current: dict[str, Any]) -> Iterator[Event]:
         content, system = last_user_turn(request.messages)
+        chat_type, features, extra = modes.upstream_mode(request.options)
         if content is None:
             from ..errors import BadRequest
 
@@ -187,16 +221,12 @@ class QwenWebProvider(Provider):
         # uploaded files belong to the account that uploaded them: prefer it for a new chat
         prefer = request.account_id or (self.attachments.owner_hint(content) if self.attachments else None)
         for _attempt in range(self.max_attempts):
-            try:
-                account = self.pool.acquire(prefer=prefer, exclude=tried)
-            except Exception:
-                if last_error is not None and not tried:
-                    raise last_error from None
-                raise
+            account = self.pool.acquire(prefer=prefer, exclude=tried)
             # a conversation lives in the account that created it upstream
             same_account = request.account_id in (None, account.id)
             chat_id = request.conversation_id if same_account else None
             parent_id = request.parent_id if chat_id else None
+            content, system = self._turn(request, continuing=bool(chat_id and parent_id))
             try:
                 attach = self.attachments.resolver(account) if self.attachments else None
                 qwen_content, files = to_qwen_message(content, attach)
@@ -205,7 +235,7 @@ class QwenWebProvider(Provider):
                     chat_id = self.client.create_chat(
                         account.token,
                         model,
-                        chat_type=request.options.get("chat_type", "t2t"),
+                        chat_type=chat_type,
                         account_id=account.id,
                     )
                 body = completion_body(
@@ -215,8 +245,9 @@ class QwenWebProvider(Provider):
                     parent_id=parent_id,
                     system=system,
                     files=[*(request.options.get("files") or []), *files],
-                    chat_type=request.options.get("chat_type", "t2t"),
-                    feature_config=request.options.get("feature_config"),
+                    chat_type=chat_type,
+                    feature_config=features,
+                    extra=extra,
                 )
                 events, response = self.client.open_completion(account.token, body, account_id=account.id)
             except RateLimited as exc:
