@@ -31,6 +31,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         chats,
         dual_chat,
         errors,
+        files,
         images,
         openai,
         status,
@@ -49,6 +50,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         status,
         dual_chat,
         images,
+        files,
     )
     for module in blueprints:
         app.register_blueprint(module.bp)

@@ -54,6 +54,13 @@ DEFAULTS: dict[str, Any] = {
     ),
     "QWEN_BX_V": "2.5.31",
     "QWEN_FRONTEND_VERSION": "0.2.63",
+    # uploads (docs/UPLOADS.md)
+    "MAX_UPLOAD_MB": 20.0,  # per file; also bounds data: URIs in chat messages
+    "QWEN_OSS_BASE_URL": None,  # PUT uploads here instead of https://<bucket>.<endpoint> (tests, mirrors)
+    "QWEN_OSS_SIGNATURE": "v4",  # v4 (web front end) | v1 (the seed's ali-oss)
+    "QWEN_PARSE_TIMEOUT": 60.0,  # seconds to wait for Qwen to parse an uploaded document
+    "QWEN_PARSE_POLL_INTERVAL": 1.0,
+    "VISION_MODEL": "qwen3-vl-plus",  # used instead of a model without vision when images are sent
     # GigaChat (Sber), through the official SDK; names are the SDK's own variables
     "GIGACHAT_CREDENTIALS": None,  # the "authorization key": base64(client_id:client_secret)
     "API_KEY": None,  # the seed's name for GIGACHAT_CREDENTIALS, used when that is unset

@@ -112,3 +112,28 @@ class Account(BaseModel):
 
     class Meta:
         table_name = "account"
+
+
+def new_file_id() -> str:
+    return "file-" + uuid.uuid4().hex[:24]
+
+
+class UploadedFile(BaseModel):
+    """A file uploaded to Qwen's storage through the proxy (seed upload route or ``/v1/files``)."""
+
+    id = CharField(primary_key=True, max_length=64, default=new_file_id)  # "file-…", the OpenAI id
+    filename = CharField(max_length=255)
+    bytes = BigIntegerField()
+    purpose = CharField(max_length=50)
+    mime = CharField(max_length=150)
+    kind = CharField(max_length=20)  # image | document
+    qwen_file_id = CharField(max_length=100, index=True)
+    file_path = CharField(max_length=1000, index=True)  # <user_id>/<file_id>_<filename> in the bucket
+    url = TextField()  # the presigned URL Qwen returned
+    user_id = CharField(max_length=100, null=True)  # the Qwen user (JWT ``id``) that owns it
+    account_id = CharField(max_length=100, null=True)
+    created_at = DoubleField(default=time.time)  # unix seconds (OpenAI shows them as an integer)
+    status = CharField(max_length=20, default="processed")  # uploaded | processed | error
+
+    class Meta:
+        table_name = "uploaded_file"

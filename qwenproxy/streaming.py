@@ -164,4 +164,7 @@ def _headers(turn: Turn, extras: Extras) -> dict[str, str]:
         headers["X-Parent-Id"] = str(fields["parentId"])
     if turn.info.get("transport"):
         headers["X-Upstream-Transport"] = str(turn.info["transport"])
+    # a provider's own response headers (e.g. X-Model-Switched)
+    for name, value in (turn.info.get("headers") or {}).items():
+        headers[str(name)] = str(value)
     return headers

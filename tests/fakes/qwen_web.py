@@ -103,7 +103,20 @@ Modes (§3.5, §4.4–4.6), picked by ``messages[0].chat_type`` and ``feature_co
   PNG when ``image_base_url`` points at the fake (``key`` required).
 - Tool-calling tests script the model with the ``answer`` knob (user text → answer).
 
-Not reproduced: files/STS/OSS (§5), task polling (§3.6), t2v/image_edit phases, parallel
+Files (§5.1, §5.3)
+- ``POST /api/v2/files/getstsToken`` answers the §3.0 envelope, ``/api/v1/files/getstsToken``
+  the flat object (``sts_v1_enveloped`` wraps it too); ``sts_versions`` says which exist (the
+  other answers 404 ``{"detail":"Not Found"}``). The body needs ``filename`` (str),
+  ``filesize`` (positive int or digit string) and ``filetype``; the answer carries
+  ``file_path = <user_id>/<file_id>_<filename>`` and credentials granted by the attached
+  ``oss`` (``tests.fakes.oss.FakeOSS``), whose presigned URL is ``file_url``; v2 gives
+  ``region`` ``ap-southeast-1``, v1 the older ``oss-ap-southeast-1`` *[choice]*.
+- ``POST /api/v2/files/parse`` ``{"file_id"}`` (a file of this user) → ``{"success":true}``;
+  ``/parse/status`` ``{"file_id_list"}`` → ``data: [{file_id, status}]``: ``parsing`` for
+  ``parse_polls`` polls, then ``parse_result`` (``success`` by default); unknown files →
+  ``Not_Found``.
+
+Not reproduced: ``files/confirm``, task polling (§3.6), t2v/image_edit phases, parallel
 answers (``response_index`` "1"), ``response.stopped``, the header-based WAF heuristics
 (``bx-*``), ``/api/v2/models``.
 """
@@ -419,6 +432,12 @@ class FakeQwen:
         self.errors: list[str] = []  # tracebacks of crashes inside the fake itself
         self.chats: dict[str, dict[str, Any]] = {}
         self.users: dict[str, dict[str, str]] = {}  # email -> {"id", "password_sha256", "name"}
+        self.oss: Any = None  # a tests.fakes.oss.FakeOSS; grants the credentials STS hands out
+        self.sts_versions: set[str] = {"v1", "v2"}
+        self.sts_v1_enveloped: bool = False
+        self.files: dict[str, dict[str, Any]] = {}  # file_id -> {"owner", "file_path", ...}
+        self.parse_polls: int = 1  # "parsing" answers before parse_result
+        self.parse_result: str = "success"
         self.url: str = ""
         self.secret: bytes = secrets.token_bytes(32)
         self._lock = threading.RLock()
@@ -439,6 +458,10 @@ class FakeQwen:
                 Rule("/api/v2/users/status", endpoint="user_status", methods=["GET"]),
                 Rule("/output/<path:rest>", endpoint="image_file", methods=["GET"]),
                 Rule("/auth", endpoint="auth_page", methods=["GET"]),
+                Rule("/api/v1/files/getstsToken", endpoint="sts_v1", methods=["POST"]),
+                Rule("/api/v2/files/getstsToken", endpoint="sts_v2", methods=["POST"]),
+                Rule("/api/v2/files/parse", endpoint="files_parse", methods=["POST"]),
+                Rule("/api/v2/files/parse/status", endpoint="files_parse_status", methods=["POST"]),
             ]
         )
 
@@ -932,6 +955,105 @@ class FakeQwen:
                 return self._fail("Not_Found", CHAT_NOT_FOUND)
             del self.chats[chat_id]
         return self._ok(True)
+
+    # ------------------------------------------------------------------ files (§5)
+
+    def _ep_sts_v1(self, request: Request, body: Any) -> Response:
+        return self._sts(request, body, "v1")
+
+    def _ep_sts_v2(self, request: Request, body: Any) -> Response:
+        return self._sts(request, body, "v2")
+
+    def _sts(self, request: Request, body: Any, version: str) -> Response:
+        if version not in self.sts_versions:
+            return _json_response({"detail": "Not Found"}, status=404)
+        auth = self._authenticate(request)
+        if auth is None:
+            return self._unauthorized()
+        if not isinstance(body, dict):
+            return self._fail("Bad_Request", "Invalid input")
+        filename, filesize, filetype = body.get("filename"), body.get("filesize"), body.get("filetype")
+        if not isinstance(filename, str) or not filename or "/" in filename:
+            return self._fail("Bad_Request", "Invalid input: filename")
+        if isinstance(filesize, str) and filesize.isdigit():
+            filesize = int(filesize)
+        if not isinstance(filesize, int) or isinstance(filesize, bool) or filesize <= 0:
+            return self._fail("Bad_Request", "Invalid input: filesize")
+        if not isinstance(filetype, str) or not filetype:
+            return self._fail("Bad_Request", "Invalid input: filetype")
+        file_id = _new_id()
+        file_path = f"{auth[1]['id']}/{file_id}_{filename}"
+        bucket = self.oss.bucket if self.oss is not None else "qwen-webui-prod"
+        if self.oss is not None:
+            grant = self.oss.grant(file_path)
+            creds = (grant.access_key_id, grant.secret, grant.token)
+            file_url = self.oss.presign(file_path)
+        else:
+            creds = ("STS." + secrets.token_urlsafe(18), secrets.token_urlsafe(30), "CAIS" + secrets.token_urlsafe(90))
+            file_url = f"https://{bucket}.oss-accelerate.aliyuncs.com/{file_path}?x-oss-expires=300"
+        with self._lock:
+            self.files[file_id] = {
+                "owner": auth[1]["id"],
+                "file_path": file_path,
+                "filename": filename,
+                "filesize": filesize,
+                "filetype": filetype,
+                "parse": None,
+                "polls_left": 0,
+            }
+        data = {
+            "access_key_id": creds[0],
+            "access_key_secret": creds[1],
+            "security_token": creds[2],
+            "file_url": file_url,
+            "file_path": file_path,
+            "file_id": file_id,
+            "bucketname": bucket,
+            "region": "ap-southeast-1" if version == "v2" else "oss-ap-southeast-1",
+            "endpoint": "oss-accelerate.aliyuncs.com",
+            "expiration": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 900)),
+        }
+        if version == "v2" or self.sts_v1_enveloped:
+            return self._ok(data)
+        return _json_response(data)
+
+    def _own_file(self, file_id: Any, user_id: str) -> dict[str, Any] | None:
+        entry = self.files.get(file_id) if isinstance(file_id, str) else None
+        return entry if entry is not None and entry["owner"] == user_id else None
+
+    def _ep_files_parse(self, request: Request, body: Any) -> Response:
+        auth = self._authenticate(request)
+        if auth is None:
+            return self._unauthorized()
+        file_id = body.get("file_id") if isinstance(body, dict) else None
+        with self._lock:
+            entry = self._own_file(file_id, auth[1]["id"])
+            if entry is None:
+                return self._fail("Not_Found", "File not found")
+            entry["parse"] = "parsing"
+            entry["polls_left"] = self.parse_polls
+        return _json_response({"success": True, "request_id": _new_id()})
+
+    def _ep_files_parse_status(self, request: Request, body: Any) -> Response:
+        auth = self._authenticate(request)
+        if auth is None:
+            return self._unauthorized()
+        ids = body.get("file_id_list") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not ids:
+            return self._fail("Bad_Request", "Invalid input: file_id_list")
+        out = []
+        with self._lock:
+            for file_id in ids:
+                entry = self._own_file(file_id, auth[1]["id"])
+                if entry is None or entry["parse"] is None:
+                    return self._fail("Not_Found", "File not found")
+                if entry["parse"] == "parsing":
+                    if entry["polls_left"] > 0:
+                        entry["polls_left"] -= 1
+                    else:
+                        entry["parse"] = self.parse_result
+                out.append({"file_id": file_id, "status": entry["parse"]})
+        return self._ok(out)
 
     # ------------------------------------------------------------------ completions
 
