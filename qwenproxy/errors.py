@@ -103,6 +103,14 @@ class RateLimited(UpstreamError):
             self.headers.setdefault("Retry-After", str(max(1, int(retry_after))))
 
 
+class PaymentRequired(UpstreamError):
+    """The upstream account is out of quota or tokens (GigaChat answers 402)."""
+
+    status = 402
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
 class Unauthorized(UpstreamError):
     """The upstream rejected our credentials (expired token, wrong key)."""
 

@@ -14,6 +14,13 @@ log = logging.getLogger(__name__)
 def main(app: Flask) -> None:
     from gevent.pywsgi import WSGIServer
 
+    from .menu import run_menu, should_show
+
+    if should_show(app.config):  # the seed's account menu; never under gunicorn or Docker
+        try:
+            run_menu(app)
+        except (KeyboardInterrupt, EOFError):
+            return
     host, port = app.config["HOST"], int(app.config["PORT"])
     server = WSGIServer((host, port), app, log=None)
 

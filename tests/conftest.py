@@ -68,6 +68,7 @@ def app_config(tmp_path: Path, fake: FakeQwen, **extra) -> dict:
     config = {
         "TESTING": True,
         "SESSION_DIR": str(tmp_path / "session"),
+        "UPLOADS_DIR": str(tmp_path / "uploads"),
         "QWEN_BASE_URL": fake.url,
         "QWEN_TOKEN": fake.make_token(),
         "QWEN_TRANSPORT": "direct",  # tests that want the browser pool say so
@@ -147,12 +148,14 @@ class Gunicorn:
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("QWEN", "GIGACHAT", "LOCAL_MODEL"))}
         full_env.update(
-            HOST="127.0.0.1",
-            PORT=str(self.port),
-            WEB_WORKERS=str(workers),
-            LOG_LEVEL="WARNING",
-            QWENPROXY_ENV_FILE="",
-            QWEN_TRANSPORT="direct",  # no browser pool unless a test asks for one
+            {
+                "HOST": "127.0.0.1",
+                "PORT": str(self.port),
+                "WEB_WORKERS": str(workers),
+                "LOG_LEVEL": "WARNING",
+                "QWENPROXY_ENV_FILE": "",
+                "QWEN_TRANSPORT": "direct",
+            }
         )
         full_env.update(env)
         self.log = Path(env["SESSION_DIR"]) / "gunicorn.log"

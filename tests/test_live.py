@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -10,6 +11,14 @@ import openai
 import pytest
 
 from tests.openai_schema import validate
+
+
+def _curl(url: str, body: str) -> subprocess.Popen:
+    """``curl -N``: prints each chunk as it arrives."""
+    return subprocess.Popen(
+        ["curl", "-sN", "-X", "POST", "-H", "Content-Type: application/json", "-d", body, url],
+        stdout=subprocess.PIPE,
+    )
 
 
 @pytest.fixture
@@ -59,20 +68,7 @@ def test_openai_client_raises_the_right_exceptions(oai, fake_qwen) -> None:
 def test_curl_receives_chunks_before_the_upstream_finishes(gunicorn_server, fake_qwen) -> None:
     fake_qwen.chunk_delay = 0.15
     body = json.dumps({"model": "qwen3-max", "stream": True, "messages": [{"role": "user", "content": "words:20"}]})
-    proc = subprocess.Popen(
-        [
-            "curl",
-            "-sN",
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            body,
-            gunicorn_server.url + "/api/chat/completions",
-        ],
-        stdout=subprocess.PIPE,
-    )
+    proc = _curl(gunicorn_server.url + "/api/chat/completions", body)
     try:
         seen_text_at_fake_progress = None
         for raw in proc.stdout:
@@ -95,23 +91,7 @@ def test_gevent_workers_serve_concurrent_streams(gunicorn_server, fake_qwen) -> 
     (2 workers that blocked on one stream each would let only 2 through at a time)."""
     fake_qwen.chunk_delay = 0.2
     body = json.dumps({"stream": True, "messages": [{"role": "user", "content": "words:10"}]})
-    procs = [
-        subprocess.Popen(
-            [
-                "curl",
-                "-sN",
-                "-X",
-                "POST",
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-                body,
-                gunicorn_server.url + "/api/chat/completions",
-            ],
-            stdout=subprocess.PIPE,
-        )
-        for _ in range(8)
-    ]
+    procs = [_curl(gunicorn_server.url + "/api/chat/completions", body) for _ in range(8)]
 
     def in_flight() -> bool:
         started = [r for r in fake_qwen.requests if r["path"] == "/api/v2/chat/completions"]
@@ -124,3 +104,45 @@ def test_gevent_workers_serve_concurrent_streams(gunicorn_server, fake_qwen) -> 
         for p in procs:
             p.kill()
     assert all(o.rstrip().endswith("data: [DONE]") for o in outputs)
+
+
+def _open_stream_and_hang_up(url: str, body: dict, words: int) -> None:
+    """A client that reads a few chunks and then drops the connection (a raw socket, so that
+    nothing drains the rest of the body on close)."""
+    import socket
+    import struct
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    payload = json.dumps(body).encode()
+    sock = socket.create_connection((parsed.hostname, parsed.port), timeout=30)
+    sock.sendall(
+        b"POST /api/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    received = b""
+    while len(re.findall(rb'"content":" ?w\d', received)) < words:
+        data = sock.recv(4096)
+        assert data, "the server closed the stream early"
+        received += data
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, like a killed client
+    sock.close()
+
+
+def test_client_disconnect_cancels_upstream_and_keeps_the_partial_answer(gunicorn_server, fake_qwen, tmp_path) -> None:
+    import sqlite3
+
+    fake_qwen.chunk_delay = 0.1
+    body = {"stream": True, "messages": [{"role": "user", "content": "words:200"}]}
+    _open_stream_and_hang_up(gunicorn_server.url, body, words=3)
+    # the gateway notices at its next write, closes the upstream request, and saves what it had
+    assert fake_qwen.wait_for(lambda: len(fake_qwen.aborted) == 1, timeout=10)
+    assert not fake_qwen.completed
+
+    def partial_saved():
+        with sqlite3.connect(tmp_path / "session" / "qwenproxy.db") as conn:
+            rows = conn.execute("SELECT status, content FROM message WHERE role = 'assistant'").fetchall()
+        return bool(rows) and rows[0][0] == "partial" and rows[0][1].startswith("w1 w2 w3")
+
+    assert fake_qwen.wait_for(partial_saved, timeout=10)

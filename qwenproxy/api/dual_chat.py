@@ -1,0 +1,396 @@
+"""The seed's "Dual AI Chat API": ``/gigachat``, ``/qwen``, ``/qwen/status``, ``/history``.
+
+Byte-compatible with seed 002 (spec §4.2): GET routes with ``query`` (or the README's
+``message``) and ``session_id``, the same JSON keys, compact UTF-8 JSON as FastAPI writes it,
+and FastAPI-style 422 bodies for missing parameters. Beyond the seed, compatibly:
+
+* ``stream=true`` answers as SSE through the one stream loop (``streaming.serve``);
+* history lives in the gateway's database (one ``Chat`` per ``session_id``), ordered by id,
+  every row recording its ``bot``; ``/history?bot=gigachat|qwen`` filters it;
+* the prompt carries the last ``DUAL_HISTORY_TURNS`` messages of the session (seed: 10),
+  shared by both bots, while the full record stays queryable;
+* ``DEFAULT_SYSTEM_PROMPT`` applies to both bots (the seed forgot GigaChat);
+* a failed exchange is hidden from history, as the seed stored nothing on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+from peewee import IntegrityError
+
+from .. import db
+from ..conversations import Turn, save_message
+from ..errors import ApiError, BadRequest, UpstreamUnavailable
+from ..models import Chat, Message
+from ..openai_wire import Collected
+from ..providers import ChatRequest, Provider
+from ..streaming import serve
+from .common import registry
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("dual_chat", __name__)
+
+BOTS = ("gigachat", "qwen")
+# The seed's sampling for Qwen (chat.py); max_tokens and add_bos come from the query.
+QWEN_SAMPLING = {"temperature": 0.4, "top_p": 0.9, "top_k": 60, "repetition_penalty": 1.1}
+QWEN_DEFAULT_MAX_TOKENS = 4096
+TRUE_WORDS = {"1", "true", "yes", "on", "t", "y"}
+FALSE_WORDS = {"0", "false", "no", "off", "f", "n"}
+MAX_SESSION_ID = 200
+
+START_WORKER_HINT = (
+    "Start the local Qwen2.5-Coder worker with `python -m workers.inference -m PATH` "
+    "(or set LOCAL_MODEL_PATH and restart the gateway), then check GET /qwen/status."
+)
+
+
+class ParamError(BadRequest):
+    """A missing or malformed query parameter, rendered like FastAPI's 422."""
+
+    status = 422
+
+    def __init__(self, name: str, kind: str, msg: str, value: Any) -> None:
+        super().__init__(f"Query parameter `{name}`: {msg}", param=name, code="invalid_params")
+        self.detail = [{"type": kind, "loc": ["query", name], "msg": msg, "input": value}]
+
+
+def seed_json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """JSON exactly as the seed's FastAPI wrote it: compact, UTF-8, no trailing newline."""
+    body = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    response = Response(body.encode("utf-8"), status=status, mimetype="application/json")
+    response.headers.update(headers or {})
+    return response
+
+
+@bp.errorhandler(ApiError)
+def _error(err: ApiError) -> Response:
+    """Our usual ``{"error": {...}}`` plus the seed's ``detail``, for its frontend."""
+    body = err.to_dict()
+    body["detail"] = getattr(err, "detail", err.message)
+    return seed_json(body, err.status, err.headers)
+
+
+# --- query parameters ------------------------------------------------------------------
+
+
+def _text_param(*names: str) -> str:
+    """The first of ``names`` present; 422 (FastAPI's ``missing``) when none is."""
+    for name in names:
+        value = request.args.get(name)
+        if value is not None:
+            if not value.strip():
+                raise ParamError(name, "string_too_short", "String should have at least 1 character", value)
+            return value
+    raise ParamError(names[0], "missing", "Field required", None)
+
+
+def _session_id() -> str:
+    session_id = _text_param("session_id")
+    if len(session_id) > MAX_SESSION_ID:
+        raise ParamError(
+            "session_id",
+            "string_too_long",
+            f"String should have at most {MAX_SESSION_ID} characters",
+            session_id,
+        )
+    return session_id
+
+
+def _bool_param(name: str, default: bool) -> bool:
+    value = request.args.get(name)
+    if value is None:
+        return default
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ParamError(name, "bool_parsing", "Input should be a valid boolean, unable to interpret input", value)
+
+
+def _int_param(name: str, default: int) -> int:
+    value = request.args.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value.strip())
+    except ValueError:
+        raise ParamError(
+            name, "int_parsing", "Input should be a valid integer, unable to parse string as an integer", value
+        ) from None
+    if number < 1:
+        raise ParamError(name, "greater_than_equal", "Input should be greater than or equal to 1", value)
+    return number
+
+
+# --- history -----------------------------------------------------------------------------
+
+
+def find_session(session_id: str) -> Chat | None:
+    return Chat.get_or_none(Chat.session_id == session_id)
+
+
+def session_chat(session_id: str) -> Chat:
+    """The chat holding a seed session's history, created on its first message."""
+    chat = find_session(session_id)
+    if chat is not None:
+        return chat
+    try:
+        with db.database.atomic():
+            return Chat.create(session_id=session_id, name=f"Dual AI Chat: {session_id}"[:500], provider="dual")
+    except IntegrityError:  # a concurrent first message created it
+        return Chat.get(Chat.session_id == session_id)
+
+
+def visible(chat: Chat, bot: str | None = None):
+    """The session's kept messages (failed exchanges hidden), oldest first."""
+    query = Message.select().where((Message.chat == chat) & (Message.status != "error"))
+    if bot:
+        query = query.where(Message.bot == bot)
+    return query.order_by(Message.id)
+
+
+def prompt_history(chat: Chat, limit: int) -> list[dict[str, Any]]:
+    """The last ``limit`` messages of the session, from both bots, oldest first."""
+    if limit <= 0:
+        return []
+    rows = list(visible(chat).order_by(Message.id.desc()).limit(limit))[::-1]
+    return [{"role": m.role, "content": m.content} for m in rows]
+
+
+def build_messages(chat: Chat, query: str) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    system_prompt = current_app.config.get("DEFAULT_SYSTEM_PROMPT")
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    messages.extend(prompt_history(chat, int(current_app.config.get("DUAL_HISTORY_TURNS", 10))))
+    messages.append({"role": "user", "content": query})
+    return messages
+
+
+@dataclass
+class DualTurn(Turn):
+    """A ``Turn`` whose rows record the bot, and whose failure hides the user's row too."""
+
+    bot: str = "gigachat"
+    user_row: int = 0
+
+    def begin(self, new_messages: list[dict[str, Any]]) -> None:
+        with db.session():
+            for message in new_messages:
+                row = save_message(
+                    self.chat,
+                    str(message.get("role", "user")),
+                    message.get("content", ""),
+                    model=self.model,
+                    provider=self.provider,
+                    bot=self.bot,
+                )
+                self.user_row = row.id
+
+    def close(self, status: str, error: str | None = None) -> None:
+        if self.closed:
+            return
+        super().close(status, error=error)
+        try:
+            with db.session():
+                Message.update(bot=self.bot).where(
+                    (Message.chat == self.chat)
+                    & (Message.id > self.user_row)
+                    & (Message.provider == self.provider)
+                    & Message.bot.is_null()
+                ).execute()
+                if status == "error":
+                    Message.update(status="error").where(Message.id == self.user_row).execute()
+        except Exception:
+            log.exception("could not label the answer of session chat %s", self.chat.id)
+
+
+# --- running a bot ---------------------------------------------------------------------
+
+
+def _no_extras(collected: Collected, info: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def run_bot(
+    bot: str,
+    provider: Provider,
+    *,
+    query: str,
+    session_id: str,
+    stream: bool,
+    shape: Any,
+    model: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    options: dict[str, Any] | None = None,
+) -> Response:
+    """One exchange: the session's history plus the query, stored when it ends."""
+    model = provider.resolve_model(model)
+    chat = session_chat(session_id)
+    messages = build_messages(chat, query)
+    chat_request = ChatRequest(
+        model=model,
+        messages=messages,
+        stream=stream,
+        requested_model=model,
+        conversation_id=chat.id,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        options=dict(options or {}),
+        request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
+    )
+    turn = DualTurn(chat=chat, provider=provider.name, model=model, bot=bot)
+    turn.begin([{"role": "user", "content": query}])
+    body: dict[str, Any] = {}
+
+    def shape_body(collected: Collected, fields: dict[str, Any]) -> dict[str, Any]:
+        body.update(shape(collected))
+        return body
+
+    response = serve(
+        lambda: provider.open_stream(chat_request),
+        turn,
+        stream=stream,
+        model=model,
+        extras=_no_extras,
+        include_usage=True,
+        ping_interval=float(current_app.config["PING_INTERVAL"]),
+        shape=shape_body,
+    )
+    if stream:
+        return response
+    return seed_json(body)
+
+
+# --- routes ----------------------------------------------------------------------------
+
+
+@bp.get("/gigachat")
+def gigachat() -> Response:
+    """``{"response": text}`` from GigaChat (``GIGACHAT_MODEL``, or ``model=GigaChat-2-Max``)."""
+    query = _text_param("query", "message")
+    session_id = _session_id()
+    stream = _bool_param("stream", False)
+    provider = registry().get("gigachat")
+    if provider is None:
+        raise UpstreamUnavailable("GigaChat is not enabled in this gateway", code="gigachat_not_configured")
+    model = request.args.get("model") or None
+    if model is not None and not provider.owns(model):
+        raise BadRequest(f"`model` must be a GigaChat model, not {model!r}", param="model")
+    return run_bot(
+        "gigachat",
+        provider,
+        query=query,
+        session_id=session_id,
+        stream=stream,
+        model=model,
+        shape=lambda collected: {"response": collected.text},
+    )
+
+
+def local_provider() -> Provider:
+    provider = registry().get("local")
+    if provider is None:
+        raise UpstreamUnavailable(
+            f"The local Qwen2.5-Coder worker is not configured. {START_WORKER_HINT}",
+            code="local_worker_unavailable",
+        )
+    return provider
+
+
+@bp.get("/qwen")
+def qwen() -> Response:
+    """``{"response", "generation_time", "tokens_generated"}`` from the local coder worker."""
+    query = _text_param("query", "message")
+    session_id = _session_id()
+    max_tokens = _int_param("max_tokens", QWEN_DEFAULT_MAX_TOKENS)
+    add_bos = _bool_param("add_bos", True)
+    stream = _bool_param("stream", False)
+    provider = local_provider()
+    started = time.monotonic()
+
+    def shape(collected: Collected) -> dict[str, Any]:
+        raw = (collected.usage.raw if collected.usage else None) or {}
+        elapsed = raw.get("generation_time")
+        if not isinstance(elapsed, (int, float)):
+            elapsed = time.monotonic() - started
+        tokens = raw.get("tokens_generated")
+        if not isinstance(tokens, int):
+            tokens = collected.usage.completion_tokens if collected.usage else 0
+        return {"response": collected.text, "generation_time": float(elapsed), "tokens_generated": tokens}
+
+    options = {
+        "top_k": QWEN_SAMPLING["top_k"],
+        "repetition_penalty": QWEN_SAMPLING["repetition_penalty"],
+        "add_bos": add_bos,
+    }
+    try:
+        return run_bot(
+            "qwen",
+            provider,
+            query=query,
+            session_id=session_id,
+            stream=stream,
+            shape=shape,
+            max_tokens=max_tokens,
+            temperature=QWEN_SAMPLING["temperature"],
+            top_p=QWEN_SAMPLING["top_p"],
+            options=options,
+        )
+    except UpstreamUnavailable as exc:
+        if START_WORKER_HINT in exc.message:
+            raise
+        raise UpstreamUnavailable(
+            f"{exc.message} {START_WORKER_HINT}", code="local_worker_unavailable", headers=exc.headers
+        ) from exc
+
+
+@bp.get("/qwen/status")
+def qwen_status() -> Response:
+    """Always 200: ``{"available", "model_loaded", "status"}`` of the local coder worker."""
+    provider = registry().get("local")
+    if provider is None:
+        return seed_json(
+            {
+                "available": False,
+                "model_loaded": False,
+                "status": f"Connection error: the local worker is not configured. {START_WORKER_HINT}",
+            }
+        )
+    try:
+        info = provider.status() or {}
+    except Exception as exc:  # this route never fails
+        log.warning("local worker status failed: %s", exc)
+        info = {"available": False, "status": f"Connection error: {exc}"}
+    model_loaded = bool(info.get("model_loaded", False))
+    available = bool(info.get("available", model_loaded))
+    status = info.get("status")
+    if not isinstance(status, str) or not status:
+        status = "healthy" if model_loaded else ("loading" if available else "unavailable")
+    if not available and START_WORKER_HINT not in status:
+        status = f"{status}. {START_WORKER_HINT}"
+    return seed_json({"available": available, "model_loaded": model_loaded, "status": status})
+
+
+@bp.get("/history")
+def history() -> Response:
+    """``{"history": [{"role", "content"}, ...]}``, the whole session, oldest first."""
+    session_id = _session_id()
+    bot = request.args.get("bot") or None
+    if bot is not None and bot not in BOTS:
+        raise ParamError("bot", "enum", "Input should be 'gigachat' or 'qwen'", bot)
+    chat = find_session(session_id)
+    rows = list(visible(chat, bot)) if chat is not None else []
+    return seed_json({"history": [{"role": m.role, "content": m.content} for m in rows]})
