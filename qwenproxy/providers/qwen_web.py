@@ -39,15 +39,12 @@ def make_transport(config: dict[str, Any]) -> Transport:
 
 
 def _list_models(client: QwenClient, pool: AccountPool) -> list[dict[str, Any]]:
-    """The upstream model list, asked as some account (so the browser pool uses its profile)."""
-    try:
-        account = pool.acquire()
-    except Exception:
+    """The upstream model list, asked as some account without a turn in the rotation (the
+    browser pool then runs it in that account's profile instead of opening another one)."""
+    account = pool.any_account()
+    if account is None:
         return client.list_models(None)
-    try:
-        return client.list_models(account.token, account_id=account.id)
-    finally:
-        pool.release(account.id)
+    return client.list_models(account.token, account_id=account.id)
 
 
 def last_user_turn(messages: list[dict[str, Any]]) -> tuple[Any, str | None]:
