@@ -154,8 +154,25 @@ def pool(fake: FakeQwen) -> Iterator[PoolProcess]:
         assert wait_until(lambda: not alive(pids), timeout=10)
 
 
+_TOKENS: dict[str, str] = {}
+
+
+def module_token(fake: FakeQwen) -> str:
+    """One account token per fake: the account (and so its browser profile) stays the same
+    across the apps of this module (the registry names an imported token after its hash)."""
+    return _TOKENS.setdefault(fake.url, fake.make_token())
+
+
 def make_app(tmp_path: Path, fake: FakeQwen, socket_path: str, transport: str = "browser", **extra):
+    extra.setdefault("QWEN_TOKEN", module_token(fake))
     return create_app(app_config(tmp_path, fake, QWEN_TRANSPORT=transport, BROWSER_POOL_SOCKET=socket_path, **extra))
+
+
+def pool_account(pool: PoolProcess) -> str:
+    """The account id whose browser the pool runs (one in this module)."""
+    accounts = [entry["account"] for entry in pool.health()["detail"] if entry["state"] == "up"]
+    assert len(accounts) == 1, pool.health()["detail"]
+    return accounts[0]
 
 
 @pytest.fixture
@@ -320,8 +337,10 @@ def test_client_disconnect_aborts_the_upstream_request(served, fake, pool) -> No
     assert wait_until(lambda: pool.health()["active"] == 0, timeout=5)
 
 
-def test_transport_close_aborts_the_in_page_fetch(fake, pool) -> None:
+def test_transport_close_aborts_the_in_page_fetch(served, fake, pool) -> None:
     """``UpstreamResponse.close()`` (what ``EventStream.cancel`` calls) reaches the page."""
+    chat(served.url, "warm", stream=False)
+    account = pool_account(pool)
     fake.chunk_delay = 0.05
     from qwenproxy.config import load_config
     from qwenproxy.qwen.client import QwenClient
@@ -329,10 +348,10 @@ def test_transport_close_aborts_the_in_page_fetch(fake, pool) -> None:
 
     config = load_config({"QWEN_BASE_URL": fake.url, "SESSION_DIR": "/tmp"}, environ={}, env_file="")
     client = QwenClient(pool.transport, config)
-    token = fake.make_token()
-    chat_id = client.create_chat(token, "qwen3-max", account_id="env_1")
+    token = module_token(fake)
+    chat_id = client.create_chat(token, "qwen3-max", account_id=account)
     events, response = client.open_completion(
-        token, completion_body(chat_id=chat_id, model="qwen3-max", content="words:400"), account_id="env_1"
+        token, completion_body(chat_id=chat_id, model="qwen3-max", content="words:400"), account_id=account
     )
     assert response.served_by == "browser"
     next(events)
@@ -561,7 +580,7 @@ def test_killed_pool_is_restarted_by_gunicorn_and_the_gap_is_a_503(tmp_path, fak
 def test_release_closes_an_accounts_browser_and_the_next_job_reopens_it(served, pool) -> None:
     chat(served.url, "warm", stream=False)
     before = pool.chromium_pids()
-    assert pool.transport.release_profile("env_1") is True
+    assert pool.transport.release_profile(pool_account(pool)) is True
     assert wait_until(lambda: not alive(before), timeout=10)
     assert pool.health()["browsers"] == 0
     again = chat(served.url, "reopened", stream=False)
