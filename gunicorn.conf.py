@@ -33,12 +33,13 @@ _supervisor = None
 
 
 def when_ready(server):  # noqa: ANN001 - gunicorn hook signature
-    """Start the long-running workers (browser pool, …) from the master, never in a gevent worker."""
+    """Start the long-running workers (browser pool, local model) from the master, never in a gevent worker."""
     global _supervisor
     from qwenproxy.supervisor import Supervisor
     from workers.browser_pool import worker_spec as browser_pool_spec
+    from workers.inference import worker_spec as local_model_spec
 
-    specs = [spec for spec in (browser_pool_spec(_config),) if spec is not None]
+    specs = [spec for spec in (browser_pool_spec(_config), local_model_spec(_config)) if spec is not None]
     if specs:
         _supervisor = Supervisor(specs)
         _supervisor.start()

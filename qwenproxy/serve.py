@@ -44,12 +44,13 @@ def main(app: Flask) -> None:
 
 
 def start_workers(config: Any) -> Any:
-    """The worker processes this configuration needs (the browser pool), supervised."""
+    """The worker processes this configuration needs (browser pool, local model), supervised."""
     from workers.browser_pool import worker_spec as browser_pool_spec
+    from workers.inference import worker_spec as local_model_spec
 
     from .supervisor import Supervisor
 
-    specs = [spec for spec in (browser_pool_spec(config),) if spec is not None]
+    specs = [spec for spec in (browser_pool_spec(config), local_model_spec(config)) if spec is not None]
     if not specs:
         return None
     supervisor = Supervisor(specs)
