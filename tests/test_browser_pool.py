@@ -570,11 +570,11 @@ def test_killed_pool_is_restarted_by_gunicorn_and_the_gap_is_a_503(tmp_path, fak
     finally:
         fake.chunk_delay = 0.0
         server.stop()
+        shutil.rmtree(socket_dir, ignore_errors=True)
     # gunicorn's exit stopped the pool, which closed its Chromium
     assert wait_until(lambda: not psutil.pid_exists(new_pid), timeout=15)
     assert wait_until(lambda: not alive([new_chromium]), timeout=10)
     assert "MonkeyPatchWarning" not in server.log.read_text(errors="replace")
-    shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def test_release_closes_an_accounts_browser_and_the_next_job_reopens_it(served, pool) -> None:
