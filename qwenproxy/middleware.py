@@ -56,8 +56,12 @@ def configure_logging(level: str, logs_dir: str | None = None) -> None:
         handler.setFormatter(logs.RedactingFormatter(logs.FORMAT))
         root.addHandler(handler)
     if logs_dir and not logs.has_file_handler(root, Path(logs_dir) / "qwenproxy.log"):
+        for old in [h for h in root.handlers if getattr(h, "qwenproxy_file", False)]:
+            root.removeHandler(old)  # one app per process: its LOGS_DIR replaces an earlier one
+            old.close()
         handler = logs.file_handler(logs_dir, "qwenproxy.log")
         handler.addFilter(RequestIdFilter())
+        handler.qwenproxy_file = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level.upper())
 

@@ -1,8 +1,9 @@
 """``python app.py``: one process, gevent's WSGI server (also where gunicorn does not run).
 
 The same as gunicorn on one process: the configured workers (browser pool, local model) are
-started and supervised here, SIGTERM marks the app draining (``/health/ready`` -> 503), stops
-accepting and lets running streams finish for up to ``GRACEFUL_TIMEOUT`` seconds.
+started and supervised here; SIGTERM marks the app draining (``/health/ready`` -> 503), stops
+accepting and lets running streams finish for up to ``GRACEFUL_TIMEOUT`` seconds; an idle
+keep-alive connection is closed after ``KEEPALIVE`` seconds, as gunicorn does.
 """
 
 from __future__ import annotations
@@ -16,31 +17,42 @@ log = logging.getLogger(__name__)
 
 
 def main(app: Flask) -> None:
-    from gevent.pywsgi import WSGIServer
+    import gevent
+    from gevent.pool import Pool
+    from gevent.pywsgi import WSGIHandler, WSGIServer
 
     from .api.health import start_draining
     from .supervisor import start_configured
 
     host, port = app.config["HOST"], int(app.config["PORT"])
-    server = WSGIServer((host, port), app, log=None)
+    graceful = float(app.config.get("GRACEFUL_TIMEOUT", 30))
+    keepalive = float(app.config.get("KEEPALIVE", 5))
+
+    class Handler(WSGIHandler):
+        def read_requestline(self):  # type: ignore[no-untyped-def]
+            with gevent.Timeout(keepalive, False):  # waiting for the next request on a connection
+                return super().read_requestline()
+            return None  # timed out: the connection is closed
+
+    # a pool, so that stopping waits for the running handlers (streams) instead of dropping them
+    server = WSGIServer((host, port), app, log=None, spawn=Pool(int(app.config["WORKER_CONNECTIONS"])))
+    server.handler_class = Handler
 
     def _stop(*_: object) -> None:
-        log.info("stopping: finishing running streams (up to %s s)", app.config.get("GRACEFUL_TIMEOUT"))
+        log.info("stopping: finishing running streams (up to %s s)", graceful)
         start_draining(app)
-        server.stop(timeout=float(app.config.get("GRACEFUL_TIMEOUT", 30)))
+        server.close()  # serve_forever() then waits up to `graceful` for the handlers
 
-    try:  # gevent runs the handler in a greenlet of its own, where it may wait for the streams
-        import gevent
-
+    try:
         gevent.signal_handler(signal.SIGTERM, _stop)
     except (ValueError, AttributeError, NotImplementedError):  # Windows: Ctrl+C only
         pass
     supervisor = start_configured(app.config)
     log.info("qwenproxy listening on http://%s:%s/api", host, port)
     try:
-        server.serve_forever()
+        server.serve_forever(stop_timeout=graceful)
     except KeyboardInterrupt:
-        _stop()
+        pass
     finally:
         if supervisor is not None:
-            supervisor.stop(timeout=float(app.config.get("GRACEFUL_TIMEOUT", 30)) / 2 + 10)
+            supervisor.stop(timeout=graceful / 2 + 10)
