@@ -45,6 +45,7 @@ _metrics_dir = _config.get("PROMETHEUS_MULTIPROC_DIR") or str(
     Path(_config["SESSION_DIR"]).resolve() / "metrics" / str(os.getpid())
 )
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+Path(_metrics_dir).mkdir(parents=True, exist_ok=True)  # --check-config loads the app right here
 
 _supervisor = None
 

@@ -42,6 +42,8 @@ class Metrics:
 
     def __init__(self, multiproc_dir: str | None = None) -> None:
         self.multiproc_dir = multiproc_dir or None
+        if self.multiproc_dir:
+            Path(self.multiproc_dir).mkdir(parents=True, exist_ok=True)
         disable_created_metrics()  # no *_created series: multiprocess mode has none either
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
