@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 database = DatabaseProxy()
 
 MIGRATIONS_DIR = ROOT / "migrations"
-SQLITE_PRAGMAS = {"journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal"}
+# per connection; journal_mode=wal is a property of the file, set once in make_database
+SQLITE_PRAGMAS = {"foreign_keys": 1, "synchronous": "normal"}
 
 
 def make_database(url: str):
@@ -37,7 +38,12 @@ def make_database(url: str):
         path = url.split(":///", 1)[1] if ":///" in url else parsed.path
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return connect(url, pragmas=SQLITE_PRAGMAS, timeout=15, check_same_thread=False)
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(path, timeout=15)) as conn:
+                conn.execute("PRAGMA journal_mode=wal").fetchone()  # persistent: once per file
+            return connect(url, pragmas=SQLITE_PRAGMAS, timeout=15, check_same_thread=False)
+        return connect(url, pragmas={**SQLITE_PRAGMAS, "journal_mode": "wal"}, timeout=15, check_same_thread=False)
     return connect(url)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from flask import Response, current_app, g, jsonify, request, stream_with_context
 
-from . import requestlog
+from . import db, requestlog
 from .conversations import Turn
 from .errors import ApiError, UpstreamError
 from .events import Event, EventStream, Finished, ResponseStarted
@@ -199,7 +199,6 @@ def serve(
                 events.cancel()
             if failed is not None:
                 status = "partial" if turn.collected.text else "error"
-            turn.close(status, error=failed.message if failed else None)
             if metrics:
                 metrics.streams.dec()
             if failed is not None:
@@ -209,12 +208,21 @@ def serve(
             fields["duration_ms"] = round((time.perf_counter() - stats.started) * 1000, 2)
             if status == "partial" and failed is None:
                 fields["error_code"] = "client_disconnected"
-            requestlog.record(log_keep, **fields)
+            try:
+                with db.session():  # one connection for the answer and its log row
+                    turn.close(status, error=failed.message if failed else None)
+                    requestlog.record(log_keep, **fields)
+            except Exception:
+                log.exception("could not save the end of a stream")
 
     response = Response(stream_with_context(relay()), mimetype="text/event-stream")
     response.headers.update(headers)
     response.headers["Cache-Control"] = "no-cache, no-store, must-revalidate"
     response.headers["X-Accel-Buffering"] = "no"
+    # a stream may stay open for minutes: it must not hold a database connection (memory, file
+    # descriptors) meanwhile; the turn opens one again to save the answer
+    if not db.database.is_closed():
+        db.database.close()
     return response
 
 
