@@ -45,7 +45,7 @@ def main(app: Flask) -> None:
 
     try:
         gevent.signal_handler(signal.SIGTERM, _stop)
-    except (ValueError, AttributeError, NotImplementedError):  # Windows: Ctrl+C only
+    except Exception:  # Windows has no SIGTERM watcher: Ctrl+C only (it waits for the streams too)
         pass
     supervisor = start_configured(app.config)
     log.info("qwenproxy listening on http://%s:%s/api", host, port)
