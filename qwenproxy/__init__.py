@@ -25,8 +25,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     Path(app.config["SESSION_DIR"]).mkdir(parents=True, exist_ok=True)
 
-    from . import apikeys, db, middleware, ratelimit
-    from .api import chat, chats, dual_chat, errors, health, openai, status
+    from . import account_store, apikeys, db, middleware, ratelimit
+    from .api import (
+        chat,
+        chats,
+        dual_chat,
+        errors,
+        files,
+        health,
+        images,
+        openai,
+        status,
+    )
     from .providers import build_registry
 
     middleware.configure_logging(app.config["LOG_LEVEL"], app.config.get("LOGS_DIR"))
@@ -36,8 +46,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     apikeys.init_app(app)
     ratelimit.init_app(app)
     errors.init_app(app)
-    for module in (openai, chat, chats, status, dual_chat):
+    blueprints = (
+        openai,
+        chat,
+        chats,
+        status,
+        dual_chat,
+        images,
+        files,
+    )
+    for module in blueprints:
         app.register_blueprint(module.bp)
 
+    account_store.init_app(app)  # the Qwen accounts registry, before the providers use it
     app.extensions["providers"] = build_registry(app)
     return app

@@ -26,6 +26,8 @@ MARKS = {OK: "✅", WAIT: "⏳", INVALID: "❌"}
 class Account:
     id: str
     token: str
+    email: str | None = None
+    profile_dir: str | None = None  # the account's Chromium profile, when it has one
 
 
 def jwt_expiry(token: str) -> float | None:

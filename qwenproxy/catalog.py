@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .qwen.modes import Modes, split_model
+
 log = logging.getLogger(__name__)
 
 # canonical id -> aliases (spec §6.2, the seed's modelMapping.js)
@@ -141,7 +143,10 @@ class ModelCatalog:
         return read_models_file(self.models_file) or [self.default_model]
 
     def known(self, model: str) -> bool:
-        return model in ALIAS_TO_CANONICAL or model in self.ids()
+        if model in ALIAS_TO_CANONICAL or model in self.ids():
+            return True
+        base, modes = split_model(model)
+        return modes != Modes() and base is not None and (base in ALIAS_TO_CANONICAL or base in self.ids())
 
     def resolve(self, model: str | None) -> str:
         """Alias → canonical id; unknown or missing → the configured default model."""
@@ -153,3 +158,11 @@ class ModelCatalog:
         if candidate in ids:
             return candidate
         return self.default_model
+
+    def resolve_modes(self, model: str | None) -> tuple[str, Modes]:
+        """Like ``resolve``, after taking the mode suffixes off (``qwen3-max-thinking`` →
+        ``qwen3-max`` + thinking). A name that is itself a known id is never split."""
+        if not model or model.strip() in ALIAS_TO_CANONICAL or model.strip() in self.ids():
+            return self.resolve(model), Modes()
+        base, modes = split_model(model)
+        return self.resolve(base), modes

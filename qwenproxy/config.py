@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "MODELS_CACHE_SECONDS": 600,
     # streaming
     "PING_INTERVAL": 15.0,  # seconds of upstream silence before a ": ping" comment
+    # Qwen web modes (docs/MODES.md)
+    "REASONING_IN_CONTENT": False,  # reasoning as <think>…</think> in content, not reasoning_content
     # Qwen web (chat.qwen.ai)
     "QWEN_BASE_URL": "https://chat.qwen.ai",
     "QWEN_TRANSPORT": "direct",  # direct | browser | auto
@@ -59,6 +61,13 @@ DEFAULTS: dict[str, Any] = {
     ),
     "QWEN_BX_V": "2.5.31",
     "QWEN_FRONTEND_VERSION": "0.2.63",
+    # uploads (docs/UPLOADS.md)
+    "MAX_UPLOAD_MB": 20.0,  # per file; also bounds data: URIs in chat messages
+    "QWEN_OSS_BASE_URL": None,  # PUT uploads here instead of https://<bucket>.<endpoint> (tests, mirrors)
+    "QWEN_OSS_SIGNATURE": "v4",  # v4 (web front end) | v1 (the seed's ali-oss)
+    "QWEN_PARSE_TIMEOUT": 60.0,  # seconds to wait for Qwen to parse an uploaded document
+    "QWEN_PARSE_POLL_INTERVAL": 1.0,
+    "VISION_MODEL": "qwen3-vl-plus",  # used instead of a model without vision when images are sent
     # GigaChat (Sber), through the official SDK; names are the SDK's own variables
     "GIGACHAT_CREDENTIALS": None,  # the "authorization key": base64(client_id:client_secret)
     "API_KEY": None,  # the seed's name for GIGACHAT_CREDENTIALS, used when that is unset
@@ -72,8 +81,32 @@ DEFAULTS: dict[str, Any] = {
     "GIGACHAT_TOKEN_EXPIRY_BUFFER_MS": 60000,  # refresh the token this long before expiry
     # Dual AI Chat routes (/gigachat, /qwen, /history)
     "DUAL_HISTORY_TURNS": 10,  # stored messages of a session sent with a prompt (seed: 10)
+    # Qwen web accounts (`flask accounts`, docs/ACCOUNTS.md)
+    "ACCOUNT_DEFAULT_WAIT_HOURS": 1.0,  # WAIT after a rate limit that does not say how long
+    "ACCOUNT_AUTO_RELOGIN": False,  # sign in again with credentials kept by `add --remember`
+    "ACCOUNT_LOGIN_TIMEOUT": 300.0,  # seconds `accounts add`/`relogin` wait for a browser login
+    "CHROME_PATH": None,  # Chrome/Chromium binary; default: Debian's /usr/bin/chromium
     # shared by the bots
     "DEFAULT_SYSTEM_PROMPT": None,
+    # local Qwen2.5-Coder (GPTQ) inference worker: workers/inference.py, requirements-local.txt
+    "LOCAL_MODEL_PATH": None,  # checkpoint folder; when set the gateway starts and supervises the worker
+    "LOCAL_MODEL_URL": "http://127.0.0.1:8001",  # where the worker listens; or unix:///path/to.sock
+    "QWEN_SERVER_URL": None,  # the seed's name for LOCAL_MODEL_URL (used when that is left at its default)
+    "LOCAL_MODEL_NAME": "qwen2.5-coder-local",  # model id; the checkpoint folder's name is accepted too
+    "LOCAL_MODEL_CACHE": "normal",  # normal | q4 (4-bit HQQ KV cache)
+    "LOCAL_MODEL_MAX_SEQ_LEN": 0,  # context window (-l); 0 = the checkpoint's max_position_embeddings
+    "LOCAL_MODEL_DEVICE": "auto",  # auto | cpu | cuda | cuda:N
+    "LOCAL_MODEL_DTYPE": "auto",  # auto (fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    "LOCAL_MODEL_PARALLEL": 1,  # concurrent generations in the worker; the others queue FIFO
+    "LOCAL_MODEL_THREADS": 0,  # torch CPU threads in the worker; 0 = torch's default
+    "LOCAL_MODEL_AUTO_INSTALL": True,  # the worker pip-installs requirements-local.txt when missing
+    "LOCAL_MODEL_MAX_TOKENS": 4096,  # seed 002 defaults, each overridable per request
+    "LOCAL_MODEL_TEMPERATURE": 0.4,
+    "LOCAL_MODEL_TOP_P": 0.9,
+    "LOCAL_MODEL_TOP_K": 60,
+    "LOCAL_MODEL_REPETITION_PENALTY": 1.1,
+    "LOCAL_MODEL_CONNECT_TIMEOUT": 3.0,
+    "LOCAL_MODEL_READ_TIMEOUT": 600.0,  # seconds without a line from the worker (queued streams get keep-alives)
     # start-up
     "SKIP_ACCOUNT_MENU": False,
     "NON_INTERACTIVE": False,

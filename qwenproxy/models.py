@@ -14,6 +14,7 @@ from typing import Any
 from peewee import (
     AutoField,
     BigIntegerField,
+    BooleanField,
     CharField,
     DoubleField,
     ForeignKeyField,
@@ -90,3 +91,49 @@ class Message(BaseModel):
         if isinstance(content, str):
             return content, 0
         return json.dumps(content, ensure_ascii=False), 1
+
+
+class Account(BaseModel):
+    """A Qwen web account (``flask accounts``); the state every worker process shares."""
+
+    id = CharField(primary_key=True, max_length=100)  # acc_<epoch-ms>, as the seed
+    token = TextField()
+    user_id = CharField(max_length=100, null=True, index=True)  # the JWT's ``id`` claim
+    email = CharField(max_length=320, null=True)
+    expires_at = DoubleField(null=True)  # the JWT's ``exp`` (unix s)
+    reset_at = DoubleField(null=True)  # WAIT until then (unix s)
+    invalid = BooleanField(default=False)
+    last_error = TextField(null=True)
+    requests_served = IntegerField(default=0)
+    last_used_at = DoubleField(default=0.0, index=True)  # round-robin order
+    created_at = DoubleField(default=time.time)
+    source = CharField(max_length=20, null=True)  # env | import | browser | password | token
+    profile_dir = TextField(null=True)  # Chromium profile (cookies) for the browser pool
+
+    class Meta:
+        table_name = "account"
+
+
+def new_file_id() -> str:
+    return "file-" + uuid.uuid4().hex[:24]
+
+
+class UploadedFile(BaseModel):
+    """A file uploaded to Qwen's storage through the proxy (seed upload route or ``/v1/files``)."""
+
+    id = CharField(primary_key=True, max_length=64, default=new_file_id)  # "file-…", the OpenAI id
+    filename = CharField(max_length=255)
+    bytes = BigIntegerField()
+    purpose = CharField(max_length=50)
+    mime = CharField(max_length=150)
+    kind = CharField(max_length=20)  # image | document
+    qwen_file_id = CharField(max_length=100, index=True)
+    file_path = CharField(max_length=1000, index=True)  # <user_id>/<file_id>_<filename> in the bucket
+    url = TextField()  # the presigned URL Qwen returned
+    user_id = CharField(max_length=100, null=True)  # the Qwen user (JWT ``id``) that owns it
+    account_id = CharField(max_length=100, null=True)
+    created_at = DoubleField(default=time.time)  # unix seconds (OpenAI shows them as an integer)
+    status = CharField(max_length=20, default="processed")  # uploaded | processed | error
+
+    class Meta:
+        table_name = "uploaded_file"

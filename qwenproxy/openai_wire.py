@@ -39,13 +39,37 @@ def completion_id(response_id: str | None = None) -> str:
     return response_id or f"chatcmpl-{uuid.uuid4().hex}"
 
 
-def usage_dict(usage: Usage | None) -> dict[str, int]:
+def usage_dict(usage: Usage | None) -> dict[str, Any]:
     usage = usage or Usage()
-    return {
+    out: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
+    details = (usage.raw or {}).get("output_tokens_details")
+    if isinstance(details, dict) and isinstance(details.get("reasoning_tokens"), int):
+        out["completion_tokens_details"] = {"reasoning_tokens": details["reasoning_tokens"]}
+    return out
+
+
+THINK_OPEN, THINK_CLOSE = "<think>\n", "\n</think>\n\n"
+
+
+def url_citations(annotations: list[Annotation], text: str) -> list[dict[str, Any]]:
+    """OpenAI ``url_citation`` annotations; source *n* spans the first ``[[n]]`` in ``text``
+    (Qwen's citation mark, §4.5), or 0..0 when the answer never cites it."""
+    out = []
+    for n, a in enumerate(annotations, 1):
+        mark = f"[[{n}]]"
+        start = text.find(mark)
+        end = start + len(mark) if start >= 0 else 0
+        out.append(
+            {
+                "type": "url_citation",
+                "url_citation": {"url": a.url, "title": a.title, "start_index": max(start, 0), "end_index": end},
+            }
+        )
+    return out
 
 
 @dataclass
@@ -87,22 +111,21 @@ class Collected:
         elif isinstance(event, ImageResult):
             self.images.append(event.url)
 
-    def message(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": self.text, "refusal": None}
-        if self.reasoning:
+    def message(self, *, reasoning_in_content: bool = False) -> dict[str, Any]:
+        """The assistant message; ``reasoning_in_content`` wraps the reasoning in
+        ``<think>…</think>`` at the start of ``content`` instead of ``reasoning_content``."""
+        text = self.text
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if self.reasoning and reasoning_in_content:
+            text = message["content"] = THINK_OPEN + self.reasoning + THINK_CLOSE + text
+        elif self.reasoning:
             message["reasoning_content"] = self.reasoning
         if self.tool_calls:
             message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
-            if not self.text:
+            if not text:
                 message["content"] = None
         if self.annotations:
-            message["annotations"] = [
-                {
-                    "type": "url_citation",
-                    "url_citation": {"url": a.url, "title": a.title, "start_index": 0, "end_index": 0},
-                }
-                for a in self.annotations
-            ]
+            message["annotations"] = url_citations(self.annotations, text)
         return message
 
 
@@ -114,7 +137,13 @@ def collect(events: Iterable[Event]) -> Collected:
 
 
 def completion_response(
-    collected: Collected, *, id: str, model: str, created: int | None = None, extras: dict[str, Any] | None = None
+    collected: Collected,
+    *,
+    id: str,
+    model: str,
+    created: int | None = None,
+    extras: dict[str, Any] | None = None,
+    reasoning_in_content: bool = False,
 ) -> dict[str, Any]:
     """A non-streamed ``chat.completion`` object."""
     body: dict[str, Any] = {
@@ -125,7 +154,7 @@ def completion_response(
         "choices": [
             {
                 "index": 0,
-                "message": collected.message(),
+                "message": collected.message(reasoning_in_content=reasoning_in_content),
                 "logprobs": None,
                 "finish_reason": collected.finish_reason or "stop",
             }
@@ -139,7 +168,13 @@ def completion_response(
 
 
 class ChunkRenderer:
-    """Renders a stream's events as ``chat.completion.chunk`` objects."""
+    """Renders a stream's events as ``chat.completion.chunk`` objects.
+
+    Reasoning goes out as ``delta.reasoning_content`` (or, with ``reasoning_in_content``,
+    as ``content`` between ``<think>`` and ``</think>``). Search sources are not part of
+    OpenAI's stream delta, so they are gathered and sent once, as ``delta.annotations``
+    of the final chunk (the one with ``finish_reason``).
+    """
 
     def __init__(
         self,
@@ -149,7 +184,12 @@ class ChunkRenderer:
         created: int | None = None,
         include_usage: bool = False,
         extras: dict[str, Any] | None = None,
+        reasoning_in_content: bool = False,
     ) -> None:
+        self.reasoning_in_content = reasoning_in_content
+        self._thinking = False  # inside an open <think> of reasoning_in_content
+        self._annotations: list[Annotation] = []
+        self._text = ""  # content sent so far: where the citation marks are
         self.id = id
         self.model = model
         self.created = int(created or time.time())
@@ -175,11 +215,27 @@ class ChunkRenderer:
     def role(self) -> dict[str, Any]:
         return self.chunk({"role": "assistant", "content": ""})
 
+    def _content(self, text: str) -> dict[str, Any]:
+        if self._thinking:
+            self._thinking = False
+            text = THINK_CLOSE + text
+        self._text += text
+        return self.chunk({"content": text})
+
     def render(self, event: Event) -> list[dict[str, Any]]:
         if isinstance(event, TextDelta):
-            return [self.chunk({"content": event.text})] if event.text else []
+            return [self._content(event.text)] if event.text else []
         if isinstance(event, ReasoningDelta):
-            return [self.chunk({"reasoning_content": event.text})] if event.text else []
+            if not event.text:
+                return []
+            if not self.reasoning_in_content:
+                return [self.chunk({"reasoning_content": event.text})]
+            text = event.text if self._thinking else THINK_OPEN + event.text
+            self._thinking = True
+            self._text += text
+            return [self.chunk({"content": text})]
+        if self._thinking and isinstance(event, (ToolCallDelta, Finished)):
+            return [self._content(""), *self.render(event)]
         if isinstance(event, ToolCallDelta):
             call: dict[str, Any] = {"index": event.index, "function": {"arguments": event.arguments}}
             if event.index not in self._tool_seen:
@@ -188,11 +244,8 @@ class ChunkRenderer:
                 call["function"]["name"] = event.name or ""
             return [self.chunk({"tool_calls": [call]})]
         if isinstance(event, Annotation):
-            annotation = {
-                "type": "url_citation",
-                "url_citation": {"url": event.url, "title": event.title, "start_index": 0, "end_index": 0},
-            }
-            return [self.chunk({"annotations": [annotation]})]
+            self._annotations.append(event)
+            return []
         if isinstance(event, Usage):
             self.usage = event
             return []
@@ -204,7 +257,11 @@ class ChunkRenderer:
         if self.finished:
             return []
         self.finished = True
-        out = [self.chunk({}, finish_reason=reason)]
+        out = [self._content("")] if self._thinking else []
+        delta: dict[str, Any] = {}
+        if self._annotations:
+            delta["annotations"] = url_citations(self._annotations, self._text)
+        out.append(self.chunk(delta, finish_reason=reason))
         if self.include_usage:
             final = {
                 "id": self.id,

@@ -22,8 +22,14 @@ def main(app: Flask) -> None:
     from gevent.pywsgi import WSGIHandler, WSGIServer
 
     from .api.health import start_draining
+    from .menu import run_menu, should_show
     from .supervisor import start_configured
 
+    if should_show(app.config):  # the seed's account menu; never under gunicorn or Docker
+        try:
+            run_menu(app)
+        except (KeyboardInterrupt, EOFError):
+            return
     host, port = app.config["HOST"], int(app.config["PORT"])
     graceful = float(app.config.get("GRACEFUL_TIMEOUT", 30))
     keepalive = float(app.config.get("KEEPALIVE", 5))

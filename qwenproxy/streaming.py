@@ -95,6 +95,7 @@ def serve(
     include_usage: bool = False,
     ping_interval: float = 15.0,
     shape: Callable[[Collected, dict[str, Any]], dict[str, Any]] | None = None,
+    reasoning_in_content: bool = False,
 ) -> Response:
     """Run one completion and answer it as JSON or as SSE.
 
@@ -148,6 +149,7 @@ def serve(
         model=model,
         include_usage=include_usage,
         extras=extras(turn.collected, turn.info),
+        reasoning_in_content=reasoning_in_content,
     )
 
     metrics = current_app.extensions.get("metrics")
@@ -239,4 +241,7 @@ def _headers(turn: Turn, extras: Extras) -> dict[str, str]:
         headers["X-Parent-Id"] = str(fields["parentId"])
     if turn.info.get("transport"):
         headers["X-Upstream-Transport"] = str(turn.info["transport"])
+    # a provider's own response headers (e.g. X-Model-Switched)
+    for name, value in (turn.info.get("headers") or {}).items():
+        headers[str(name)] = str(value)
     return headers

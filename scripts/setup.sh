@@ -22,6 +22,13 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v python3 >/dev/null 2>&1
   apt-get install -y -qq chromium python3 python3-venv python3-dev gcc curl >/dev/null
 fi
 
+if [ "$want_tests" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "==> apt: postgresql (portability tests), curl"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq postgresql curl >/dev/null
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "==> venv .venv"

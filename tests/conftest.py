@@ -50,6 +50,7 @@ def app_config(tmp_path: Path, fake: FakeQwen, **extra) -> dict:
         "TESTING": True,
         "SESSION_DIR": str(tmp_path / "session"),
         "LOGS_DIR": str(tmp_path / "logs"),
+        "UPLOADS_DIR": str(tmp_path / "uploads"),
         "QWEN_BASE_URL": fake.url,
         "QWEN_TOKEN": fake.make_token(),
         "API_KEYS_FILE": str(tmp_path / "Authorization.txt"),

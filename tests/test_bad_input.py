@@ -20,18 +20,24 @@ from schemathesis.generation.modes import GenerationMode
 from qwenproxy import create_app
 from tests.conftest import app_config
 from tests.fakes.gigachat import FakeGigaChat
+from tests.fakes.oss import FakeOSS
 
 ALLOWED_5XX = {("GET", "/qwen", 503, "local_worker_unavailable")}
-EXAMPLES = 25  # per operation and mode; no shrinking: the whole run stays within seconds
+EXAMPLES = 20  # per operation and mode; no shrinking: the whole run stays within seconds
 
 
 @pytest.fixture
 def api(tmp_path: Path, fake_qwen) -> Iterator:
+    oss = FakeOSS().start()
+    fake_qwen.oss = oss
+    fake_qwen.image_base_url = fake_qwen.url  # generated images are fetched from the fake: loopback only
     with FakeGigaChat() as giga:
         app = create_app(
             app_config(
                 tmp_path,
                 fake_qwen,
+                QWEN_OSS_BASE_URL=oss.url,
+                QWEN_PARSE_POLL_INTERVAL=0.01,
                 GIGACHAT_CREDENTIALS=giga.credentials,
                 GIGACHAT_BASE_URL=giga.url,
                 GIGACHAT_AUTH_URL=giga.auth_url,
@@ -42,6 +48,7 @@ def api(tmp_path: Path, fake_qwen) -> Iterator:
         )
         yield app
         app.extensions["providers"].close()
+    oss.stop()
 
 
 def check_answer(method: str, path: str, status: int, content_type: str, body: bytes) -> None:

@@ -93,9 +93,7 @@ def turn_body(
     return body
 
 
-def complete(
-    fake: FakeQwen, token: str, body: dict[str, Any], *, stream: bool = False
-) -> requests.Response:
+def complete(fake: FakeQwen, token: str, body: dict[str, Any], *, stream: bool = False) -> requests.Response:
     return requests.post(
         f"{fake.url}/api/v2/chat/completions",
         params={"chat_id": body["chat_id"]},
@@ -175,8 +173,13 @@ def test_bad_tokens_get_unauthorized_envelope(fake: FakeQwen, kind: str) -> None
     elif kind == "foreign_secret":
         with running_fake_qwen() as other:
             headers = auth(other.make_token())
-    body = {"title": "t", "models": ["qwen3-max"], "chat_mode": "normal",
-            "chat_type": "t2t", "timestamp": int(time.time() * 1000)}
+    body = {
+        "title": "t",
+        "models": ["qwen3-max"],
+        "chat_mode": "normal",
+        "chat_type": "t2t",
+        "timestamp": int(time.time() * 1000),
+    }
     r = requests.post(f"{fake.url}/api/v2/chats/new", json=body, headers=headers)
     assert_error(r, "unauthorized", EXPIRED)
     r = requests.get(f"{fake.url}/api/v1/auths/", headers=headers)
@@ -185,8 +188,13 @@ def test_bad_tokens_get_unauthorized_envelope(fake: FakeQwen, kind: str) -> None
 
 def test_token_cookie_alone_authenticates(fake: FakeQwen) -> None:
     token = fake.make_token()
-    body = {"title": "t", "models": ["qwen3-max"], "chat_mode": "normal",
-            "chat_type": "t2t", "timestamp": int(time.time() * 1000)}
+    body = {
+        "title": "t",
+        "models": ["qwen3-max"],
+        "chat_mode": "normal",
+        "chat_type": "t2t",
+        "timestamp": int(time.time() * 1000),
+    }
     r = requests.post(f"{fake.url}/api/v2/chats/new", json=body, cookies={"token": token})
     assert r.json()["success"] is True
 
@@ -246,8 +254,13 @@ def test_models_shape(fake: FakeQwen) -> None:
 
 def test_chats_new_validation(fake: FakeQwen) -> None:
     token = fake.make_token()
-    good = {"title": "t", "models": ["qwen3-max"], "chat_mode": "normal",
-            "chat_type": "t2t", "timestamp": int(time.time() * 1000)}
+    good = {
+        "title": "t",
+        "models": ["qwen3-max"],
+        "chat_mode": "normal",
+        "chat_type": "t2t",
+        "timestamp": int(time.time() * 1000),
+    }
     url = f"{fake.url}/api/v2/chats/new"
     r = requests.post(url, json=good, headers=auth(token))
     body = r.json()
@@ -256,14 +269,12 @@ def test_chats_new_validation(fake: FakeQwen) -> None:
     chat = fake.chats[body["data"]["id"]]
     assert chat["owner"] == jwt_part(token, 1)["id"] and chat["model"] == "qwen3-max"
 
-    assert_error(requests.post(url, json={**good, "timestamp": int(time.time())},
-                               headers=auth(token)), "Bad_Request")
-    assert_error(requests.post(url, json={**good, "chat_mode": "weird"},
-                               headers=auth(token)), "Bad_Request")
-    assert_error(requests.post(url, json={**good, "models": []},
-                               headers=auth(token)), "Bad_Request")
-    assert_error(requests.post(url, json={**good, "models": ["gpt-4"]},
-                               headers=auth(token)), "Not_Found", "Model not found")
+    assert_error(requests.post(url, json={**good, "timestamp": int(time.time())}, headers=auth(token)), "Bad_Request")
+    assert_error(requests.post(url, json={**good, "chat_mode": "weird"}, headers=auth(token)), "Bad_Request")
+    assert_error(requests.post(url, json={**good, "models": []}, headers=auth(token)), "Bad_Request")
+    assert_error(
+        requests.post(url, json={**good, "models": ["gpt-4"]}, headers=auth(token)), "Not_Found", "Model not found"
+    )
 
 
 def test_get_list_and_delete_chat(fake: FakeQwen) -> None:
@@ -318,8 +329,9 @@ def test_stream_framing_and_cumulative_usage(fake: FakeQwen) -> None:
 
     body = events[1:]
     assert all(set(e) == {"choices", "usage"} for e in body[:-1])
-    assert body[-1] == {"choices": [{"delta": {"content": "", "role": "assistant",
-                                               "status": "finished", "phase": "answer"}}]}
+    assert body[-1] == {
+        "choices": [{"delta": {"content": "", "role": "assistant", "status": "finished", "phase": "answer"}}]
+    }
     typing = deltas(body[:-1])
     assert all(d["status"] == "typing" and d["phase"] == "answer" for d in typing)
     assert typing[-1]["content"] == ""
@@ -445,8 +457,9 @@ def test_completion_errors(fake: FakeQwen) -> None:
     assert_error(complete(fake, token, turn_body(foreign, "a")), "Not_Found")
 
     body = turn_body(chat_id, "a")
-    r = requests.post(f"{fake.url}/api/v2/chat/completions", params={"chat_id": foreign},
-                      json=body, headers=auth(token))
+    r = requests.post(
+        f"{fake.url}/api/v2/chat/completions", params={"chat_id": foreign}, json=body, headers=auth(token)
+    )
     assert_error(r, "Bad_Request")
 
     body = turn_body(chat_id, "a", parent_id="00000000-0000-4000-8000-000000000000")
@@ -465,8 +478,7 @@ def test_parent_id_chaining_over_two_turns(fake: FakeQwen) -> None:
 
     assert_error(complete(fake, token, turn_body(chat_id, "two")), "Bad_Request")
     user_id = first[0]["response.created"]["parent_id"]
-    assert_error(complete(fake, token, turn_body(chat_id, "two", parent_id=user_id)),
-                 "Bad_Request")
+    assert_error(complete(fake, token, turn_body(chat_id, "two", parent_id=user_id)), "Bad_Request")
 
     body = turn_body(chat_id, "two", parent_id=rid1)
     second = parse_sse(complete(fake, token, body, stream=True).raw.read())
@@ -508,9 +520,7 @@ def test_quota_rate_limited(fake: FakeQwen) -> None:
     assert data["details"] == "You've reached the upper limit for today's usage."
     assert "{{num}}" in data["template"] and data["num"] == 6
     other = fake.make_token()
-    assert complete(fake, other, turn_body(new_chat(fake, other), "c", stream=False)).json()[
-        "success"
-    ]
+    assert complete(fake, other, turn_body(new_chat(fake, other), "c", stream=False)).json()["success"]
 
 
 def test_abort_is_detected(fake: FakeQwen) -> None:
@@ -574,8 +584,13 @@ def test_actual_status_404_and_hostile_times(fake: FakeQwen) -> None:
     fake.hostile = "actual_status_404"
     fake.hostile_times = 1
     url = f"{fake.url}/api/v2/chats/new"
-    body = {"title": "t", "models": ["qwen3-max"], "chat_mode": "normal",
-            "chat_type": "t2t", "timestamp": int(time.time() * 1000)}
+    body = {
+        "title": "t",
+        "models": ["qwen3-max"],
+        "chat_mode": "normal",
+        "chat_type": "t2t",
+        "timestamp": int(time.time() * 1000),
+    }
     r = requests.post(url, json=body, headers=auth(token))
     assert r.status_code == 200 and r.headers["x-actual-status-code"] == "404"
     assert isinstance(r.json(), dict)

@@ -13,6 +13,14 @@ import pytest
 from tests.openai_schema import validate
 
 
+def _curl(url: str, body: str) -> subprocess.Popen:
+    """``curl -N``: prints each chunk as it arrives."""
+    return subprocess.Popen(
+        ["curl", "-sN", "-X", "POST", "-H", "Content-Type: application/json", "-d", body, url],
+        stdout=subprocess.PIPE,
+    )
+
+
 @pytest.fixture
 def oai(gunicorn_server):
     return openai.OpenAI(base_url=gunicorn_server.url + "/api", api_key="dummy", max_retries=0, timeout=30)
@@ -60,20 +68,7 @@ def test_openai_client_raises_the_right_exceptions(oai, fake_qwen) -> None:
 def test_curl_receives_chunks_before_the_upstream_finishes(gunicorn_server, fake_qwen) -> None:
     fake_qwen.chunk_delay = 0.15
     body = json.dumps({"model": "qwen3-max", "stream": True, "messages": [{"role": "user", "content": "words:20"}]})
-    proc = subprocess.Popen(
-        [
-            "curl",
-            "-sN",
-            "-X",
-            "POST",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            body,
-            gunicorn_server.url + "/api/chat/completions",
-        ],
-        stdout=subprocess.PIPE,
-    )
+    proc = _curl(gunicorn_server.url + "/api/chat/completions", body)
     try:
         seen_text_at_fake_progress = None
         for raw in proc.stdout:
@@ -96,23 +91,7 @@ def test_gevent_workers_serve_concurrent_streams(gunicorn_server, fake_qwen) -> 
     (2 workers that blocked on one stream each would let only 2 through at a time)."""
     fake_qwen.chunk_delay = 0.2
     body = json.dumps({"stream": True, "messages": [{"role": "user", "content": "words:10"}]})
-    procs = [
-        subprocess.Popen(
-            [
-                "curl",
-                "-sN",
-                "-X",
-                "POST",
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-                body,
-                gunicorn_server.url + "/api/chat/completions",
-            ],
-            stdout=subprocess.PIPE,
-        )
-        for _ in range(8)
-    ]
+    procs = [_curl(gunicorn_server.url + "/api/chat/completions", body) for _ in range(8)]
 
     def in_flight() -> bool:
         started = [r for r in fake_qwen.requests if r["path"] == "/api/v2/chat/completions"]

@@ -43,7 +43,7 @@ def test_ready_is_503_without_a_usable_provider(tmp_path, fake_qwen) -> None:
     _, c = _make(tmp_path, fake_qwen, QWEN_TOKEN="")
     ready = c.get("/health/ready")
     assert ready.status_code == 503
-    assert ready.json["providers"] == {"qwen": False, "gigachat": False}
+    assert ready.json["providers"]["qwen"] is False and not any(ready.json["providers"].values())
     assert "no provider is usable" in ready.json["reasons"][0]
     assert c.get("/health/live").status_code == 200  # alive all the same
 
@@ -122,7 +122,7 @@ def test_status_page_shows_accounts_models_requests_and_errors(client) -> None:
     assert page.status_code == 200 and page.content_type.startswith("text/html")
     html = page.get_data(as_text=True)
     assert "READY" in html and 'http-equiv="refresh"' in html
-    assert "env_1" in html and "qwen3-max" in html
+    assert "…" in html and 'id="accounts"' in html and "qwen3-max" in html  # a masked token
     assert "POST /api/chat/completions" in html and "qwen-max-latest" in html
     assert "400" in html  # the malformed body, among the recent errors
     assert 'http-equiv="refresh"' not in client.get("/?refresh=0").get_data(as_text=True)

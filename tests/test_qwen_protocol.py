@@ -173,7 +173,7 @@ def test_thinking_phases_are_reasoning_not_content() -> None:
     )
     events = list(parse_stream([raw]))
     reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
-    assert reasoning == "Let me thinkFirst idea\nSecond idea\n"
+    assert reasoning == "Let me think\n\nFirst idea\n\nSecond idea"
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Answer"
 
 

@@ -256,3 +256,20 @@ def test_models_fall_back_to_the_file(tmp_path, fake_qwen) -> None:
     app = create_app(app_config(tmp_path, fake_qwen, QWEN_BASE_URL="http://127.0.0.1:9", MODELS_FILE=str(models)))
     ids = [m["id"] for m in app.test_client().get("/api/models").get_json()["data"]]
     assert ids == ["qwen3-max", "qwq-32b"]
+
+
+def test_pings_while_the_upstream_is_silent(tmp_path, fake_qwen) -> None:
+    from qwenproxy import create_app
+    from tests.conftest import app_config
+
+    app = create_app(app_config(tmp_path, fake_qwen, PING_INTERVAL=0.05))
+    fake_qwen.chunk_delay = 0.3
+    r = app.test_client().post(
+        "/api/chat/completions", json={"stream": True, "messages": [{"role": "user", "content": "words:3"}]}
+    )
+    raw = r.get_data(as_text=True)
+    assert ": ping\n\n" in raw
+    assert raw.rstrip().endswith("data: [DONE]")
+    assert (
+        "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in sse_events(raw)[:-1]) == "w1 w2 w3"
+    )

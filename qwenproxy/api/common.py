@@ -12,7 +12,9 @@ from ..conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from ..errors import BadRequest
 from ..openai_wire import Collected, completion_response
 from ..providers import ChatRequest, ProviderRegistry
+from ..qwen.modes import aspect_ratio
 from ..streaming import serve
+from ..tools import ToolSpec
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -97,6 +99,11 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
         tools = [{"type": "function", "function": fn} for fn in body["functions"]]
     if tools is not None and not isinstance(tools, list):
         raise BadRequest("`tools` must be an array", param="tools")
+    tool_choice = body.get("tool_choice")
+    if tool_choice is None and body.get("function_call") is not None:  # legacy
+        legacy = body["function_call"]
+        tool_choice = {"type": "function", "function": legacy} if isinstance(legacy, dict) else legacy
+    ToolSpec.parse(tools, tool_choice, body.get("parallel_tool_calls"))  # 400 on malformed tools
     return {
         "stream": stream,
         "model": model,
@@ -108,8 +115,50 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
         "chat_id": body.get("chatId") or body.get("chat_id"),
         "parent_id": body.get("parentId") or body.get("parent_id"),
         "tools": tools,
-        "tool_choice": body.get("tool_choice"),
+        "tool_choice": tool_choice,
+        "modes": _mode_fields(body),
     }
+
+
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+
+
+def _mode_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """Request fields that pick a mode (docs/MODES.md), as ``ChatRequest.options`` flags;
+    they win over a model-name suffix."""
+    out: dict[str, Any] = {}
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if effort not in REASONING_EFFORTS:
+            raise BadRequest(f"`reasoning_effort` must be one of {list(REASONING_EFFORTS)}", param="reasoning_effort")
+        out["thinking"] = effort != "none"
+    thinking = body.get("enable_thinking")
+    if thinking is not None:
+        if not isinstance(thinking, bool):
+            raise BadRequest("`enable_thinking` must be a boolean", param="enable_thinking")
+        out["thinking"] = thinking
+    budget = body.get("thinking_budget")
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise BadRequest("`thinking_budget` must be a positive integer", param="thinking_budget")
+        out["thinking_budget"] = budget
+    search = body.get("web_search_options")
+    if search is not None:
+        if not isinstance(search, dict):
+            raise BadRequest("`web_search_options` must be an object", param="web_search_options")
+        out["search"] = True
+    if body.get("enable_search") is not None:
+        if not isinstance(body["enable_search"], bool):
+            raise BadRequest("`enable_search` must be a boolean", param="enable_search")
+        out["search"] = body["enable_search"]
+    if body.get("size") is not None:
+        try:
+            out["image_size"] = aspect_ratio(body["size"])
+        except ValueError as exc:
+            raise BadRequest(str(exc), param="size") from None
+    if body.get("parallel_tool_calls") is not None:
+        out["parallel_tool_calls"] = bool(body["parallel_tool_calls"])
+    return out
 
 
 def run_chat(body: dict[str, Any], messages: list[dict[str, Any]], *, simple: bool) -> Response:
@@ -118,7 +167,8 @@ def run_chat(body: dict[str, Any], messages: list[dict[str, Any]], *, simple: bo
     messages = _check_messages(messages)
     opts = _options(body)
     provider = registry().for_model(opts["model"])
-    model = provider.resolve_model(opts["model"])
+    upstream_model, model, options = provider.resolve_request(opts["model"])
+    options.update(opts["modes"])
     chat, is_new = open_chat(
         opts["chat_id"],
         provider=provider.name,
@@ -128,12 +178,15 @@ def run_chat(body: dict[str, Any], messages: list[dict[str, Any]], *, simple: bo
     )
     # a new chat stores everything the client sent; a continuing one only the new turn
     last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+    last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+    if last_user < last_assistant < len(messages) - 1:
+        last_user = last_assistant + 1  # a tool loop: the new turn is the results after the call
     new_messages = messages if is_new else messages[last_user:]
     send = messages
     if simple and not provider.server_side_history and not is_new:
         send = stored_history(chat) + messages[last_user:]
     chat_request = ChatRequest(
-        model=model,
+        model=upstream_model,
         messages=send,
         stream=opts["stream"],
         requested_model=opts["model"],
@@ -146,9 +199,11 @@ def run_chat(body: dict[str, Any], messages: list[dict[str, Any]], *, simple: bo
         stop=opts["stop"],
         tools=opts["tools"],
         tool_choice=opts["tool_choice"],
+        options=options,
         request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
     )
     turn = Turn(chat=chat, provider=provider.name, model=model)
+    reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
     turn.begin(new_messages)
 
     def extras(collected: Collected, info: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +212,13 @@ def run_chat(body: dict[str, Any], messages: list[dict[str, Any]], *, simple: bo
 
     def shape(collected: Collected, fields: dict[str, Any]) -> dict[str, Any]:
         rid = collected.started.response_id if collected.started else None
-        body_out = completion_response(collected, id=rid or f"chatcmpl-{uuid.uuid4().hex}", model=model, extras=fields)
+        body_out = completion_response(
+            collected,
+            id=rid or f"chatcmpl-{uuid.uuid4().hex}",
+            model=model,
+            extras=fields,
+            reasoning_in_content=reasoning_in_content,
+        )
         if simple:
             body_out["response_id"] = rid
         return body_out
@@ -171,4 +232,5 @@ def run_chat(body: dict[str, Any], messages: list[dict[str, Any]], *, simple: bo
         include_usage=opts["include_usage"],
         ping_interval=float(current_app.config["PING_INTERVAL"]),
         shape=shape,
+        reasoning_in_content=reasoning_in_content,
     )

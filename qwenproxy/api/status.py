@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from flask import Blueprint, Response, current_app, jsonify
 
 from .common import registry
@@ -21,13 +23,19 @@ def status() -> Response:
         "accounts": accounts,
         "providers": providers,
         "defaultModel": current_app.config["DEFAULT_MODEL"],
+        "worker": os.getpid(),
     }
     return jsonify(body)
 
 
 def _why(accounts: list[dict]) -> str:
     if not accounts:
-        return "No Qwen account: set QWEN_TOKEN or run `flask accounts add`"
-    if any(a.get("status") == "WAIT" for a in accounts):
-        return "Every Qwen account is waiting for its quota to reset"
-    return "Every Qwen account is invalid: run `flask accounts relogin ID`"
+        return "No Qwen account: run `flask accounts add` (or set QWEN_TOKEN)"
+    waiting = sorted(a["resetAt"] for a in accounts if a.get("status") == "WAIT" and a.get("resetAt"))
+    invalid = [str(a.get("id")) for a in accounts if a.get("status") == "INVALID"]
+    parts = []
+    if waiting:
+        parts.append(f"Every usable Qwen account is waiting for its quota; the first is free again at {waiting[0]}")
+    if invalid:
+        parts.append(f"Invalid accounts ({', '.join(invalid)}): run `flask accounts relogin ID`")
+    return ". ".join(parts) or "No usable Qwen account"

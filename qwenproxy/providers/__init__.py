@@ -16,9 +16,11 @@ def build_registry(app: Flask) -> ProviderRegistry:
     missing still registers and answers its requests with a clear 503 naming the variable.
     """
     from .gigachat import GigaChatProvider
+    from .local_coder import LocalCoderProvider
     from .qwen_web import QwenWebProvider
 
     registry = ProviderRegistry(default="qwen")
     registry.register(QwenWebProvider.from_app(app))
     registry.register(GigaChatProvider.from_app(app))
+    registry.register(LocalCoderProvider.from_app(app))
     return registry

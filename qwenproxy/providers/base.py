@@ -32,7 +32,8 @@ class ChatRequest:
     stop: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
-    options: dict[str, Any] = field(default_factory=dict)  # provider-specific extras
+    options: dict[str, Any] = field(default_factory=dict)  # provider-specific extras; the modes
+    # (docs/MODES.md) use thinking, thinking_budget, search, image, image_size, parallel_tool_calls
     request_id: str = ""
 
 
@@ -61,6 +62,14 @@ class Provider(ABC):
     def resolve_model(self, model: str | None) -> str:
         """Map an alias or a missing name to the id sent upstream."""
         return model or ""
+
+    def resolve_request(self, model: str | None) -> tuple[str, str, dict[str, Any]]:
+        """``(id sent upstream, name shown to the client, options)`` for a requested name.
+
+        Providers with mode suffixes (Qwen's ``-thinking``) strip them here and return the
+        mode as ``ChatRequest.options`` flags; the default has no suffixes."""
+        resolved = self.resolve_model(model)
+        return resolved, resolved, {}
 
     @abstractmethod
     def list_models(self) -> list[ModelCard]:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 from flask import Flask
 
+from .. import tools
 from ..accounts import AccountPool, TokenPool
-from ..catalog import ModelCatalog
-from ..errors import RateLimited, Unauthorized, UpstreamError
+from ..catalog import ALIAS_TO_CANONICAL, ModelCatalog
+from ..errors import ApiError, RateLimited, Unauthorized, UpstreamError
 from ..events import Event, EventStream, ResponseStarted
+from ..qwen import modes
 from ..qwen.client import QwenClient
+from ..qwen.files import QwenFiles
 from ..qwen.protocol import completion_body
 from ..qwen.transport import DirectTransport, Transport
+from ..uploads import Attachments, Uploader, media_part
 from .base import ChatRequest, ModelCard, Provider
 
 log = logging.getLogger(__name__)
@@ -51,42 +56,73 @@ def text_of(content: Any) -> str:
     return "" if content is None else str(content)
 
 
+Attach = Callable[[str, Any], "dict[str, Any] | None"]
+
+
 def to_qwen_content(content: Any) -> str | list[dict[str, Any]]:
     """A user message's content as Qwen's inline shape (§5.4): a string, or text/image items."""
+    return to_qwen_message(content)[0]
+
+
+def to_qwen_message(
+    content: Any, attach: Attach | None = None
+) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
+    """A user message's content as Qwen's ``content`` and ``files[]`` (§5.4).
+
+    Text parts stay ``content``; each media part (seed ``image``/``file``, OpenAI
+    ``image_url`` and ``file``) goes through ``attach(kind, reference)``, which returns its
+    ``files[]`` item, or ``None`` to keep the part inline in the seed's shape.
+    """
     if not isinstance(content, list):
-        return text_of(content)
+        return text_of(content), []
     items: list[dict[str, Any]] = []
+    files: list[dict[str, Any]] = []
     for part in content:
         if not isinstance(part, dict):
             continue
-        kind = part.get("type")
-        if kind in ("text", "input_text"):
+        if part.get("type") in ("text", "input_text"):
             items.append({"type": "text", "text": str(part.get("text", ""))})
-        elif kind == "image" and part.get("image"):
-            items.append({"type": "image", "image": part["image"]})
-        elif kind == "image_url":
-            url = part.get("image_url")
-            url = url.get("url") if isinstance(url, dict) else url
-            if url:
-                items.append({"type": "image", "image": url})
-        elif kind == "video" and part.get("video"):
-            items.append({"type": "video", "video": part["video"]})
-        elif kind == "file" and part.get("file"):
-            items.append({"type": "file", "file": part["file"]})
+            continue
+        media = media_part(part)
+        if media is None:
+            continue
+        kind, ref = media
+        item = attach(kind, ref) if attach is not None else None
+        if item is not None:
+            files.append(item)
+        else:
+            items.append({"type": kind, kind: ref})
     if all(i["type"] == "text" for i in items):
-        return "".join(i["text"] for i in items)
-    return items
+        return "".join(i["text"] for i in items), files
+    return items, files
+
+
+def needs_vision(content: Any, files: list[dict[str, Any]]) -> bool:
+    """Whether a converted message carries images or video."""
+    inline = isinstance(content, list) and any(i.get("type") in ("image", "video") for i in content)
+    return inline or any(f.get("file_class") in ("vision", "video") for f in files)
 
 
 class QwenWebProvider(Provider):
     name = "qwen"
     server_side_history = True
 
-    def __init__(self, client: QwenClient, pool: AccountPool, catalog: ModelCatalog, max_attempts: int = 5) -> None:
+    def __init__(
+        self,
+        client: QwenClient,
+        pool: AccountPool,
+        catalog: ModelCatalog,
+        max_attempts: int = 20,
+        *,
+        attachments: Attachments | None = None,
+        vision_model: str | None = None,
+    ) -> None:
         self.client = client
         self.pool = pool
         self.catalog = catalog
         self.max_attempts = max_attempts
+        self.attachments = attachments
+        self.vision_model = vision_model
 
     @classmethod
     def from_app(cls, app: Flask) -> QwenWebProvider:
@@ -103,7 +139,15 @@ class QwenWebProvider(Provider):
             fetch=lambda: client.list_models(pool.any_token()),
             ttl=float(config["MODELS_CACHE_SECONDS"]),
         )
-        return cls(client, pool, catalog)
+        uploader = Uploader(QwenFiles(client), pool, config)
+        app.extensions["uploader"] = uploader
+        return cls(
+            client,
+            pool,
+            catalog,
+            attachments=Attachments(uploader),
+            vision_model=str(config.get("VISION_MODEL") or "") or None,
+        )
 
     # --- names
     def owns(self, model: str) -> bool:
@@ -112,14 +156,21 @@ class QwenWebProvider(Provider):
     def resolve_model(self, model: str | None) -> str:
         return self.catalog.resolve(model)
 
+    def resolve_request(self, model: str | None) -> tuple[str, str, dict[str, Any]]:
+        """``qwen3-max-thinking`` → (``qwen3-max``, ``qwen3-max-thinking``, {thinking}) (modes.py)."""
+        resolved, flags = self.catalog.resolve_modes(model)
+        return resolved, resolved + flags.suffix(), flags.options()
+
     def list_models(self) -> list[ModelCard]:
         upstream = {str(m["id"]): m for m in (self.catalog.upstream_models() or [])}
-        return [
-            ModelCard(
-                id=mid, owned_by="qwen", created=int((upstream.get(mid) or {}).get("info", {}).get("created_at") or 0)
-            )
-            for mid in self.catalog.ids()
-        ]
+        cards = []
+        variants = []
+        for mid in self.catalog.ids():
+            created = int((upstream.get(mid) or {}).get("info", {}).get("created_at") or 0)
+            cards.append(ModelCard(id=mid, owned_by="qwen", created=created))
+            if mid in upstream:  # the modes a model supports, from its capabilities/chat_type
+                variants += [ModelCard(id=v, owned_by="qwen", created=created) for v in modes.variants(upstream[mid])]
+        return cards + variants
 
     # --- chat
     def open_stream(self, request: ChatRequest) -> EventStream:
@@ -132,59 +183,96 @@ class QwenWebProvider(Provider):
                 response.close()
 
         stream.events = self._events(request, stream, current)
+        spec = tools.ToolSpec.parse(request.tools, request.tool_choice, request.options.get("parallel_tool_calls"))
+        if spec.active:
+
+            def retry(started: ResponseStarted | None) -> Iterator[Event]:
+                again = replace(
+                    request,
+                    messages=[{"role": "user", "content": tools.RETRY_PROMPT}],
+                    conversation_id=stream.info.get("upstream_chat_id"),
+                    parent_id=started.response_id if started else None,
+                    account_id=stream.info.get("account_id"),
+                )
+                return self._events(again, stream, current)
+
+            stream.events = tools.ToolCallFilter(stream.events, spec, retry=retry)
         stream.on_cancel = cancel
         return stream
 
+    @staticmethod
+    def _turn(request: ChatRequest, continuing: bool) -> tuple[Any, str | None]:
+        """The user content and system message of this turn; with tools, the tool prompt
+        and the earlier calls and results are written into it (tools.fold_turn)."""
+        spec = tools.ToolSpec.parse(request.tools, request.tool_choice, request.options.get("parallel_tool_calls"))
+        if tools.engaged(request.messages, spec):
+            return tools.fold_turn(request.messages, spec, continuing=continuing)
+        return last_user_turn(request.messages)
+
     def _events(self, request: ChatRequest, stream: EventStream, current: dict[str, Any]) -> Iterator[Event]:
         content, system = last_user_turn(request.messages)
+        chat_type, features, extra = modes.upstream_mode(request.options)
         if content is None:
             from ..errors import BadRequest
 
             raise BadRequest("No user message to send", param="messages")
         tried: set[str] = set()
         last_error: Exception | None = None
+        # uploaded files belong to the account that uploaded them: prefer it for a new chat
+        prefer = request.account_id or (self.attachments.owner_hint(content) if self.attachments else None)
         for _attempt in range(self.max_attempts):
             try:
-                account = self.pool.acquire(prefer=request.account_id, exclude=tried)
-            except Exception:
-                if last_error is not None and not tried:
-                    raise last_error from None
-                raise
+                account = self.pool.acquire(prefer=prefer, exclude=tried)
+            except ApiError:
+                if not tried:
+                    raise
+                # nothing untried is left; one tried before may be usable again (re-login)
+                account = self.pool.acquire(prefer=prefer)
             # a conversation lives in the account that created it upstream
             same_account = request.account_id in (None, account.id)
             chat_id = request.conversation_id if same_account else None
             parent_id = request.parent_id if chat_id else None
+            content, system = self._turn(request, continuing=bool(chat_id and parent_id))
             try:
+                attach = self.attachments.resolver(account) if self.attachments else None
+                qwen_content, files = to_qwen_message(content, attach)
+                model = self._vision_model(request.model, qwen_content, files, stream)
                 if not chat_id:
                     chat_id = self.client.create_chat(
                         account.token,
-                        request.model,
-                        chat_type=request.options.get("chat_type", "t2t"),
+                        model,
+                        chat_type=chat_type,
                         account_id=account.id,
                     )
                 body = completion_body(
                     chat_id=chat_id,
-                    model=request.model,
-                    content=to_qwen_content(content),
+                    model=model,
+                    content=qwen_content,
                     parent_id=parent_id,
                     system=system,
-                    files=request.options.get("files"),
-                    chat_type=request.options.get("chat_type", "t2t"),
-                    feature_config=request.options.get("feature_config"),
+                    files=[*(request.options.get("files") or []), *files],
+                    chat_type=chat_type,
+                    feature_config=features,
+                    extra=extra,
                 )
                 events, response = self.client.open_completion(account.token, body, account_id=account.id)
-            except RateLimited as exc:
+            except RateLimited as exc:  # the envelope's data.num (hours) is on the error
                 log.warning("account %s rate limited; trying another", account.id)
                 self.pool.mark_rate_limited(account.id, getattr(exc, "hours", None))
+                self.pool.release(account.id)
                 tried.add(account.id)
                 last_error = exc
                 continue
             except Unauthorized as exc:
                 log.warning("account %s unauthorized; trying another", account.id)
                 self.pool.mark_invalid(account.id, exc.message)
+                self.pool.release(account.id)
                 tried.add(account.id)
                 last_error = exc
                 continue
+            except BaseException:
+                self.pool.release(account.id)
+                raise
             stream.info.update(
                 account_id=account.id, upstream_chat_id=chat_id, transport=response.served_by or "direct"
             )
@@ -200,6 +288,26 @@ class QwenWebProvider(Provider):
                 self.pool.release(account.id)
             return
         raise last_error or UpstreamError("No Qwen account could serve the request")
+
+    def _vision_model(self, model: str, content: Any, files: list[dict[str, Any]], stream: EventStream) -> str:
+        """``VISION_MODEL`` instead of a model known to lack vision when images are sent;
+        the switch is announced in the ``X-Model-Switched`` response header."""
+        if not self.vision_model or not needs_vision(content, files) or self.has_vision(model) is not False:
+            return model
+        target = ALIAS_TO_CANONICAL.get(self.vision_model, self.vision_model)
+        if target == model:
+            return model
+        log.info("model %s has no vision; using %s", model, target)
+        stream.info.setdefault("headers", {})["X-Model-Switched"] = f"{model} -> {target}"
+        return target
+
+    def has_vision(self, model: str) -> bool | None:
+        """``info.meta.capabilities.vision`` from the upstream model list; ``None`` if unknown."""
+        for entry in self.catalog.upstream_models() or []:
+            if entry.get("id") == model:
+                caps = ((entry.get("info") or {}).get("meta") or {}).get("capabilities") or {}
+                return bool(caps["vision"]) if isinstance(caps, dict) and "vision" in caps else None
+        return None
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "accounts": self.pool.status(), "transport": self.client.transport.name}

@@ -108,9 +108,11 @@ class QwenClient:
             data = data.get("data")
         return [m for m in (data or []) if isinstance(m, dict) and m.get("id")]
 
-    def signin(self, email: str, password: str) -> dict[str, Any]:
-        """``POST /api/v1/auths/signin`` with the SHA-256 hex of the password (§2.2)."""
-        digest = hashlib.sha256(password.encode("utf-8")).hexdigest()
+    def signin(self, email: str, password: str, *, prehashed: bool = False) -> dict[str, Any]:
+        """``POST /api/v1/auths/signin`` with the SHA-256 hex of the password (§2.2).
+
+        ``prehashed``: ``password`` already is that hex digest (stored credentials)."""
+        digest = password.lower() if prehashed else hashlib.sha256(password.encode("utf-8")).hexdigest()
         payload = unwrap(
             self._json("POST", "/api/v1/auths/signin", token=None, body={"email": email, "password": digest})
         )

@@ -26,8 +26,10 @@ from ..errors import (
     UpstreamError,
 )
 from ..events import (
+    Annotation,
     Event,
     Finished,
+    ImageResult,
     ReasoningDelta,
     ResponseStarted,
     TextDelta,
@@ -35,6 +37,10 @@ from ..events import (
 )
 
 DEFAULT_CHAT_TITLE = "Новый чат"
+# 2026 in-chat image tools: a function_call, then a role:"function" delta with extra.image_list
+IMAGE_TOOL_PHASES = ("image_gen_tool", "image_edit_tool")
+# phases whose ``finished`` delta may be the last event of a stream (t2i has no answer phase)
+TERMINAL_PHASES = ("image_gen", "image_edit", "t2v", *IMAGE_TOOL_PHASES)
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 
 
@@ -189,6 +195,10 @@ def error_from_response(status: int, headers: Mapping[str, str], body: bytes) ->
             return _error_from_code(str(data.get("code", "")), str(data.get("details", "")), data)
         if "detail" in payload and status >= 400:  # legacy Open WebUI style
             detail = str(payload["detail"])
+            if status in (401, 403):  # an account problem: the caller tries another account
+                return Unauthorized(f"Qwen answered HTTP {status}: {detail}")
+            if status == 429:
+                return RateLimited(f"Qwen answered HTTP 429: {detail}")
             if "model" in detail.lower():
                 return ModelNotFound(f"Qwen: {detail}", param="model")
             return UpstreamError(f"Qwen: {detail}")
@@ -285,15 +295,20 @@ class StreamInterpreter:
     """Turns the decoded JSON events of one completion stream (§4.2) into internal events.
 
     Tracks the primary answer (``response_index`` "0"), keeps only the last cumulative
-    usage, diffs the cumulative ``thinking_summary`` arrays, and raises typed errors for
-    in-stream failures.
+    usage, turns ``think``/``thinking_summary`` into reasoning (diffing the cumulative
+    arrays), search results into ``Annotation``s and ``image_gen`` into ``ImageResult``s,
+    and raises typed errors for in-stream failures.
     """
 
     def __init__(self) -> None:
         self.started: ResponseStarted | None = None
         self.usage: Usage | None = None
         self.finished = False
-        self._summary_seen: dict[str, int] = {}
+        self.may_end = False  # the last delta was a finished phase that can end a stream
+        self._summary_seen: dict[str, list[str]] = {}
+        self._reasoned = False
+        self._source_urls: set[str] = set()
+        self._images: list[str] = []
 
     def feed_data(self, data: str) -> list[Event]:
         data = data.strip()
@@ -341,36 +356,107 @@ class StreamInterpreter:
     def _delta(self, delta: Mapping[str, Any]) -> list[Event]:
         phase = delta.get("phase")
         status = delta.get("status")
-        content = delta.get("content") or ""
+        content = delta.get("content")
+        content = content if isinstance(content, str) else ""
+        role = delta.get("role", "assistant")
+        extra = delta.get("extra") if isinstance(delta.get("extra"), dict) else {}
         if status == "error":
-            extra = delta.get("extra") or {}
-            err = extra.get("error") if isinstance(extra, dict) else None
+            err = extra.get("error")
             err = err if isinstance(err, dict) else {"details": str(err or "stream error")}
             raise _error_from_code(str(err.get("code", "")), str(err.get("details", "")), err)
-        out: list[Event] = []
+        # a tool's own output (search results, generated images) is never answer text
+        tool_output = role == "function" or bool(delta.get("function_call")) or bool(delta.get("name"))
+        out: list[Event] = self._sources(extra)
         if phase in (None, "answer"):
-            if content and delta.get("role", "assistant") == "assistant":
+            if content and not tool_output:
                 out.append(TextDelta(content))
-            if status == "finished":
+            if status == "finished" and role != "function":
                 out.extend(self._finish("stop"))
         elif phase == "think":
             if content:
-                out.append(ReasoningDelta(content))
+                out.extend(self._reason(content))
         elif phase == "thinking_summary":
-            out.extend(self._summary(delta.get("extra") or {}))
+            out.extend(self._summary(extra))
+        elif phase == "image_gen":
+            if content and not tool_output:
+                out.extend(self._image(content.strip()))
+        elif phase in IMAGE_TOOL_PHASES:
+            for item in extra.get("image_list") or []:
+                url = item.get("image") or item.get("url") if isinstance(item, dict) else item
+                if isinstance(url, str) and url:
+                    out.extend(self._image(url))
+        self.may_end = status == "finished" and phase in TERMINAL_PHASES
         return out
 
+    def _reason(self, text: str) -> list[Event]:
+        self._reasoned = True
+        return [ReasoningDelta(text)]
+
     def _summary(self, extra: Mapping[str, Any]) -> list[Event]:
-        """Cumulative ``summary_thought.content`` arrays (§4.4): emit only what is new."""
+        """2026 ``thinking_summary`` (§4.4): ``summary_title.content`` and
+        ``summary_thought.content`` are cumulative arrays; emit only what is new (new
+        items as paragraphs, the grown tail of an item already sent as it is)."""
         out: list[Event] = []
-        for key in ("summary_thought",):
-            items = (extra.get(key) or {}).get("content") or []
-            seen = self._summary_seen.get(key, 0)
-            for item in items[seen:]:
-                if item:
-                    out.append(ReasoningDelta(str(item) + "\n"))
-            self._summary_seen[key] = max(seen, len(items))
+        for key in ("summary_title", "summary_thought"):
+            holder = extra.get(key)
+            items = holder.get("content") if isinstance(holder, dict) else None
+            if isinstance(items, str):
+                items = [items]
+            if not isinstance(items, list):
+                continue
+            seen = self._summary_seen.setdefault(key, [])
+            for i, item in enumerate(items):
+                text = item if isinstance(item, str) else ("" if item is None else str(item))
+                if i < len(seen):
+                    if text != seen[i] and text.startswith(seen[i]):
+                        out.extend(self._reason(text[len(seen[i]) :]))
+                        seen[i] = text
+                    continue
+                seen.append(text)
+                if text:
+                    out.extend(self._reason(("\n\n" if self._reasoned else "") + text))
         return out
+
+    def _sources(self, extra: Mapping[str, Any]) -> list[Event]:
+        """Search results (§4.5): ``extra.tool_result.docs[]`` or the older
+        ``extra.web_search_info[]``, as ``Annotation`` events, each URL once."""
+        docs: list[Any] = []
+        result = extra.get("tool_result")
+        if isinstance(result, dict):
+            found = result.get("docs") or result.get("results") or []
+            docs.extend(found if isinstance(found, list) else [])
+        elif isinstance(result, list):
+            docs.extend(result)
+        info = extra.get("web_search_info")
+        if isinstance(info, list):
+            docs.extend(info)
+        out: list[Event] = []
+        for doc in docs:
+            if not isinstance(doc, dict):
+                continue
+            url = doc.get("url") or doc.get("link")
+            if not isinstance(url, str) or not url or url in self._source_urls:
+                continue
+            self._source_urls.add(url)
+            out.append(Annotation(url=url, title=str(doc.get("title") or doc.get("name") or "")))
+        return out
+
+    def _image(self, url: str) -> list[Event]:
+        """A generated image (§4.6): the URL, plus markdown text so plain clients see it."""
+        if url in self._images:
+            return []
+        self._images.append(url)
+        prefix = "\n\n" if len(self._images) > 1 else ""
+        return [ImageResult(url), TextDelta(f"{prefix}![image]({url})")]
+
+    def close(self) -> list[Event]:
+        """End of the byte stream: finish if the last delta may end an answer (a finished
+        ``image_gen``), else the stream was cut."""
+        if self.finished:
+            return []
+        if self.may_end:
+            return self._finish("stop")
+        raise UpstreamError("Qwen's stream ended before the answer was finished", code="upstream_truncated")
 
     def _finish(self, reason: str) -> list[Event]:
         self.finished = True
@@ -395,5 +481,4 @@ def parse_stream(chunks: Iterable[bytes]) -> Iterator[Event]:
                 return
     for data in decoder.close():
         yield from interp.feed_data(data)
-    if not interp.finished:
-        raise UpstreamError("Qwen's stream ended before the answer was finished", code="upstream_truncated")
+    yield from interp.close()

@@ -17,6 +17,10 @@ Auth (§2)
 - §2.2: ``POST /api/v1/auths/signin`` with ``{"email","password": sha256-hex}`` → Open WebUI
   style session JSON (+ ``token`` cookie); wrong credentials → HTTP 401 ``{"detail":…}``.
   ``GET /api/v1/auths/`` → session info, or the ``unauthorized`` envelope.
+  ``GET /auth`` → a plain sign-in page (e-mail + password form) whose script hashes the
+  password with SHA-256, posts it to the sign-in API and keeps the token in
+  ``localStorage.token`` (unless ``signin_page_local_storage`` is off) and, from the
+  response, in the ``token`` cookie: what ``flask accounts add`` waits for in a browser.
   Guest mode (no JWT, ``bx-umidtoken``) is not reproduced: every v2 route needs a token.
 
 Envelopes and errors (§3.0)
@@ -82,9 +86,39 @@ Completions (§3.5, Appendix A) — checks in this order, all HTTP 200 envelopes
   connection) closes the generator: its ``response_id`` goes to ``aborted``; a stream whose
   finished delta was written goes to ``completed``.
 
-Not reproduced: files/STS/OSS (§5), task polling (§3.6), search/t2i/t2v phases
-(§4.5–4.6), 2026 ``thinking_summary`` phase, parallel answers (``response_index`` "1"),
-``response.stopped``, the header-based WAF heuristics (``bx-*``), ``/api/v2/models``.
+Modes (§3.5, §4.4–4.6), picked by ``messages[0].chat_type`` and ``feature_config``:
+- thinking (``thinking_enabled: true``): ``thinking_style = "think"`` (2025, default) sends
+  ``think`` text deltas then a ``think`` finished delta; ``"summary"`` (2026) sends
+  ``thinking_summary`` deltas with ``content: ""`` and **cumulative**
+  ``extra.summary_title.content[]`` / ``extra.summary_thought.content[]`` arrays *[choice:
+  the last thought also grows in place once]*, then a ``thinking_summary`` finished delta.
+- ``chat_type: "search"``: a ``web_search`` ``function_call`` delta (``queries``), a
+  ``role: "function"`` ``web_search`` finished delta with ``extra.tool_result.docs[{url,
+  title, snippet, date}]`` (``search_docs`` knob), then the answer followed by ``[[1]]``
+  ``[[2]]`` citations.
+- ``chat_type: "t2i"``: one ``image_gen`` delta whose ``content`` is the image URL
+  ``<image_base_url>/output/<user>/t2i/<id>/<ts>.png?key=<jwt-ish>`` with
+  ``extra.output_image_hw`` from the body's ``size`` (§3.5), then an ``image_gen`` finished
+  delta, which ends the stream *[choice: no answer phase]*. ``GET /output/…`` serves a small
+  PNG when ``image_base_url`` points at the fake (``key`` required).
+- Tool-calling tests script the model with the ``answer`` knob (user text → answer).
+
+Files (§5.1, §5.3)
+- ``POST /api/v2/files/getstsToken`` answers the §3.0 envelope, ``/api/v1/files/getstsToken``
+  the flat object (``sts_v1_enveloped`` wraps it too); ``sts_versions`` says which exist (the
+  other answers 404 ``{"detail":"Not Found"}``). The body needs ``filename`` (str),
+  ``filesize`` (positive int or digit string) and ``filetype``; the answer carries
+  ``file_path = <user_id>/<file_id>_<filename>`` and credentials granted by the attached
+  ``oss`` (``tests.fakes.oss.FakeOSS``), whose presigned URL is ``file_url``; v2 gives
+  ``region`` ``ap-southeast-1``, v1 the older ``oss-ap-southeast-1`` *[choice]*.
+- ``POST /api/v2/files/parse`` ``{"file_id"}`` (a file of this user) → ``{"success":true}``;
+  ``/parse/status`` ``{"file_id_list"}`` → ``data: [{file_id, status}]``: ``parsing`` for
+  ``parse_polls`` polls, then ``parse_result`` (``success`` by default); unknown files →
+  ``Not_Found``.
+
+Not reproduced: ``files/confirm``, task polling (§3.6), t2v/image_edit phases, parallel
+answers (``response_index`` "1"), ``response.stopped``, the header-based WAF heuristics
+(``bx-*``), ``/api/v2/models``.
 """
 
 from __future__ import annotations
@@ -136,9 +170,7 @@ DEFAULT_MODELS: list[str] = [
 
 EXPIRED_DETAILS = "Token has expired, please log in again."
 RATE_LIMIT_DETAILS = "You've reached the upper limit for today's usage."
-RATE_LIMIT_TEMPLATE = (
-    "You have reached the daily usage limit. Please wait {{num}} hours before trying again."
-)
+RATE_LIMIT_TEMPLATE = "You have reached the daily usage limit. Please wait {{num}} hours before trying again."
 TOO_MANY_MESSAGES = "Invalid input too many messages."
 CHAT_IN_PROGRESS = "The chat is in progress!"
 MODEL_NOT_FOUND = "Model not found"
@@ -147,12 +179,58 @@ PARENT_NOT_FOUND = "The parent message does not exist."
 INVALID_CREDENTIALS = (
     "The email or password provided is incorrect. Please check for typos and try logging in again."
 )
+INJECTABLE = ("rate_limited", "unauthorized", "http_401", "http_403", "http_429")
 HOSTILE_MODES = ("captcha", "waf", "actual_status_404", "truncate", "stream_error")
 CHAT_MODES = ("normal", "guest", "local")
 CHAT_TYPES = (
-    "t2t", "search", "t2i", "t2v", "image_edit", "deep_research", "web_dev", "artifacts",
-    "slides", "learn", "travel",
+    "t2t",
+    "search",
+    "t2i",
+    "t2v",
+    "image_edit",
+    "deep_research",
+    "web_dev",
+    "artifacts",
+    "slides",
+    "learn",
+    "travel",
 )
+IMAGE_HW = {"1:1": [1024, 1024], "16:9": [1280, 720], "9:16": [720, 1280], "4:3": [1152, 864], "3:4": [864, 1152]}
+# a 1x1 PNG, served for generated images when image_base_url points at the fake
+TINY_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+SIGNIN_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Qwen Chat</title></head>
+<body><div class="login-container"><form id="signin">
+<input type="email" name="email" id="email" placeholder="Email" required>
+<input type="password" name="password" id="password" placeholder="Password" required>
+<button type="submit">Sign in</button></form><p id="message"></p></div>
+<script>
+const STORE_LOCAL = __STORE_LOCAL__;
+async function sha256hex(text) {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest)).map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+document.getElementById("signin").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const email = document.getElementById("email").value;
+  const password = await sha256hex(document.getElementById("password").value);
+  const response = await fetch("/api/v1/auths/signin", {
+    method: "POST", credentials: "same-origin",
+    headers: {"Content-Type": "application/json"}, body: JSON.stringify({email, password}),
+  });
+  const data = await response.json();
+  if (!response.ok || !data.token) {
+    document.getElementById("message").textContent = data.detail || "Sign-in failed";
+    return;
+  }
+  if (STORE_LOCAL) localStorage.setItem("token", data.token);
+  document.querySelector(".login-container").remove();
+  document.body.insertAdjacentHTML("beforeend", '<p id="welcome">Signed in</p>');
+});
+</script></body></html>
+"""
 SYSTEM_PROMPT_TOKENS = 24  # §4.7: input_tokens includes Qwen's hidden system prompt
 _TOKEN_RE = re.compile(r"\s*(?:\w+|[^\w\s]+)|\s+")
 _WORDS_RE = re.compile(r"words:(\d+)")
@@ -201,11 +279,7 @@ def message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        parts = [
-            item.get("text", "")
-            for item in content
-            if isinstance(item, dict) and item.get("type") == "text"
-        ]
+        parts = [item.get("text", "") for item in content if isinstance(item, dict) and item.get("type") == "text"]
         return "".join(p for p in parts if isinstance(p, str))
     return ""
 
@@ -226,12 +300,8 @@ def _spaced(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode("utf-8")
 
 
-def _json_response(
-    obj: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(
-        _compact(obj), status=status, headers=headers, content_type="application/json"
-    )
+def _json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_compact(obj), status=status, headers=headers, content_type="application/json")
 
 
 def _new_id() -> str:
@@ -283,6 +353,7 @@ class _Turn:
     outcome: str | None = None
     generation_done: bool = False
     texts: dict[str, str] = field(default_factory=dict)
+    chat_type: str = "t2t"
 
     def usage(self) -> dict[str, Any]:
         out_details: dict[str, int] = {"text_tokens": self.output_tokens}
@@ -328,7 +399,10 @@ class FakeQwen:
     ``stream_error_payload``, ``quota`` (token → completions left), ``rate_limit_hours``,
     ``revoked`` (tokens), ``answer`` (user text → answer text), ``info_events`` (send a
     ``response.info`` keep-alive after ``response.created``), ``split_events`` (write each
-    event in two pieces, cut inside the first multi-byte character), ``captcha_body_limit``.
+    event in two pieces, cut inside the first multi-byte character), ``captcha_body_limit``,
+    ``thinking_style`` ("think" | "summary"), ``image_base_url``, ``search_docs``.
+    ``inject`` ((token, path) → ``INJECTABLE`` kind or None: an account-level failure on
+    ``chats/new`` and completions, checked right after auth), ``signin_page_local_storage``.
     Records: ``requests``, ``completed``, ``aborted``, ``chats``, ``users``, ``errors``.
     """
 
@@ -346,15 +420,26 @@ class FakeQwen:
         self.rate_limit_hours: int = 19
         self.revoked: set[str] = set()
         self.answer: Callable[[str], str] | None = None
+        self.thinking_style: str = "think"  # "think" (2025) or "summary" (2026 thinking_summary)
+        self.image_base_url: str = "https://cdn.qwenlm.ai"
+        self.search_docs: list[dict[str, str]] | None = None  # None: two made-up results
         self.info_events: bool = False
         self.split_events: bool = False
         self.captcha_body_limit: int | None = 128 * 1024
+        self.inject: Callable[[str, str], str | None] | None = None
+        self.signin_page_local_storage: bool = True
         self.requests: list[dict[str, Any]] = []
         self.completed: list[str] = []
         self.aborted: list[str] = []
         self.errors: list[str] = []  # tracebacks of crashes inside the fake itself
         self.chats: dict[str, dict[str, Any]] = {}
         self.users: dict[str, dict[str, str]] = {}  # email -> {"id", "password_sha256", "name"}
+        self.oss: Any = None  # a tests.fakes.oss.FakeOSS; grants the credentials STS hands out
+        self.sts_versions: set[str] = {"v1", "v2"}
+        self.sts_v1_enveloped: bool = False
+        self.files: dict[str, dict[str, Any]] = {}  # file_id -> {"owner", "file_path", ...}
+        self.parse_polls: int = 1  # "parsing" answers before parse_result
+        self.parse_result: str = "success"
         self.url: str = ""
         self.secret: bytes = secrets.token_bytes(32)
         self._lock = threading.RLock()
@@ -373,6 +458,12 @@ class FakeQwen:
                 Rule("/api/v1/auths/signin", endpoint="signin", methods=["POST"]),
                 Rule("/api/v1/auths/", endpoint="session", methods=["GET"]),
                 Rule("/api/v2/users/status", endpoint="user_status", methods=["GET"]),
+                Rule("/output/<path:rest>", endpoint="image_file", methods=["GET"]),
+                Rule("/auth", endpoint="auth_page", methods=["GET"]),
+                Rule("/api/v1/files/getstsToken", endpoint="sts_v1", methods=["POST"]),
+                Rule("/api/v2/files/getstsToken", endpoint="sts_v2", methods=["POST"]),
+                Rule("/api/v2/files/parse", endpoint="files_parse", methods=["POST"]),
+                Rule("/api/v2/files/parse/status", endpoint="files_parse_status", methods=["POST"]),
             ]
         )
 
@@ -381,9 +472,7 @@ class FakeQwen:
     def start(self, port: int = 0) -> FakeQwen:
         """Bind 127.0.0.1 (a free port unless given) and serve in a daemon thread."""
         self._stopping.clear()
-        self._server = make_server(
-            "127.0.0.1", port, self._wsgi, threaded=True, request_handler=_QuietHandler
-        )
+        self._server = make_server("127.0.0.1", port, self._wsgi, threaded=True, request_handler=_QuietHandler)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -422,9 +511,7 @@ class FakeQwen:
 
     # ------------------------------------------------------------------ tokens and users
 
-    def make_token(
-        self, *, user_id: str | None = None, expires_in: int = 7 * 86400, expired: bool = False
-    ) -> str:
+    def make_token(self, *, user_id: str | None = None, expires_in: int = 7 * 86400, expired: bool = False) -> str:
         """An HS256 JWT as chat.qwen.ai issues them (§2.3), signed with this fake's secret."""
         now = int(time.time())
         payload = {
@@ -463,9 +550,7 @@ class FakeQwen:
             return None
         if not isinstance(header, dict) or header.get("alg") != "HS256":
             return None
-        expected = hmac.new(
-            self.secret, f"{parts[0]}.{parts[1]}".encode("ascii"), hashlib.sha256
-        ).digest()
+        expected = hmac.new(self.secret, f"{parts[0]}.{parts[1]}".encode("ascii"), hashlib.sha256).digest()
         if not hmac.compare_digest(signature, expected):
             return None
         if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
@@ -507,6 +592,21 @@ class FakeQwen:
     def _unauthorized(self) -> Response:
         return self._fail("unauthorized", EXPIRED_DETAILS)
 
+    def _injected(self, token: str, path: str) -> Response | None:
+        """The ``inject`` knob: the account-level failure a test chose for this request."""
+        kind = self.inject(token, path) if self.inject is not None else None
+        if kind is None:
+            return None
+        if kind == "rate_limited":
+            return self._fail(
+                "RateLimited", RATE_LIMIT_DETAILS, template=RATE_LIMIT_TEMPLATE, num=self.rate_limit_hours
+            )
+        if kind == "unauthorized":
+            return self._unauthorized()
+        if kind in ("http_401", "http_403", "http_429"):
+            return _json_response({"detail": f"injected {kind}"}, status=int(kind[5:]))
+        raise ValueError(f"unknown injected failure {kind!r}")
+
     def _take_hostile(self, kinds: tuple[str, ...]) -> str | None:
         """The hostile mode to apply to this request (counting down ``hostile_times``)."""
         with self._lock:
@@ -537,9 +637,9 @@ class FakeQwen:
     def _waf() -> Response:
         aa = secrets.token_hex(16)
         html = (
-            "<!doctypehtml><html><head><meta charset=\"utf-8\">"
-            f"<meta name=\"aliyun_waf_aa\" content=\"{aa}\">"
-            f"<meta name=\"aliyun_waf_bb\" content=\"{secrets.token_hex(16)}\">"
+            '<!doctypehtml><html><head><meta charset="utf-8">'
+            f'<meta name="aliyun_waf_aa" content="{aa}">'
+            f'<meta name="aliyun_waf_bb" content="{secrets.token_hex(16)}">'
             "<title></title></head><body><script>"
             "var arg1='" + secrets.token_hex(20) + "';"
             "setTimeout(function(){location.reload()},1000);"
@@ -704,26 +804,24 @@ class FakeQwen:
 
     def _ep_signin(self, request: Request, body: Any) -> Response:
         if not (
-            isinstance(body, dict)
-            and isinstance(body.get("email"), str)
-            and isinstance(body.get("password"), str)
+            isinstance(body, dict) and isinstance(body.get("email"), str) and isinstance(body.get("password"), str)
         ):
             detail = [{"type": "missing", "loc": ["body"], "msg": "Field required"}]
             return _json_response({"detail": detail}, status=422)
         with self._lock:
             user = self.users.get(body["email"].lower())
-        if user is None or not hmac.compare_digest(
-            body["password"].lower(), user["password_sha256"]
-        ):
+        if user is None or not hmac.compare_digest(body["password"].lower(), user["password_sha256"]):
             return _json_response({"detail": INVALID_CREDENTIALS}, status=401)
         token = self.make_token(user_id=user["id"])
         payload = self._decode_token(token)
         assert payload is not None
         response = _json_response(self._session_info(token, payload))
-        response.set_cookie(
-            "token", token, expires=payload["exp"], httponly=True, samesite="Lax", path="/"
-        )
+        response.set_cookie("token", token, expires=payload["exp"], httponly=True, samesite="Lax", path="/")
         return response
+
+    def _ep_auth_page(self, request: Request, body: Any) -> Response:
+        store = "true" if self.signin_page_local_storage else "false"
+        return Response(SIGNIN_PAGE.replace("__STORE_LOCAL__", store), content_type="text/html; charset=utf-8")
 
     def _ep_session(self, request: Request, body: Any) -> Response:
         auth = self._authenticate(request)
@@ -743,12 +841,13 @@ class FakeQwen:
         auth = self._authenticate(request)
         if auth is None:
             return self._unauthorized()
+        injected = self._injected(auth[0], request.path)
+        if injected is not None:
+            return injected
         if not isinstance(body, dict):
             return self._fail("Bad_Request", "Invalid input")
         models = body.get("models")
-        if not (
-            isinstance(models, list) and models and all(isinstance(m, str) for m in models)
-        ):
+        if not (isinstance(models, list) and models and all(isinstance(m, str) for m in models)):
             return self._fail("Bad_Request", "Invalid input: models")
         if any(m not in self.models for m in models):
             return self._fail("Not_Found", MODEL_NOT_FOUND)
@@ -860,6 +959,105 @@ class FakeQwen:
             del self.chats[chat_id]
         return self._ok(True)
 
+    # ------------------------------------------------------------------ files (§5)
+
+    def _ep_sts_v1(self, request: Request, body: Any) -> Response:
+        return self._sts(request, body, "v1")
+
+    def _ep_sts_v2(self, request: Request, body: Any) -> Response:
+        return self._sts(request, body, "v2")
+
+    def _sts(self, request: Request, body: Any, version: str) -> Response:
+        if version not in self.sts_versions:
+            return _json_response({"detail": "Not Found"}, status=404)
+        auth = self._authenticate(request)
+        if auth is None:
+            return self._unauthorized()
+        if not isinstance(body, dict):
+            return self._fail("Bad_Request", "Invalid input")
+        filename, filesize, filetype = body.get("filename"), body.get("filesize"), body.get("filetype")
+        if not isinstance(filename, str) or not filename or "/" in filename:
+            return self._fail("Bad_Request", "Invalid input: filename")
+        if isinstance(filesize, str) and filesize.isdigit():
+            filesize = int(filesize)
+        if not isinstance(filesize, int) or isinstance(filesize, bool) or filesize <= 0:
+            return self._fail("Bad_Request", "Invalid input: filesize")
+        if not isinstance(filetype, str) or not filetype:
+            return self._fail("Bad_Request", "Invalid input: filetype")
+        file_id = _new_id()
+        file_path = f"{auth[1]['id']}/{file_id}_{filename}"
+        bucket = self.oss.bucket if self.oss is not None else "qwen-webui-prod"
+        if self.oss is not None:
+            grant = self.oss.grant(file_path)
+            creds = (grant.access_key_id, grant.secret, grant.token)
+            file_url = self.oss.presign(file_path)
+        else:
+            creds = ("STS." + secrets.token_urlsafe(18), secrets.token_urlsafe(30), "CAIS" + secrets.token_urlsafe(90))
+            file_url = f"https://{bucket}.oss-accelerate.aliyuncs.com/{file_path}?x-oss-expires=300"
+        with self._lock:
+            self.files[file_id] = {
+                "owner": auth[1]["id"],
+                "file_path": file_path,
+                "filename": filename,
+                "filesize": filesize,
+                "filetype": filetype,
+                "parse": None,
+                "polls_left": 0,
+            }
+        data = {
+            "access_key_id": creds[0],
+            "access_key_secret": creds[1],
+            "security_token": creds[2],
+            "file_url": file_url,
+            "file_path": file_path,
+            "file_id": file_id,
+            "bucketname": bucket,
+            "region": "ap-southeast-1" if version == "v2" else "oss-ap-southeast-1",
+            "endpoint": "oss-accelerate.aliyuncs.com",
+            "expiration": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 900)),
+        }
+        if version == "v2" or self.sts_v1_enveloped:
+            return self._ok(data)
+        return _json_response(data)
+
+    def _own_file(self, file_id: Any, user_id: str) -> dict[str, Any] | None:
+        entry = self.files.get(file_id) if isinstance(file_id, str) else None
+        return entry if entry is not None and entry["owner"] == user_id else None
+
+    def _ep_files_parse(self, request: Request, body: Any) -> Response:
+        auth = self._authenticate(request)
+        if auth is None:
+            return self._unauthorized()
+        file_id = body.get("file_id") if isinstance(body, dict) else None
+        with self._lock:
+            entry = self._own_file(file_id, auth[1]["id"])
+            if entry is None:
+                return self._fail("Not_Found", "File not found")
+            entry["parse"] = "parsing"
+            entry["polls_left"] = self.parse_polls
+        return _json_response({"success": True, "request_id": _new_id()})
+
+    def _ep_files_parse_status(self, request: Request, body: Any) -> Response:
+        auth = self._authenticate(request)
+        if auth is None:
+            return self._unauthorized()
+        ids = body.get("file_id_list") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or not ids:
+            return self._fail("Bad_Request", "Invalid input: file_id_list")
+        out = []
+        with self._lock:
+            for file_id in ids:
+                entry = self._own_file(file_id, auth[1]["id"])
+                if entry is None or entry["parse"] is None:
+                    return self._fail("Not_Found", "File not found")
+                if entry["parse"] == "parsing":
+                    if entry["polls_left"] > 0:
+                        entry["polls_left"] -= 1
+                    else:
+                        entry["parse"] = self.parse_result
+                out.append({"file_id": file_id, "status": entry["parse"]})
+        return self._ok(out)
+
     # ------------------------------------------------------------------ completions
 
     def _ep_completions(self, request: Request, body: Any) -> Response:
@@ -870,6 +1068,9 @@ class FakeQwen:
         if auth is None:
             return self._unauthorized()
         token, payload = auth
+        injected = self._injected(token, request.path)
+        if injected is not None:
+            return injected
         if not isinstance(body, dict):
             return self._fail("Bad_Request", "Invalid input")
         chat_id = request.args.get("chat_id")
@@ -891,11 +1092,10 @@ class FakeQwen:
         if not isinstance(feature_config, dict):
             feature_config = {}
         text = message_text(message.get("content"))
-        answer_fn = self.answer or default_answer
-        phases: list[tuple[str, list[str]]] = []
-        if feature_config.get("thinking_enabled") is True:
-            phases.append(("think", tokenize(f"The user asked: {text}. I will answer it.")))
-        phases.append(("answer", tokenize(str(answer_fn(text)))))
+        chat_type = message.get("chat_type", "t2t")
+        if chat_type not in CHAT_TYPES:
+            return self._fail("Bad_Request", "Invalid input: chat_type")
+        phases = self._phases(text, chat_type, feature_config, body.get("size"), payload["id"])
         parent_id = body.get("parent_id")
         now = int(time.time())
 
@@ -936,6 +1136,7 @@ class FakeQwen:
                 input_tokens=SYSTEM_PROMPT_TOKENS + len(tokenize(text)),
                 cut=cut,
                 cut_after=self.hostile_after,
+                chat_type=chat_type,
             )
             chat["messages"].append(
                 {
@@ -967,9 +1168,7 @@ class FakeQwen:
 
         if not turn.stream:
             return self._complete_blocking(turn, request.environ)
-        body_iter = _StreamBody(
-            self._stream(turn, request.environ), lambda: self._end_turn(turn, "aborted")
-        )
+        body_iter = _StreamBody(self._stream(turn, request.environ), lambda: self._end_turn(turn, "aborted"))
         return Response(
             body_iter,
             status=200,
@@ -977,6 +1176,91 @@ class FakeQwen:
             content_type="text/event-stream",
             direct_passthrough=True,
         )
+
+    def _phases(
+        self, text: str, chat_type: str, features: dict[str, Any], size: Any, user_id: str
+    ) -> list[tuple[str, list[Any]]]:
+        """What a turn will stream: (phase, tokens); a token is text or a prebuilt delta."""
+        if chat_type == "t2i":
+            ratio = size if size in IMAGE_HW else "1:1"
+            key = _b64url(secrets.token_bytes(48))
+            url = f"{self.image_base_url}/output/{user_id}/t2i/{_new_id()}/{int(time.time())}.png?key={key}"
+            delta = {
+                "role": "assistant",
+                "content": url,
+                "phase": "image_gen",
+                "status": "typing",
+                "extra": {"output_image_hw": [IMAGE_HW[ratio]]},
+            }
+            return [("image_gen", [delta])]
+        phases: list[tuple[str, list[Any]]] = []
+        if features.get("thinking_enabled") is True:
+            if self.thinking_style == "summary":
+                phases.append(("thinking_summary", self._summary_deltas(text)))
+            else:
+                phases.append(("think", tokenize(f"The user asked: {text}. I will answer it.")))
+        answer = str((self.answer or default_answer)(text))
+        if chat_type == "search":
+            phases.append(("web_search", self._search_deltas(text)))
+            answer += " [[1]] [[2]]"
+        phases.append(("answer", tokenize(answer)))
+        return phases
+
+    @staticmethod
+    def _summary_deltas(text: str) -> list[dict[str, Any]]:
+        """2026 ``thinking_summary``: cumulative title/thought arrays (§4.4)."""
+        steps = [
+            (["Reading the question"], ["The user asked:"]),
+            (["Reading the question"], [f"The user asked: {text}."]),
+            (["Reading the question", "Planning the answer"], [f"The user asked: {text}.", "I will answer it."]),
+        ]
+        return [
+            {
+                "role": "assistant",
+                "content": "",
+                "phase": "thinking_summary",
+                "extra": {"summary_title": {"content": titles}, "summary_thought": {"content": thoughts}},
+                "status": "typing",
+            }
+            for titles, thoughts in steps
+        ]
+
+    def _search_deltas(self, text: str) -> list[dict[str, Any]]:
+        """The web_search tool call and its result (§4.5)."""
+        docs = self.search_docs
+        if docs is None:
+            docs = [
+                {
+                    "url": f"https://example.com/{i}?q={uuid.uuid5(uuid.NAMESPACE_URL, text).hex[:8]}",
+                    "title": f"Result {i} about {text}",
+                    "snippet": f"Snippet {i}",
+                    "date": "2025-10-01",
+                }
+                for i in (1, 2)
+            ]
+        call = {
+            "role": "assistant",
+            "content": "",
+            "phase": "web_search",
+            "status": "typing",
+            "function_call": {"name": "web_search", "arguments": json.dumps({"queries": [text]}, ensure_ascii=False)},
+            "function_id": "round_0_1",
+            "extra": {"display_position": "answer"},
+        }
+        result = {
+            "role": "function",
+            "content": "",
+            "phase": "web_search",
+            "status": "finished",
+            "name": "web_search",
+            "extra": {"function_id": "1", "tool_result": {"docs": docs}},
+        }
+        return [call, result]
+
+    def _ep_image_file(self, request: Request, body: Any, rest: str) -> Response:
+        if not request.args.get("key"):
+            return Response("AccessDenied", status=403, content_type="text/plain")
+        return Response(TINY_PNG, content_type="image/png")
 
     def _pause(self) -> None:
         delay = self.chunk_delay
@@ -1000,6 +1284,18 @@ class FakeQwen:
             msg = self._assistant_message(turn)
             if msg is not None:
                 msg["content" if phase == "answer" else "reasoning"] = turn.texts[phase]
+
+    def _add_raw(self, turn: _Turn, phase: str, delta: dict[str, Any]) -> None:
+        """A prebuilt delta (summary, search, image) counts as one output token."""
+        with self._lock:
+            turn.output_tokens += 1
+            if phase == "thinking_summary":
+                turn.reasoning_tokens += 1
+            if phase == "image_gen":
+                turn.texts["answer"] = delta["content"]
+                msg = self._assistant_message(turn)
+                if msg is not None:
+                    msg["content"] = delta["content"]
 
     def _end_generation(self, turn: _Turn, status: str) -> None:
         """The model stopped producing for this turn: the chat accepts the next request."""
@@ -1086,25 +1382,34 @@ class FakeQwen:
                         yield from self._cut_stream(turn, environ)
                         return
                     self._pause()
-                    self._add_text(turn, phase, token)
-                    content = token if turn.incremental else turn.texts[phase]
-                    delta = {
-                        "role": "assistant",
-                        "content": content,
-                        "phase": phase,
-                        "status": "typing",
-                    }
+                    if isinstance(token, dict):
+                        self._add_raw(turn, phase, token)
+                        delta = token
+                    else:
+                        self._add_text(turn, phase, token)
+                        content = token if turn.incremental else turn.texts[phase]
+                        delta = {
+                            "role": "assistant",
+                            "content": content,
+                            "phase": phase,
+                            "status": "typing",
+                        }
                     yield from self._frame(self._delta(turn, delta))
                     sent += 1
-                if phase == "think":
+                if phase in ("think", "thinking_summary", "image_gen"):
                     self._pause()
                     delta = {
                         "content": "",
                         "role": "assistant",
                         "status": "finished",
-                        "phase": "think",
+                        "phase": phase,
                     }
+                    if phase == "image_gen":  # the last event of a t2i stream
+                        self._end_generation(turn, "finished")
                     yield from self._frame(self._delta(turn, delta))
+                    if phase == "image_gen":
+                        self._end_turn(turn, "completed")
+                        return
             if turn.cut:
                 yield from self._cut_stream(turn, environ)
                 return
@@ -1135,7 +1440,10 @@ class FakeQwen:
             for phase, tokens in turn.phases:
                 for token in tokens:
                     self._pause()
-                    self._add_text(turn, phase, token)
+                    if isinstance(token, dict):
+                        self._add_raw(turn, phase, token)
+                    else:
+                        self._add_text(turn, phase, token)
         except _Stopped:
             self._end_turn(turn, "stopped")
             return self._fail("Internal_Server_Error", "Internal error occurred")
