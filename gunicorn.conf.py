@@ -1,51 +1,98 @@
-"""gunicorn settings: ``gunicorn -c gunicorn.conf.py app:app``.
+"""gunicorn settings: ``gunicorn -c gunicorn.conf.py app:app`` (docs/OPERATIONS.md).
 
-gevent workers (the worker patches itself: no ``preload_app``), bind from HOST/PORT.
+gevent workers (each patches itself: no ``preload_app``), bind from HOST/PORT, worker count
+from the machine. The master migrates the database, starts and supervises the long-running
+workers (browser pool, local model) once for the whole server, and stops them on exit. On
+SIGTERM every web worker stops accepting, reports 503 on ``/health/ready`` and lets running
+streams finish for up to ``GRACEFUL_TIMEOUT`` seconds.
 """
 
-import multiprocessing
+import os
+from pathlib import Path
 
 from qwenproxy.config import load_config
 
 _config = load_config()
 
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # a container's CPU set, not the host's
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 bind = f"{_config['HOST']}:{_config['PORT']}"
 worker_class = "gevent"
-workers = int(_config.get("WEB_WORKERS") or min(4, max(2, multiprocessing.cpu_count())))
-worker_connections = 1000
-timeout = 120
-graceful_timeout = int(_config["GRACEFUL_TIMEOUT"])
+workers = int(_config.get("WEB_WORKERS") or min(8, max(2, _cpus())))
+worker_connections = int(_config["WORKER_CONNECTIONS"])  # open SSE streams count here
+timeout = 120  # heartbeat: a gevent worker notifies every second unless its hub is blocked
+graceful_timeout = int(_config["GRACEFUL_TIMEOUT"])  # long enough for a streamed answer to end
+keepalive = int(_config["KEEPALIVE"])
+# gunicorn >= 25 opens a control socket at one fixed path per user: two servers (or a test run
+# beside a real one) would fight over it. Nothing here uses gunicornc.
 control_socket_disable = True
 preload_app = False
-accesslog = "-"
-errorlog = "-"
+accesslog = "-"  # stdout; also LOGS_DIR/access.log (on_starting)
+errorlog = "-"  # stderr; also LOGS_DIR/error.log
+loglevel = str(_config["LOG_LEVEL"]).lower()
+access_log_format = '%({x-request-id}o)s %(h)s %(t)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
 
-
-def on_starting(server):  # noqa: ANN001 - gunicorn hook signature
-    """Apply migrations once, in the master, before any worker starts."""
-    from qwenproxy import db
-
-    db.bind(_config["DATABASE_URL"])
-    db.upgrade()
-
+# Prometheus multiprocess mode: every worker writes its samples under this directory and
+# /metrics adds them up. Set before any worker imports prometheus_client.
+_own_metrics_dir = not _config.get("PROMETHEUS_MULTIPROC_DIR")
+_metrics_dir = _config.get("PROMETHEUS_MULTIPROC_DIR") or str(
+    Path(_config["SESSION_DIR"]).resolve() / "metrics" / str(os.getpid())
+)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+Path(_metrics_dir).mkdir(parents=True, exist_ok=True)  # --check-config loads the app right here
 
 _supervisor = None
 
 
-def when_ready(server):  # noqa: ANN001 - gunicorn hook signature
-    """Start the long-running workers (browser pool, local model) from the master, never in a gevent worker."""
+def on_starting(server):  # noqa: ANN001 - gunicorn hook signature
+    """Once, in the master, before any worker: logs to LOGS_DIR, a fresh metrics directory,
+    migrations."""
+    from qwenproxy import db, logs, metrics
+
+    logs.attach_gunicorn_files(_config["LOGS_DIR"])
+    metrics.reset_multiproc_dir(_metrics_dir, clean_siblings=_own_metrics_dir)
+    db.bind(_config["DATABASE_URL"])
+    db.upgrade()
+
+
+def when_ready(server):  # noqa: ANN001
+    """Start the long-running workers (browser pool, local model) from the master, never in a
+    gevent worker."""
     global _supervisor
-    from qwenproxy.supervisor import Supervisor
-    from workers.browser_pool import worker_spec as browser_pool_spec
-    from workers.inference import worker_spec as local_model_spec
+    from qwenproxy.supervisor import start_configured
 
-    specs = [spec for spec in (browser_pool_spec(_config), local_model_spec(_config)) if spec is not None]
-    if specs:
-        _supervisor = Supervisor(specs)
-        _supervisor.start()
+    _supervisor = start_configured(_config)
 
 
-def on_exit(server):  # noqa: ANN001 - gunicorn hook signature
-    """Stop them (the browser pool drains, then closes Chromium)."""
+def post_worker_init(worker):  # noqa: ANN001
+    """SIGTERM first marks the worker draining (``/health/ready`` -> 503), then gunicorn's own
+    handler stops accepting and waits for the running streams."""
+    from qwenproxy.api.health import drain_on_sigterm
+
+    drain_on_sigterm(worker.wsgi, worker.handle_exit)
+
+
+def child_exit(server, worker):  # noqa: ANN001
+    """A web worker is gone: drop its live gauges from the metrics."""
+    from qwenproxy import metrics
+
+    metrics.mark_worker_dead(worker.pid, _metrics_dir)
+
+
+def on_exit(server):  # noqa: ANN001
+    """Stop the supervised workers (after the web workers have finished their streams)."""
     if _supervisor is not None:
-        _supervisor.stop(timeout=float(_config["BROWSER_DRAIN_TIMEOUT"]) + 10)
+        # the browser pool drains its running jobs before closing Chromium
+        _supervisor.stop(
+            timeout=max(float(_config["BROWSER_DRAIN_TIMEOUT"]), float(_config["GRACEFUL_TIMEOUT"]) / 2) + 10
+        )
+    if _own_metrics_dir:
+        import shutil
+
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

@@ -25,23 +25,26 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     Path(app.config["SESSION_DIR"]).mkdir(parents=True, exist_ok=True)
 
-    from . import account_store, apikeys, db, middleware
+    from . import account_store, apikeys, db, middleware, ratelimit
     from .api import (
         chat,
         chats,
         dual_chat,
         errors,
         files,
+        health,
         images,
         openai,
         status,
     )
     from .providers import build_registry
 
-    middleware.configure_logging(app.config["LOG_LEVEL"])
+    middleware.configure_logging(app.config["LOG_LEVEL"], app.config.get("LOGS_DIR"))
     middleware.init_app(app)
+    health.init_app(app)  # probes, /metrics, the status page at /, request counting
     db.init_app(app)
     apikeys.init_app(app)
+    ratelimit.init_app(app)
     errors.init_app(app)
     blueprints = (
         openai,

@@ -14,7 +14,7 @@ from flask import Flask, request
 
 from .errors import AuthenticationError
 
-PUBLIC_PREFIXES = ("/health", "/metrics", "/static")
+PUBLIC_PREFIXES = ("/health", "/metrics", "/static", "/api/openapi.json")
 
 
 class ApiKeys:

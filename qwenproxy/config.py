@@ -32,6 +32,13 @@ DEFAULTS: dict[str, Any] = {
     "WEB_WORKERS": 0,  # 0: from the number of CPUs
     "GRACEFUL_TIMEOUT": 60,
     "MAX_CONTENT_LENGTH_MB": 150,
+    "WORKER_CONNECTIONS": 4000,  # gunicorn: connections (open streams included) one gevent worker holds
+    "KEEPALIVE": 2,  # seconds an idle keep-alive connection stays open (gunicorn's default)
+    # operations (docs/OPERATIONS.md)
+    "CORS_ORIGINS": "*",  # browser origins allowed to call the API: "*", a comma-separated list, or "" for none
+    "RATE_LIMIT_PER_MINUTE": 0,  # requests per API key (per client address without keys) a minute; 0 = off
+    "REQUEST_LOG_KEEP": 1000,  # recent requests kept in the database for the status page
+    "PROMETHEUS_MULTIPROC_DIR": None,  # set by gunicorn.conf.py: /metrics then adds up every worker
     # client API keys (seed: Authorization.txt); empty or missing file = no auth
     "API_KEYS_FILE": "./Authorization.txt",
     # models

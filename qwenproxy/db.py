@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import click
 from flask import Flask, current_app
-from peewee import CharField, DatabaseProxy, DoubleField, IntegrityError, Model
+from peewee import CharField, DatabaseProxy, DoubleField, IntegrityError, Model, SqliteDatabase
 from playhouse.db_url import connect
 
 from .config import ROOT
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 database = DatabaseProxy()
 
 MIGRATIONS_DIR = ROOT / "migrations"
-SQLITE_PRAGMAS = {"journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal"}
+# per connection; journal_mode=wal is a property of the file, set once in make_database
+SQLITE_PRAGMAS = {"foreign_keys": 1, "synchronous": "normal"}
 
 
 def make_database(url: str):
@@ -37,7 +38,12 @@ def make_database(url: str):
         path = url.split(":///", 1)[1] if ":///" in url else parsed.path
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return connect(url, pragmas=SQLITE_PRAGMAS, timeout=15, check_same_thread=False)
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(path, timeout=15)) as conn:
+                conn.execute("PRAGMA journal_mode=wal").fetchone()  # persistent: once per file
+            return connect(url, pragmas=SQLITE_PRAGMAS, timeout=15, check_same_thread=False)
+        return connect(url, pragmas={**SQLITE_PRAGMAS, "journal_mode": "wal"}, timeout=15, check_same_thread=False)
     return connect(url)
 
 
@@ -100,9 +106,27 @@ def upgrade(directory: Path = MIGRATIONS_DIR) -> list[str]:
     return applied_now
 
 
+def keep_wal_open(db) -> None:  # noqa: ANN001 - any Peewee database
+    """Hold one idle SQLite connection for the life of the process.
+
+    SQLite checkpoints and deletes the WAL whenever the *last* connection closes; with a
+    connection per request that is a checkpoint (and an fsync) per request. An idle
+    connection that never closes avoids it; checkpoints then run every 1000 pages, as usual.
+    """
+    import sqlite3
+
+    path = getattr(db, "database", "")
+    if not isinstance(db, SqliteDatabase) or not path or path == ":memory:":
+        return
+    keeper = sqlite3.connect(path, check_same_thread=False, timeout=15)
+    keeper.execute("PRAGMA journal_mode=wal").fetchone()  # a new file is not in WAL mode yet
+    keeper.execute("SELECT count(*) FROM sqlite_master").fetchone()  # joins the WAL
+    db.qwenproxy_keeper = keeper
+
+
 def init_app(app: Flask) -> None:
     """Bind the database, migrate if asked, and open/close a connection per request."""
-    bind(app.config["DATABASE_URL"])
+    keep_wal_open(bind(app.config["DATABASE_URL"]))
     if app.config.get("AUTO_MIGRATE", True):
         upgrade()
 

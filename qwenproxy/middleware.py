@@ -6,9 +6,12 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, g, has_request_context, request
+from flask import Flask, Response, g, has_request_context, request
+
+from . import logs
 
 _VERSION_SEGMENT = re.compile(r"/v[12](?=/|$)")
 
@@ -43,12 +46,22 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, logs_dir: str | None = None) -> None:
+    """Root logging: the console and ``LOGS_DIR/qwenproxy.log``, request id on every line,
+    credentials scrubbed (``logs.redact``)."""
     root = logging.getLogger()
     if not any(isinstance(f, RequestIdFilter) for h in root.handlers for f in h.filters):
         handler = logging.StreamHandler()
         handler.addFilter(RequestIdFilter())
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"))
+        handler.setFormatter(logs.RedactingFormatter(logs.FORMAT))
+        root.addHandler(handler)
+    if logs_dir and not logs.has_file_handler(root, Path(logs_dir) / "qwenproxy.log"):
+        for old in [h for h in root.handlers if getattr(h, "qwenproxy_file", False)]:
+            root.removeHandler(old)  # one app per process: its LOGS_DIR replaces an earlier one
+            old.close()
+        handler = logs.file_handler(logs_dir, "qwenproxy.log")
+        handler.addFilter(RequestIdFilter())
+        handler.qwenproxy_file = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level.upper())
 
@@ -61,12 +74,58 @@ def init_app(app: Flask) -> None:
         given = request.headers.get("X-Request-Id", "")
         g.request_id = given if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", given) else uuid.uuid4().hex
 
+    cors = Cors(app.config.get("CORS_ORIGINS", "*"))
+
+    @app.before_request
+    def _preflight():  # type: ignore[no-untyped-def]
+        if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
+            return cors.preflight(request.headers)
+        return None
+
     @app.after_request
     def _headers(response):  # type: ignore[no-untyped-def]
         response.headers["X-Request-Id"] = getattr(g, "request_id", "")
-        response.headers.setdefault("Access-Control-Allow-Origin", "*")
-        response.headers.setdefault("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
-        response.headers.setdefault(
-            "Access-Control-Allow-Headers", "Origin, X-Requested-With, Content-Type, Accept, Authorization"
-        )
+        cors.apply(request.headers.get("Origin"), response.headers)
+        return response
+
+
+class Cors:
+    """CORS for browser clients: ``CORS_ORIGINS`` is ``*``, a comma-separated list, or empty."""
+
+    METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+    HEADERS = "Origin, X-Requested-With, Content-Type, Accept, Authorization, X-Request-Id"
+    EXPOSE = (
+        "X-Request-Id, X-Chat-Id, X-Parent-Id, Retry-After, X-RateLimit-Limit-Requests, X-RateLimit-Remaining-Requests"
+    )
+
+    def __init__(self, setting: str | None) -> None:
+        origins = [o.strip().rstrip("/") for o in str(setting or "").split(",") if o.strip()]
+        self.any = "*" in origins
+        self.origins = set(origins) - {"*"}
+
+    def allowed(self, origin: str | None) -> str | None:
+        """The value of ``Access-Control-Allow-Origin`` for this origin, or None."""
+        if self.any:
+            return "*"
+        if origin and origin.rstrip("/") in self.origins:
+            return origin
+        return None
+
+    def apply(self, origin: str | None, headers: Any) -> None:
+        if not self.any:
+            headers.add("Vary", "Origin")
+        allow = self.allowed(origin)
+        if allow is None:
+            return
+        headers["Access-Control-Allow-Origin"] = allow
+        headers.setdefault("Access-Control-Expose-Headers", self.EXPOSE)
+
+    def preflight(self, request_headers: Any) -> Response:
+        """``204`` with what the browser asked for, when its origin is allowed (else no CORS headers)."""
+        response = Response(status=204)
+        if self.allowed(request_headers.get("Origin")) is not None:
+            response.headers["Access-Control-Allow-Methods"] = self.METHODS
+            asked = request_headers.get("Access-Control-Request-Headers")
+            response.headers["Access-Control-Allow-Headers"] = asked or self.HEADERS
+            response.headers["Access-Control-Max-Age"] = "600"
         return response

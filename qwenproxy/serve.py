@@ -1,10 +1,15 @@
-"""``python app.py``: one process, gevent's WSGI server (also where gunicorn does not run)."""
+"""``python app.py``: one process, gevent's WSGI server (also where gunicorn does not run).
+
+The same as gunicorn on one process: the configured workers (browser pool, local model) are
+started and supervised here; SIGTERM marks the app draining (``/health/ready`` -> 503), stops
+accepting and lets running streams finish for up to ``GRACEFUL_TIMEOUT`` seconds; an idle
+keep-alive connection is closed after ``KEEPALIVE`` seconds, as gunicorn does.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
-from typing import Any
 
 from flask import Flask
 
@@ -12,9 +17,13 @@ log = logging.getLogger(__name__)
 
 
 def main(app: Flask) -> None:
-    from gevent.pywsgi import WSGIServer
+    import gevent
+    from gevent.pool import Pool
+    from gevent.pywsgi import WSGIHandler, WSGIServer
 
+    from .api.health import start_draining
     from .menu import run_menu, should_show
+    from .supervisor import start_configured
 
     if should_show(app.config):  # the seed's account menu; never under gunicorn or Docker
         try:
@@ -22,37 +31,34 @@ def main(app: Flask) -> None:
         except (KeyboardInterrupt, EOFError):
             return
     host, port = app.config["HOST"], int(app.config["PORT"])
-    server = WSGIServer((host, port), app, log=None)
+    graceful = float(app.config.get("GRACEFUL_TIMEOUT", 30))
+    keepalive = float(app.config.get("KEEPALIVE", 5))
+
+    class Handler(WSGIHandler):
+        def read_requestline(self):  # type: ignore[no-untyped-def]
+            with gevent.Timeout(keepalive, False):  # waiting for the next request on a connection
+                return super().read_requestline()
+            return None  # timed out: the connection is closed
+
+    # a pool, so that stopping waits for the running handlers (streams) instead of dropping them
+    server = WSGIServer((host, port), app, log=None, spawn=Pool(int(app.config["WORKER_CONNECTIONS"])))
+    server.handler_class = Handler
 
     def _stop(*_: object) -> None:
-        log.info("stopping")
-        server.stop(timeout=float(app.config.get("GRACEFUL_TIMEOUT", 30)))
+        log.info("stopping: finishing running streams (up to %s s)", graceful)
+        start_draining(app)
+        server.close()  # serve_forever() then waits up to `graceful` for the handlers
 
     try:
-        signal.signal(signal.SIGTERM, _stop)
-    except (ValueError, AttributeError):  # not the main thread, or no SIGTERM (Windows)
+        gevent.signal_handler(signal.SIGTERM, _stop)
+    except Exception:  # Windows has no SIGTERM watcher: Ctrl+C only (it waits for the streams too)
         pass
-    supervisor = start_workers(app.config)
+    supervisor = start_configured(app.config)
     log.info("qwenproxy listening on http://%s:%s/api", host, port)
     try:
-        server.serve_forever()
+        server.serve_forever(stop_timeout=graceful)
     except KeyboardInterrupt:
-        _stop()
+        pass
     finally:
         if supervisor is not None:
-            supervisor.stop(timeout=float(app.config["BROWSER_DRAIN_TIMEOUT"]) + 10)
-
-
-def start_workers(config: Any) -> Any:
-    """The worker processes this configuration needs (browser pool, local model), supervised."""
-    from workers.browser_pool import worker_spec as browser_pool_spec
-    from workers.inference import worker_spec as local_model_spec
-
-    from .supervisor import Supervisor
-
-    specs = [spec for spec in (browser_pool_spec(config), local_model_spec(config)) if spec is not None]
-    if not specs:
-        return None
-    supervisor = Supervisor(specs)
-    supervisor.start()
-    return supervisor
+            supervisor.stop(timeout=max(float(app.config["BROWSER_DRAIN_TIMEOUT"]), graceful / 2) + 10)

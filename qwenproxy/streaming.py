@@ -9,17 +9,21 @@ produced is saved.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Response, jsonify, stream_with_context
+from flask import Response, current_app, g, jsonify, request, stream_with_context
 
+from . import db, requestlog
 from .conversations import Turn
 from .errors import ApiError, UpstreamError
 from .events import Event, EventStream, Finished, ResponseStarted
+from .metrics import TurnStats
 from .openai_wire import DONE, PING, ChunkRenderer, Collected, sse
 
 log = logging.getLogger(__name__)
@@ -34,16 +38,42 @@ def as_api_error(exc: BaseException) -> ApiError:
     return UpstreamError("The upstream failed while answering")
 
 
-def _prime(stream: EventStream, turn: Turn) -> tuple[list[Event], bool]:
+def _prime(stream: EventStream, turn: Turn, stats: TurnStats) -> tuple[list[Event], bool]:
     """Events up to and including the first one (errors raise); ``True`` if it already ended."""
     first: list[Event] = []
     try:
         event = next(stream)
     except StopIteration:
         return first, True
+    finally:
+        stats.upstream_answered()
     turn.observe(event)
+    stats.observe(event)
     first.append(event)
     return first, isinstance(event, Finished)
+
+
+def _stats(turn: Turn, model: str) -> TurnStats:
+    return TurnStats(current_app.extensions.get("metrics"), turn.provider, model)
+
+
+def _usage(turn: Turn) -> tuple[int | None, int | None]:
+    usage = turn.collected.usage
+    return (usage.prompt_tokens, usage.completion_tokens) if usage else (None, None)
+
+
+def _log_fields(stats: TurnStats, turn: Turn, error: ApiError | None = None) -> dict[str, Any]:
+    """What the request log keeps of a completion (no content)."""
+    prompt, completion = _usage(turn)
+    return {
+        "model": stats.model,
+        "provider": stats.provider,
+        "ttft_ms": round(stats.ttft_ms, 2) if stats.ttft_ms is not None else None,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "error_code": error.code or error.type if error else None,
+        "error_message": error.message if error else None,
+    }
 
 
 def _pump(stream: EventStream, out: queue.Queue[tuple[str, Any]]) -> None:
@@ -72,13 +102,18 @@ def serve(
     ``extras(collected, info)`` gives the fields added to every body/chunk (``chatId``,
     ``parentId``); ``shape`` builds the non-stream body from the collected answer.
     """
+    stats = _stats(turn, model)
     try:
         events = stream_factory()
         turn.info = events.info
-        first, ended = _prime(events, turn)
+        first, ended = _prime(events, turn, stats)
     except BaseException as exc:
         turn.close("error", error=str(exc))
-        raise as_api_error(exc) from exc
+        err = as_api_error(exc)
+        stats.error(err.code, "early")
+        stats.finish("error", None, None)
+        g.request_log = _log_fields(stats, turn, err)
+        raise err from exc
 
     started = turn.collected.started
     response_id = started.response_id if isinstance(started, ResponseStarted) else None
@@ -89,10 +124,18 @@ def serve(
             if not ended:
                 for event in events:
                     turn.observe(event)
+                    stats.observe(event)
         except BaseException as exc:
-            turn.close("partial" if turn.collected.text else "error", error=str(exc))
-            raise as_api_error(exc) from exc
+            outcome = "partial" if turn.collected.text else "error"
+            turn.close(outcome, error=str(exc))
+            err = as_api_error(exc)
+            stats.error(err.code, "early")
+            stats.finish(outcome, *_usage(turn))
+            g.request_log = _log_fields(stats, turn, err)
+            raise err from exc
         turn.close("complete")
+        stats.finish("complete", *_usage(turn))
+        g.request_log = _log_fields(stats, turn)
         assert shape is not None
         body = shape(turn.collected, extras(turn.collected, turn.info))
         response = jsonify(body)
@@ -109,9 +152,16 @@ def serve(
         reasoning_in_content=reasoning_in_content,
     )
 
+    metrics = current_app.extensions.get("metrics")
+    log_keep = int(current_app.config.get("REQUEST_LOG_KEEP") or 1000)
+    log_base = {"request_id": g.get("request_id"), "method": request.method, "route": _route()}
+    g.request_log_deferred = True
+
     def relay() -> Iterator[str]:
         status = "partial"
         failed: ApiError | None = None
+        if metrics:
+            metrics.streams.inc()
         try:
             yield sse(renderer.role())
             for event in first:
@@ -119,7 +169,11 @@ def serve(
                     yield sse(chunk)
             if not ended:
                 pending: queue.Queue[tuple[str, Any]] = queue.Queue()
-                threading.Thread(target=_pump, args=(events, pending), daemon=True, name="upstream").start()
+                # the pump runs in this request's context, so its log lines carry the request id
+                context = contextvars.copy_context()
+                threading.Thread(
+                    target=context.run, args=(_pump, events, pending), daemon=True, name="upstream"
+                ).start()
                 while True:
                     try:
                         kind, value = pending.get(timeout=ping_interval)
@@ -128,6 +182,7 @@ def serve(
                         continue
                     if kind == "event":
                         turn.observe(value)
+                        stats.observe(value)
                         for chunk in renderer.render(value):
                             yield sse(chunk)
                     elif kind == "end":
@@ -146,13 +201,35 @@ def serve(
                 events.cancel()
             if failed is not None:
                 status = "partial" if turn.collected.text else "error"
-            turn.close(status, error=failed.message if failed else None)
+            if metrics:
+                metrics.streams.dec()
+            if failed is not None:
+                stats.error(failed.code, "in_stream")
+            stats.finish(status, *_usage(turn))
+            fields = {**log_base, **_log_fields(stats, turn, failed), "status": 200}
+            fields["duration_ms"] = round((time.perf_counter() - stats.started) * 1000, 2)
+            if status == "partial" and failed is None:
+                fields["error_code"] = "client_disconnected"
+            try:
+                with db.session():  # one connection for the answer and its log row
+                    turn.close(status, error=failed.message if failed else None)
+                    requestlog.record(log_keep, **fields)
+            except Exception:
+                log.exception("could not save the end of a stream")
 
     response = Response(stream_with_context(relay()), mimetype="text/event-stream")
     response.headers.update(headers)
     response.headers["Cache-Control"] = "no-cache, no-store, must-revalidate"
     response.headers["X-Accel-Buffering"] = "no"
+    # a stream may stay open for minutes: it must not hold a database connection (memory, file
+    # descriptors) meanwhile; the turn opens one again to save the answer
+    if not db.database.is_closed():
+        db.database.close()
     return response
+
+
+def _route() -> str:
+    return request.url_rule.rule if request.url_rule is not None else request.path
 
 
 def _headers(turn: Turn, extras: Extras) -> dict[str, str]:

@@ -6,6 +6,8 @@ worker, which must not fork. Plain threads and ``subprocess`` only.
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import os
 import signal
@@ -13,7 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -40,9 +44,13 @@ class _Child:
 class Supervisor:
     """Keeps each ``WorkerSpec`` running; ``stop`` sends SIGTERM, then SIGKILL."""
 
-    def __init__(self, specs: list[WorkerSpec], restart_delay: float = 1.0) -> None:
+    def __init__(
+        self, specs: list[WorkerSpec], restart_delay: float = 1.0, status_file: str | Path | None = None
+    ) -> None:
         self._children = {s.name: _Child(s) for s in specs}
         self.restart_delay = restart_delay
+        # the web workers read it for /metrics and the status page (they cannot see this object)
+        self.status_file = Path(status_file) if status_file else None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -66,7 +74,11 @@ class Supervisor:
         self._thread.start()
 
     def _watch(self) -> None:
+        last_written = 0.0
         while not self._stopping.wait(0.2):
+            if time.time() - last_written >= 1.0:
+                self.write_status()
+                last_written = time.time()
             with self._lock:
                 for child in self._children.values():
                     proc = child.process
@@ -95,6 +107,18 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait(timeout=5)
+        self.write_status()
+
+    def write_status(self) -> None:
+        """Write ``status()`` to ``status_file`` atomically (when one was given)."""
+        if self.status_file is None:
+            return
+        try:
+            tmp = self.status_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.status()), encoding="utf-8")
+            os.replace(tmp, self.status_file)
+        except OSError as exc:
+            log.warning("could not write %s: %s", self.status_file, exc)
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -111,6 +135,42 @@ class Supervisor:
     def pid(self, name: str) -> int | None:
         child = self._children.get(name)
         return child.process.pid if child and child.process else None
+
+
+# Modules that may offer ``worker_spec(config) -> WorkerSpec | None``; a module not in this
+# build is skipped.
+WORKER_MODULES = ("workers.browser_pool", "workers.inference")
+
+
+def configured_specs(config: Mapping[str, Any], modules: tuple[str, ...] = WORKER_MODULES) -> list[WorkerSpec]:
+    """The workers this configuration needs (browser pool, local model), in start order."""
+    specs: list[WorkerSpec] = []
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        factory = getattr(module, "worker_spec", None)
+        spec = factory(config) if factory is not None else None
+        if spec is not None:
+            specs.append(spec)
+    return specs
+
+
+def start_configured(config: Mapping[str, Any]) -> Supervisor | None:
+    """Start and supervise the configured workers, or None when there are none. Called once
+    for the whole server: from gunicorn's master (``when_ready``) or from ``python app.py``."""
+    specs = configured_specs(config)
+    status_file = Path(str(config["SESSION_DIR"])) / "workers.json"
+    if not specs:
+        status_file.unlink(missing_ok=True)
+        return None
+    supervisor = Supervisor(specs, status_file=status_file)
+    supervisor.start()
+    supervisor.write_status()
+    return supervisor
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -6,5 +6,4 @@ extra=()
 if [ -n "${LOCAL_MODEL_PATH:-}" ] || grep -qs '^LOCAL_MODEL_PATH=.' .env; then extra+=(--local); fi
 bash scripts/setup.sh "${extra[@]}"
 [ -f .env ] || cp .env.example .env
-.venv/bin/flask --app app db upgrade
-exec .venv/bin/gunicorn -c gunicorn.conf.py app:app
+exec sh scripts/boot.sh  # migrate, then gunicorn -c gunicorn.conf.py app:app

@@ -17,6 +17,7 @@ import requests
 from werkzeug.serving import make_server
 
 from qwenproxy import create_app
+from tests.fakes import ISSUED_SECRETS
 from tests.fakes.qwen_web import FakeQwen
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +56,20 @@ def no_leftover_chromium() -> Iterator[None]:
     assert not left, f"Chromium processes left behind: {[(p.pid, p.info['name']) for p in left]}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the whole suite: no token, key or password a fake issued (or a test registered)
+    appears in any log the gateway wrote (LOGS_DIR files, gunicorn's output)."""
+    yield
+    secrets = sorted(s for s in ISSUED_SECRETS if len(s) >= 8)
+    logs = [p for p in tmp_path_factory.getbasetemp().rglob("*.log") if p.is_file()]
+    leaks = []
+    for path in logs:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        leaks += [f"{path.name}: {secret[:6]}…" for secret in secrets if secret in text]
+    assert not leaks, f"secrets found in logs: {leaks}"
+
+
 @pytest.fixture
 def fake_qwen() -> Iterator[FakeQwen]:
     fake = FakeQwen().start()
@@ -68,6 +83,7 @@ def app_config(tmp_path: Path, fake: FakeQwen, **extra) -> dict:
     config = {
         "TESTING": True,
         "SESSION_DIR": str(tmp_path / "session"),
+        "LOGS_DIR": str(tmp_path / "logs"),
         "UPLOADS_DIR": str(tmp_path / "uploads"),
         "QWEN_BASE_URL": fake.url,
         "QWEN_TOKEN": fake.make_token(),
@@ -157,6 +173,7 @@ class Gunicorn:
                 "QWEN_TRANSPORT": "direct",
             }
         )
+        full_env["LOGS_DIR"] = str(Path(env["SESSION_DIR"]).parent / "logs")
         full_env.update(env)
         self.log = Path(env["SESSION_DIR"]) / "gunicorn.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)

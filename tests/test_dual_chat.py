@@ -63,6 +63,7 @@ def make_app(tmp_path, fake: FakeGigaChat | None, **config):
     settings = {
         "TESTING": True,
         "SESSION_DIR": str(tmp_path),
+        "LOGS_DIR": str(tmp_path / "logs"),
         "API_KEYS_FILE": str(tmp_path / "no-keys.txt"),
         "QWEN_BASE_URL": "http://127.0.0.1:9",
         "GIGACHAT_VERIFY_SSL_CERTS": False,

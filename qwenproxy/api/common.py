@@ -30,6 +30,8 @@ def json_body() -> dict[str, Any]:
         raise BadRequest("Request body is not valid UTF-8") from None
     except ValueError as exc:
         raise BadRequest(f"Invalid JSON (Некорректный JSON): {exc}") from None
+    except RecursionError:
+        raise BadRequest("Invalid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("Request body must be a JSON object")
     return data
@@ -85,7 +87,8 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
         stop = [stop]
     if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
         raise BadRequest("`stop` must be a string or an array of strings", param="stop")
-    stream_options = body.get("stream_options") or {}
+    stream_options = body.get("stream_options")
+    stream_options = {} if stream_options is None else stream_options
     if not isinstance(stream_options, dict):
         raise BadRequest("`stream_options` must be an object", param="stream_options")
     for key in ("chatId", "parentId", "chat_id", "parent_id"):

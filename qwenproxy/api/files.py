@@ -107,6 +107,12 @@ def sts_token() -> Response:
     filename, filesize, filetype = body.get("filename"), body.get("filesize"), body.get("filetype")
     if not (filename and filesize and filetype):
         raise BadRequest("`filename`, `filesize` and `filetype` are required (Некорректные данные о файле)")
+    if not (isinstance(filename, str) and isinstance(filetype, str)):
+        raise BadRequest("`filename` and `filetype` must be strings (Некорректные данные о файле)")
+    if isinstance(filesize, str) and filesize.strip().isdigit():
+        filesize = int(filesize)
+    if isinstance(filesize, bool) or not isinstance(filesize, int) or filesize <= 0:
+        raise BadRequest("`filesize` must be a positive integer (bytes)", param="filesize")
     return jsonify(uploader().raw_sts(filename, filesize, filetype))
 
 

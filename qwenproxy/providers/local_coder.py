@@ -294,7 +294,9 @@ class LocalCoderProvider(Provider):
                 elif kind == "error":
                     raise UpstreamError(f"Local model: {line.get('message')}")
                 # "queued" and unknown kinds: keep-alives
-        except (requests.RequestException, OSError, ValueError) as exc:
+        except (requests.RequestException, OSError, ValueError, AttributeError) as exc:
+            # AttributeError: a cancel from another thread closed the response under the read
+            # (http.client sets its fp to None)
             if state["cancelled"]:
                 return
             raise UpstreamError(f"The local model worker went away mid-generation ({exc})") from exc

@@ -82,7 +82,9 @@ class QwenClient:
         response = self.transport.request(
             "POST",
             f"{self.base_url}/api/v2/chat/completions?chat_id={quote(str(chat_id))}",
-            headers=browser_headers(self.config, token=token, accept="*/*", referer_path=f"/c/{chat_id}", stream=True),
+            headers=browser_headers(
+                self.config, token=token, accept="*/*", referer_path=f"/c/{quote(str(chat_id))}", stream=True
+            ),
             json_body=dict(body),
             stream=True,
             account_id=account_id,

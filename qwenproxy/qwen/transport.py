@@ -12,6 +12,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -148,6 +149,18 @@ class DirectTransport(Transport):
     def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
         self._session = requests.Session()
         self._timeout = (connect_timeout, read_timeout)
+        # requests reads proxies, the CA bundle and ~/.netrc from the environment on every
+        # request; the upstream host does not change, so do it once per host (see _settings)
+        self._env: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _settings(self, url: str) -> dict[str, Any]:
+        key = tuple(urlsplit(url)[:2])
+        settings = self._env.get(key)
+        if settings is None:
+            settings = self._session.merge_environment_settings(url, {}, None, None, None)
+            self._env[key] = settings
+            self._session.trust_env = False
+        return settings
 
     def request(
         self,
@@ -161,6 +174,7 @@ class DirectTransport(Transport):
         timeout: float | None = None,
     ) -> UpstreamResponse:
         try:
+            settings = self._settings(url)
             response = self._session.request(
                 method,
                 url,
@@ -168,6 +182,9 @@ class DirectTransport(Transport):
                 json=json_body,
                 stream=stream,
                 timeout=(self._timeout[0], timeout or self._timeout[1]),
+                proxies=settings["proxies"],
+                verify=settings["verify"],
+                cert=settings["cert"],
             )
         except requests.RequestException as exc:
             raise UpstreamUnavailable(f"Cannot reach Qwen at {url.split('?')[0]}: {type(exc).__name__}") from exc

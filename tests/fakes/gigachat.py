@@ -45,6 +45,8 @@ from typing import Any
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from tests.fakes import issued
+
 DEFAULT_CLIENT_ID = "0193f6a0-fake-client-id"
 DEFAULT_CLIENT_SECRET = "fake-client-secret"
 DEFAULT_CREDENTIALS = base64.b64encode(f"{DEFAULT_CLIENT_ID}:{DEFAULT_CLIENT_SECRET}".encode()).decode()
@@ -161,7 +163,8 @@ class FakeGigaChat:
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
-        self.credentials = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
+        self.credentials = issued(base64.b64encode(f"{client_id}:{client_secret}".encode()).decode())
+        issued(client_secret)
         self.scopes = set(scopes)
         self.token_ttl_ms = token_ttl_ms
         self.models = list(models or DEFAULT_MODELS)
@@ -358,7 +361,7 @@ class FakeGigaChat:
             if len(self._oauth_times) >= self.oauth_rate_limit:
                 return self._json({"code": 429, "message": "Too many requests"}, 429)
             self._oauth_times.append(now)
-            token = "fake-jwe." + secrets.token_urlsafe(48)
+            token = issued("fake-jwe." + secrets.token_urlsafe(48))
             expires_at = int(now * 1000) + self.token_ttl_ms
             self._tokens[token] = expires_at
             self.oauth_calls += 1

@@ -153,6 +153,8 @@ from werkzeug.routing import Map, Rule
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from tests.fakes import issued
+
 DEFAULT_MODELS: list[str] = [
     "qwen3-max",
     "qwen3-vl-plus",
@@ -534,11 +536,12 @@ class FakeQwen:
         header = {"alg": "HS256", "typ": "JWT"}
         signing_input = f"{_b64url(_compact(header))}.{_b64url(_compact(payload))}"
         signature = hmac.new(self.secret, signing_input.encode("ascii"), hashlib.sha256).digest()
-        return f"{signing_input}.{_b64url(signature)}"
+        return issued(f"{signing_input}.{_b64url(signature)}")
 
     def add_user(self, email: str, password: str) -> str:
         """Register an account for ``/api/v1/auths/signin``; returns a fresh token for it."""
         user_id = _new_id()
+        issued(password)
         with self._lock:
             self.users[email.lower()] = {
                 "id": user_id,
