@@ -165,9 +165,21 @@ def load_config(
         config["SKIP_ACCOUNT_MENU"] = True
     pool_socket = str(config.get("BROWSER_POOL_SOCKET") or "")
     if not pool_socket.startswith("http://"):  # a Unix socket: an absolute path, the same for every process
-        default = Path(config["SESSION_DIR"]) / "browser_pool.sock"
-        config["BROWSER_POOL_SOCKET"] = str(Path(pool_socket or default).resolve())
+        config["BROWSER_POOL_SOCKET"] = str(Path(pool_socket).resolve()) if pool_socket else _pool_socket(config)
     if not config.get("DATABASE_URL"):
         session_dir = Path(config["SESSION_DIR"])
         config["DATABASE_URL"] = f"sqlite:///{session_dir / 'qwenproxy.db'}"
     return config
+
+
+def _pool_socket(config: Mapping[str, Any]) -> str:
+    """``<SESSION_DIR>/browser_pool.sock``; when that path is too long for a Unix socket
+    (about 100 bytes), a name in the temp folder derived from it, the same in every process."""
+    path = (Path(config["SESSION_DIR"]) / "browser_pool.sock").resolve()
+    if len(str(path).encode()) <= 100:
+        return str(path)
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    return str(Path(tempfile.gettempdir()) / f"qwenproxy-{digest}.sock")

@@ -943,6 +943,7 @@ async def handle_fetch(request):
                 break
             elif kind == "error":
                 raise JobError(502, "stream_broken", str(message.get("error")))
+        job.outcome = "ended"  # the whole body is out; a client leaving now lost nothing
         await response.write_eof()
         pool.finish(job, "served")
         return response
@@ -956,7 +957,10 @@ async def handle_fetch(request):
             request.transport.close()
         return response
     except (ConnectionError, asyncio.CancelledError):
-        pool.finish(job, "aborted", "the client went away")
+        if job.outcome == "ended":
+            pool.finish(job, "served")
+        else:
+            pool.finish(job, "aborted", "the client went away")
         raise
     finally:
         if not job.done:
