@@ -88,7 +88,10 @@ def child_exit(server, worker):  # noqa: ANN001
 def on_exit(server):  # noqa: ANN001
     """Stop the supervised workers (after the web workers have finished their streams)."""
     if _supervisor is not None:
-        _supervisor.stop(timeout=float(_config["GRACEFUL_TIMEOUT"]) / 2 + 10)
+        # the browser pool drains its running jobs before closing Chromium
+        _supervisor.stop(
+            timeout=max(float(_config["BROWSER_DRAIN_TIMEOUT"]), float(_config["GRACEFUL_TIMEOUT"]) / 2) + 10
+        )
     if _own_metrics_dir:
         import shutil
 

@@ -244,11 +244,18 @@ class DatabasePool(AccountPool):
 
     def any_token(self) -> str | None:
         """A token for background calls (the model list), without a turn in the rotation."""
+        account = self.any_account()
+        return account.token if account is not None else None
+
+    def any_account(self) -> Account | None:
+        """The most recently used usable account, without a turn in the rotation."""
         try:
             now = self.clock()
             with db.session():
                 row = AccountRow.select().where(_usable(now)).order_by(AccountRow.last_used_at.desc()).first()
-            return row.token if row is not None else None
+            if row is None:
+                return None
+            return Account(id=row.id, token=row.token, email=row.email, profile_dir=row.profile_dir)
         except Exception:
             return None
 

@@ -78,6 +78,14 @@ class AccountPool(ABC):
         except Exception:
             return None
 
+    def any_account(self) -> Account | None:
+        """Like ``any_token``, with the account's id (the browser pool runs the call in that
+        account's profile); never raises."""
+        try:
+            return self.acquire()
+        except Exception:
+            return None
+
 
 class TokenPool(AccountPool):
     """One or more tokens from configuration, state kept in memory (quick start only)."""

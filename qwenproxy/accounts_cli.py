@@ -135,6 +135,11 @@ def _browser_token(
     from .browser_login import LoginError, browser_login
 
     config = current_app.config
+    if str(config.get("QWEN_TRANSPORT") or "").lower() in ("browser", "auto"):
+        # a profile takes one Chromium at a time: the browser pool lets go of this one
+        from .qwen.browser_transport import BrowserTransport, pool_address
+
+        BrowserTransport(pool_address(config)).release_profile(profile.name)
     try:
         return asyncio.run(
             browser_login(

@@ -76,7 +76,8 @@ class Chromium:
             await asyncio.wait_for(self.browser.disconnect(), timeout=2)
         except Exception:
             pass
-        kill_process_group(self.process, timeout)
+        # waiting for the process blocks: not on the event loop's thread
+        await asyncio.get_running_loop().run_in_executor(None, kill_process_group, self.process, timeout)
         if self.temporary_profile:
             shutil.rmtree(self.profile_dir, ignore_errors=True)
 

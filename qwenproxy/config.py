@@ -51,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "REASONING_IN_CONTENT": False,  # reasoning as <think>…</think> in content, not reasoning_content
     # Qwen web (chat.qwen.ai)
     "QWEN_BASE_URL": "https://chat.qwen.ai",
-    "QWEN_TRANSPORT": "direct",  # direct | browser | auto
+    "QWEN_TRANSPORT": "browser",  # browser (fetch inside a Chromium page) | direct | auto (direct, browser on captcha)
     "QWEN_TOKEN": None,  # a single account token, for quick starts
     "QWEN_CONNECT_TIMEOUT": 10.0,
     "QWEN_READ_TIMEOUT": 120.0,
@@ -61,6 +61,17 @@ DEFAULTS: dict[str, Any] = {
     ),
     "QWEN_BX_V": "2.5.31",
     "QWEN_FRONTEND_VERSION": "0.2.63",
+    # browser pool (QWEN_TRANSPORT=browser|auto): workers/browser_pool.py, docs/BROWSER_POOL.md
+    "BROWSER_POOL_SOCKET": None,  # Unix socket path (default <SESSION_DIR>/browser_pool.sock) or http://127.0.0.1:PORT
+    "BROWSER_POOL_SIZE": 2,  # pages per browser (one browser per account profile)
+    "BROWSER_PAGE_JOBS": 6,  # fetches one page runs at once; more wait in the pool's queue
+    "BROWSER_MAX_BROWSERS": 4,  # browsers open at once; the least recently used idle one is closed first
+    "BROWSER_QUEUE_MAX": 256,  # jobs waiting for a page; more are refused with 503
+    "BROWSER_QUEUE_TIMEOUT": 30.0,  # seconds a job may wait for a page before a 504
+    "BROWSER_DRAIN_TIMEOUT": 20.0,  # on SIGTERM: seconds running jobs may take to finish
+    "BROWSER_WATCHDOG_SECONDS": 2.0,  # how often browsers and pages are pinged; a silent one is relaunched
+    "BROWSER_HEADLESS": True,
+    "BROWSER_AUTO_STICKY_SECONDS": 300.0,  # auto: after a captcha, go straight to the browser this long
     # uploads (docs/UPLOADS.md)
     "MAX_UPLOAD_MB": 20.0,  # per file; also bounds data: URIs in chat messages
     "QWEN_OSS_BASE_URL": None,  # PUT uploads here instead of https://<bucket>.<endpoint> (tests, mirrors)
@@ -152,6 +163,10 @@ def load_config(
     # the seed's alias for SKIP_ACCOUNT_MENU
     if config.get("NON_INTERACTIVE"):
         config["SKIP_ACCOUNT_MENU"] = True
+    pool_socket = str(config.get("BROWSER_POOL_SOCKET") or "")
+    if not pool_socket.startswith("http://"):  # a Unix socket: an absolute path, the same for every process
+        default = Path(config["SESSION_DIR"]) / "browser_pool.sock"
+        config["BROWSER_POOL_SOCKET"] = str(Path(pool_socket or default).resolve())
     if not config.get("DATABASE_URL"):
         session_dir = Path(config["SESSION_DIR"])
         config["DATABASE_URL"] = f"sqlite:///{session_dir / 'qwenproxy.db'}"

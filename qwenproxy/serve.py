@@ -61,4 +61,4 @@ def main(app: Flask) -> None:
         pass
     finally:
         if supervisor is not None:
-            supervisor.stop(timeout=graceful / 2 + 10)
+            supervisor.stop(timeout=max(float(app.config["BROWSER_DRAIN_TIMEOUT"]), graceful / 2) + 10)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,39 @@ from tests.fakes import ISSUED_SECRETS
 from tests.fakes.qwen_web import FakeQwen
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Inherited by every process the suite starts (gunicorn, the browser pool, Chromium and its
+# children), so the leftover check below finds exactly ours.
+RUN_MARK = ("PYTEST_QWENPROXY_RUN", uuid.uuid4().hex)
+os.environ[RUN_MARK[0]] = RUN_MARK[1]
+
+
+def marked_chromium() -> list:
+    """Chromium processes started by this test run that are still alive (zombies excluded)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["name", "status"]):
+        try:
+            if "chrom" not in (proc.info["name"] or "").lower() or proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(RUN_MARK[0]) == RUN_MARK[1]:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_chromium() -> Iterator[None]:
+    """After the whole suite, no Chromium started by it may be left running."""
+    yield
+    deadline = time.time() + 10
+    while (left := marked_chromium()) and time.time() < deadline:
+        time.sleep(0.2)
+    for proc in left:
+        proc.kill()
+    assert not left, f"Chromium processes left behind: {[(p.pid, p.info['name']) for p in left]}"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,6 +87,7 @@ def app_config(tmp_path: Path, fake: FakeQwen, **extra) -> dict:
         "UPLOADS_DIR": str(tmp_path / "uploads"),
         "QWEN_BASE_URL": fake.url,
         "QWEN_TOKEN": fake.make_token(),
+        "QWEN_TRANSPORT": "direct",  # tests that want the browser pool say so
         "API_KEYS_FILE": str(tmp_path / "Authorization.txt"),
         "MODELS_FILE": str(ROOT / "AvailableModels.txt"),
         "QWEN_READ_TIMEOUT": 10.0,
@@ -174,6 +209,7 @@ def gunicorn_server(tmp_path: Path, fake_qwen: FakeQwen) -> Iterator[Gunicorn]:
         "SESSION_DIR": str(tmp_path / "session"),
         "QWEN_BASE_URL": fake_qwen.url,
         "QWEN_TOKEN": fake_qwen.make_token(),
+        "QWEN_TRANSPORT": "direct",
         "API_KEYS_FILE": str(tmp_path / "Authorization.txt"),
         "MODELS_FILE": str(ROOT / "AvailableModels.txt"),
     }

@@ -25,6 +25,8 @@ def status() -> Response:
         "defaultModel": current_app.config["DEFAULT_MODEL"],
         "worker": os.getpid(),
     }
+    if "browserPool" in providers.get("qwen", {}):
+        body["browserPool"] = providers["qwen"]["browserPool"]  # browsers, pages, queue, served, restarts
     return jsonify(body)
 
 

@@ -26,11 +26,25 @@ log = logging.getLogger(__name__)
 
 
 def make_transport(config: dict[str, Any]) -> Transport:
-    """The transport ``QWEN_TRANSPORT`` names."""
-    kind = str(config.get("QWEN_TRANSPORT", "direct")).lower()
-    if kind != "direct":
-        log.warning("QWEN_TRANSPORT=%s is not available in this build; using direct", kind)
-    return DirectTransport(float(config["QWEN_CONNECT_TIMEOUT"]), float(config["QWEN_READ_TIMEOUT"]))
+    """The transport ``QWEN_TRANSPORT`` names: ``browser`` (default), ``direct`` or ``auto``."""
+    kind = str(config.get("QWEN_TRANSPORT") or "browser").lower()
+    if kind == "direct":
+        return DirectTransport(float(config["QWEN_CONNECT_TIMEOUT"]), float(config["QWEN_READ_TIMEOUT"]))
+    if kind not in ("browser", "auto"):
+        log.warning("QWEN_TRANSPORT=%s is unknown (browser, direct, auto); using browser", kind)
+        kind = "browser"
+    from ..qwen.browser_transport import make_browser_transport
+
+    return make_browser_transport(kind, config)
+
+
+def _list_models(client: QwenClient, pool: AccountPool) -> list[dict[str, Any]]:
+    """The upstream model list, asked as some account without a turn in the rotation (the
+    browser pool then runs it in that account's profile instead of opening another one)."""
+    account = pool.any_account()
+    if account is None:
+        return client.list_models(None)
+    return client.list_models(account.token, account_id=account.id)
 
 
 def last_user_turn(messages: list[dict[str, Any]]) -> tuple[Any, str | None]:
@@ -136,7 +150,7 @@ class QwenWebProvider(Provider):
         catalog = ModelCatalog(
             config["MODELS_FILE"],
             config["DEFAULT_MODEL"],
-            fetch=lambda: client.list_models(pool.any_token()),
+            fetch=lambda: _list_models(client, pool),
             ttl=float(config["MODELS_CACHE_SECONDS"]),
         )
         uploader = Uploader(QwenFiles(client), pool, config)
@@ -310,7 +324,11 @@ class QwenWebProvider(Provider):
         return None
 
     def status(self) -> dict[str, Any]:
-        return {"name": self.name, "accounts": self.pool.status(), "transport": self.client.transport.name}
+        out = {"name": self.name, "accounts": self.pool.status(), "transport": self.client.transport.name}
+        pool_status = getattr(self.client.transport, "pool_status", None)
+        if pool_status is not None:
+            out["browserPool"] = pool_status()
+        return out
 
     def close(self) -> None:
         self.client.transport.close()

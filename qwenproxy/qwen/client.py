@@ -100,9 +100,9 @@ class QwenClient:
             raise err or UpstreamError(f"Qwen answered with {ctype or 'no content type'} instead of a stream")
         return parse_stream(response.iter_bytes()), response
 
-    def list_models(self, token: str | None) -> list[dict[str, Any]]:
+    def list_models(self, token: str | None, *, account_id: str | None = None) -> list[dict[str, Any]]:
         """``GET /api/models`` (§3.3): the raw model objects."""
-        payload = unwrap(self._json("GET", "/api/models", token=token))
+        payload = unwrap(self._json("GET", "/api/models", token=token, account_id=account_id))
         data = payload.get("data") if isinstance(payload, dict) else payload
         if isinstance(data, dict):  # the /api/v2/models shape
             data = data.get("data")

@@ -86,6 +86,14 @@ Completions (§3.5, Appendix A) — checks in this order, all HTTP 200 envelopes
   connection) closes the generator: its ``response_id`` goes to ``aborted``; a stream whose
   finished delta was written goes to ``completed``.
 
+Anti-bot mode (``antibot = True``; §2.4, §3.0, §9 item 1)
+- The site's page (``GET /``, ``GET /c/<chat_id>``) is HTML whose script computes a
+  fingerprint cookie ``ssxmod_itna`` from a nonce in the page. While ``antibot`` is on, every
+  ``/api/models`` and ``/api/v2/*`` call without a valid ``ssxmod_itna`` (a nonce this fake
+  issued, with the checksum only the page's JavaScript computes) gets the slider-captcha JSON.
+  So a plain HTTP client (``QWEN_TRANSPORT=direct``) is refused, and a ``fetch()`` made inside
+  that page (the browser pool) passes. Records ``antibot_refused`` and ``pages_served``.
+
 Modes (§3.5, §4.4–4.6), picked by ``messages[0].chat_type`` and ``feature_config``:
 - thinking (``thinking_enabled: true``): ``thinking_style = "think"`` (2025, default) sends
   ``think`` text deltas then a ``think`` finished delta; ``"summary"`` (2026) sends
@@ -426,6 +434,10 @@ class FakeQwen:
         self.info_events: bool = False
         self.split_events: bool = False
         self.captcha_body_limit: int | None = 128 * 1024
+        self.antibot: bool = False  # API calls need the cookie the site page's script sets
+        self.antibot_refused: int = 0
+        self.pages_served: int = 0
+        self._antibot_nonces: set[str] = set()
         self.inject: Callable[[str, str], str | None] | None = None
         self.signin_page_local_storage: bool = True
         self.requests: list[dict[str, Any]] = []
@@ -458,6 +470,8 @@ class FakeQwen:
                 Rule("/api/v1/auths/signin", endpoint="signin", methods=["POST"]),
                 Rule("/api/v1/auths/", endpoint="session", methods=["GET"]),
                 Rule("/api/v2/users/status", endpoint="user_status", methods=["GET"]),
+                Rule("/", endpoint="site_page", methods=["GET"]),
+                Rule("/c/<chat_id>", endpoint="site_page", methods=["GET"]),
                 Rule("/output/<path:rest>", endpoint="image_file", methods=["GET"]),
                 Rule("/auth", endpoint="auth_page", methods=["GET"]),
                 Rule("/api/v1/files/getstsToken", endpoint="sts_v1", methods=["POST"]),
@@ -670,6 +684,43 @@ class FakeQwen:
             return self._actual_404()
         return None
 
+    # ------------------------------------------------------------------ anti-bot mode
+
+    @staticmethod
+    def antibot_checksum(nonce: str) -> str:
+        """What the page's script computes: a 32-bit string hash of the nonce, in hex."""
+        h = 0
+        for ch in nonce:
+            h = (h * 31 + ord(ch)) & 0xFFFFFFFF
+        return format(h, "x")
+
+    def _antibot_blocks(self, request: Request) -> bool:
+        path = request.path
+        if not (path == "/api/models" or path.startswith("/api/v2/")):
+            return False
+        nonce, _, checksum = (request.cookies.get("ssxmod_itna") or "").partition(".")
+        with self._lock:
+            issued = nonce in self._antibot_nonces
+            if issued and checksum == self.antibot_checksum(nonce):
+                return False
+            self.antibot_refused += 1
+        return True
+
+    def _ep_site_page(self, request: Request, body: Any, chat_id: str | None = None) -> Response:
+        """The chat page: its script sets the fingerprint cookie the anti-bot mode checks."""
+        nonce = secrets.token_hex(8)
+        with self._lock:
+            self._antibot_nonces.add(nonce)
+            self.pages_served += 1
+        html = (
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Qwen Chat</title><script>"
+            "(function(){var n='" + nonce + "',h=0;"
+            "for(var i=0;i<n.length;i++){h=(Math.imul(h,31)+n.charCodeAt(i))>>>0;}"
+            "document.cookie='ssxmod_itna='+n+'.'+h.toString(16)+'; path=/; max-age=900; SameSite=Lax';"
+            "})();</script></head><body><div id=\"root\">Qwen Chat (fake)</div></body></html>"
+        )
+        return Response(html, content_type="text/html; charset=utf-8")
+
     # ------------------------------------------------------------------ WSGI
 
     def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -678,7 +729,10 @@ class FakeQwen:
         try:
             endpoint, args = self._url_map.bind_to_environ(environ).match()
             handler = getattr(self, f"_ep_{endpoint}")
-            response = handler(request, body_json, **args)
+            if self.antibot and self._antibot_blocks(request):
+                response = self._captcha(request)
+            else:
+                response = handler(request, body_json, **args)
         except NotFound:
             response = _json_response({"detail": "Not Found"}, status=404)
         except MethodNotAllowed:

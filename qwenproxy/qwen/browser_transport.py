@@ -1,0 +1,365 @@
+"""The ``browser`` and ``auto`` transports: Qwen calls through the browser pool worker.
+
+The pool (``workers/browser_pool.py``) makes each call as a ``fetch()`` inside a chat.qwen.ai
+page and streams the raw body back over a local socket. This side runs in the gevent web
+processes: plain ``http.client`` over a stdlib ``socket`` (which gevent patches), so a
+waiting stream never blocks the hub. Nothing here imports asyncio or pyppeteer.
+
+``AutoTransport`` sends directly and falls back to the pool when Qwen answers the direct call
+with its captcha/WAF wall; ``UpstreamResponse.served_by`` tells which one served.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from ..errors import UpstreamBlocked, UpstreamError, UpstreamUnavailable
+from .protocol import error_from_response
+from .transport import DirectTransport, Transport, UpstreamResponse
+
+log = logging.getLogger(__name__)
+
+HEADER_PREFIX = "x-upstream-h-"
+
+
+def pool_address(config: Mapping[str, Any]) -> str:
+    """``BROWSER_POOL_SOCKET`` as an absolute path (or an ``http://`` address), default
+    ``<SESSION_DIR>/browser_pool.sock``."""
+    configured = str(config.get("BROWSER_POOL_SOCKET") or "").strip()
+    if configured.startswith("http://"):
+        return configured.rstrip("/")
+    path = Path(configured) if configured else Path(str(config["SESSION_DIR"])) / "browser_pool.sock"
+    return str(path.resolve())
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a Unix socket; ``socket.socket`` is looked up at call time (gevent)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("browser-pool", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class PoolResponse(UpstreamResponse):
+    """The upstream's answer as the pool relays it; ``close()`` aborts the in-page fetch."""
+
+    def __init__(self, transport: BrowserTransport, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse):
+        self._transport = transport
+        self._conn = conn
+        self._resp = resp
+        self._closed = False
+        self._lock = threading.Lock()
+        self.job_id = resp.getheader("X-Pool-Job", "")
+        self.status = int(resp.getheader("X-Upstream-Status", "0") or 0)
+        headers: dict[str, str] = {}
+        for key, value in resp.getheaders():
+            if key.lower().startswith(HEADER_PREFIX):
+                headers[key[len(HEADER_PREFIX) :].lower()] = value
+        ctype = resp.getheader("X-Upstream-Content-Type")
+        if ctype:
+            headers["content-type"] = ctype
+        self.headers = headers
+        self.served_by = "browser"
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        try:
+            while True:
+                try:
+                    chunk = self._resp.read1(65536)
+                except (http.client.HTTPException, OSError, ValueError, AttributeError) as exc:
+                    if self._closed:
+                        return
+                    if isinstance(exc, TimeoutError | socket.timeout):
+                        raise UpstreamError(
+                            "The browser pool sent nothing for too long", status=504, code="upstream_timeout"
+                        ) from exc
+                    reason = self._transport.job_failure(self.job_id)
+                    raise UpstreamError(
+                        f"Qwen's answer broke off in the browser pool: {reason}", code="upstream_truncated"
+                    ) from exc
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        sock = self._conn.sock
+        if sock is not None:
+            # a read blocked in another greenlet/thread returns now; the pool sees the
+            # connection close and aborts the fetch inside the page
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        try:
+            self._resp.close()
+        except Exception:
+            pass
+        try:
+            self._conn.close()
+        except Exception:
+            pass
+
+
+class BrowserTransport(Transport):
+    """Every call as a job for the browser pool worker."""
+
+    name = "browser"
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        origin: str | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 120.0,
+        other_origins: Transport | None = None,
+    ) -> None:
+        self.address = address
+        self.origin = origin
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        # the pages live on QWEN_BASE_URL's origin; anything else (an OSS upload URL) goes direct
+        self.other_origins = other_origins
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> BrowserTransport:
+        parts = urlsplit(str(config["QWEN_BASE_URL"]))
+        return cls(
+            pool_address(config),
+            origin=f"{parts.scheme}://{parts.netloc}",
+            read_timeout=float(config["QWEN_READ_TIMEOUT"]),
+            other_origins=DirectTransport(float(config["QWEN_CONNECT_TIMEOUT"]), float(config["QWEN_READ_TIMEOUT"])),
+        )
+
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self.address.startswith("http://"):
+            parts = urlsplit(self.address)
+            return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+        return _UnixConnection(self.address, timeout)
+
+    def _not_running(self, exc: BaseException) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"The browser pool is not running ({type(exc).__name__} on {self.address}): "
+            "the gateway starts it when QWEN_TRANSPORT=browser|auto, or run `python -m workers.browser_pool`",
+            code="browser_pool_unavailable",
+        )
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        json_body: Any = None,
+        stream: bool = False,
+        account_id: str | None = None,
+        timeout: float | None = None,
+    ) -> UpstreamResponse:
+        on_site = not self.origin or url == self.origin or url.startswith(self.origin + "/")
+        if not on_site and self.other_origins is not None:
+            return self.other_origins.request(
+                method, url, headers=headers, json_body=json_body, stream=stream, account_id=account_id, timeout=timeout
+            )
+        job_timeout = float(timeout or self.read_timeout)
+        job = {
+            "method": method,
+            "url": url,
+            "headers": dict(headers),
+            "body": json_body,
+            "account_id": account_id,
+            "timeout": job_timeout,
+        }
+        payload = json.dumps(job, ensure_ascii=False).encode("utf-8")
+        # the pool enforces the job timeout (and its queue timeout) itself; this is a backstop
+        conn = self._connection(self.connect_timeout)
+        try:
+            conn.connect()
+        except OSError as exc:
+            conn.close()
+            raise self._not_running(exc) from exc
+        conn.sock.settimeout(job_timeout + 45.0)
+        try:
+            conn.request("POST", "/v1/fetch", body=payload, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            conn.close()
+            if isinstance(exc, TimeoutError | socket.timeout):
+                raise UpstreamError("The browser pool did not answer in time", status=504, code="upstream_timeout")
+            raise self._not_running(exc) from exc
+        if resp.status != 200:
+            try:
+                body = resp.read()
+            except (OSError, http.client.HTTPException):
+                body = b""
+            finally:
+                conn.close()
+            raise _pool_error(resp.status, body)
+        return PoolResponse(self, conn, resp)
+
+    def _get(self, path: str, timeout: float = 2.0) -> tuple[int, Any]:
+        conn = self._connection(timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+            return resp.status, json.loads(body.decode("utf-8") or "null")
+        finally:
+            conn.close()
+
+    def release_profile(self, account_id: str) -> bool:
+        """Ask the pool to close an account's browser (before opening its profile elsewhere,
+        e.g. a sign-in window). False when the pool is not running or had none open."""
+        conn = self._connection(5.0)
+        try:
+            conn.request("DELETE", f"/v1/browsers/{quote(str(account_id), safe='')}")
+            resp = conn.getresponse()
+            return resp.status == 200 and bool(json.loads(resp.read().decode("utf-8") or "{}").get("closed"))
+        except (OSError, http.client.HTTPException, ValueError):
+            return False
+        finally:
+            conn.close()
+
+    def job_failure(self, job_id: str) -> str:
+        """Why a job's stream broke off, as the pool recorded it."""
+        try:
+            status, info = self._get(f"/v1/jobs/{job_id}", timeout=2.0)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            return f"the browser pool process is gone ({type(exc).__name__})"
+        if status == 200 and isinstance(info, dict) and info.get("error"):
+            return str(info["error"])
+        return "the connection to the browser pool broke"
+
+    def close(self) -> None:
+        if self.other_origins is not None:
+            self.other_origins.close()
+
+    def pool_status(self) -> dict[str, Any]:
+        """The pool's ``/health``, for ``/api/status``; never raises."""
+        try:
+            status, info = self._get("/health", timeout=2.0)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            return {"running": False, "address": self.address, "error": f"{type(exc).__name__}: {exc}"}
+        out = {"running": True, "address": self.address}
+        if isinstance(info, dict):
+            out.update(info)
+        return out
+
+
+def _pool_error(status: int, body: bytes) -> UpstreamError:
+    try:
+        error = json.loads(body.decode("utf-8")).get("error") or {}
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        error = {}
+    message = str(error.get("message") or f"the browser pool answered HTTP {status}")
+    code = str(error.get("code") or "browser_pool_error")
+    if status == 503:
+        return UpstreamUnavailable(f"Browser pool: {message}", code=code)
+    if status == 504:
+        return UpstreamError(f"Browser pool: {message}", status=504, code=code)
+    return UpstreamError(f"Browser pool: {message}", code=code)
+
+
+class BufferedResponse(UpstreamResponse):
+    """A response already read to its end (what ``auto`` inspected)."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes, served_by: str) -> None:
+        self.status = status
+        self.headers = dict(headers)
+        self._body = body
+        self.served_by = served_by
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        if self._body:
+            yield self._body
+
+    def close(self) -> None:
+        pass
+
+
+class AutoTransport(Transport):
+    """Direct first; when Qwen answers with its captcha/WAF wall, the browser pool.
+
+    After a wall, calls go straight to the pool for ``sticky_seconds``.
+    """
+
+    name = "auto"
+
+    def __init__(self, direct: Transport, browser: BrowserTransport, sticky_seconds: float = 300.0) -> None:
+        self.direct = direct
+        self.browser = browser
+        self.sticky_seconds = sticky_seconds
+        self._browser_until = 0.0
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        json_body: Any = None,
+        stream: bool = False,
+        account_id: str | None = None,
+        timeout: float | None = None,
+    ) -> UpstreamResponse:
+        kwargs = dict(headers=headers, json_body=json_body, stream=stream, account_id=account_id, timeout=timeout)
+        if time.monotonic() < self._browser_until:
+            return self.browser.request(method, url, **kwargs)
+        response = self.direct.request(method, url, **kwargs)
+        ctype = response.header("content-type").lower()
+        if response.status == 200 and "text/event-stream" in ctype:
+            return response  # a stream: not a wall
+        try:
+            body = response.read()
+        finally:
+            response.close()
+        err = error_from_response(response.status, response.headers, body)
+        if not isinstance(err, UpstreamBlocked):
+            return BufferedResponse(response.status, response.headers, body, served_by=response.served_by or "direct")
+        log.warning("direct call to %s hit the anti-bot wall (%s); using the browser pool", url.split("?")[0], err.code)
+        self._browser_until = time.monotonic() + self.sticky_seconds
+        try:
+            return self.browser.request(method, url, **kwargs)
+        except UpstreamUnavailable as exc:
+            raise UpstreamUnavailable(
+                f"Qwen refused the direct call with its anti-bot wall, and {exc.message}", code=exc.code
+            ) from exc
+
+    def pool_status(self) -> dict[str, Any]:
+        return self.browser.pool_status()
+
+    def close(self) -> None:
+        self.direct.close()
+        self.browser.close()
+
+
+def make_browser_transport(kind: str, config: Mapping[str, Any]) -> Transport:
+    browser = BrowserTransport.from_config(config)
+    if kind == "auto":
+        direct = DirectTransport(float(config["QWEN_CONNECT_TIMEOUT"]), float(config["QWEN_READ_TIMEOUT"]))
+        return AutoTransport(direct, browser, float(config.get("BROWSER_AUTO_STICKY_SECONDS") or 0))
+    return browser
