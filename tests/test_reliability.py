@@ -32,6 +32,7 @@ def _env(tmp_path: Path, fake_qwen, **extra: str) -> dict[str, str]:
         "QWEN_TOKEN": fake_qwen.make_token(),
         "API_KEYS_FILE": str(tmp_path / "Authorization.txt"),
         "MODELS_FILE": str(ROOT / "AvailableModels.txt"),
+        "QWEN_TRANSPORT": "direct",  # the browser pool has its own tests
     }
     env.update(extra)
     return env

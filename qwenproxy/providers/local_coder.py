@@ -25,6 +25,7 @@ from urllib3.connectionpool import HTTPConnectionPool
 
 from ..errors import BadRequest, ContextTooLong, UpstreamError, UpstreamUnavailable
 from ..events import Event, EventStream, Finished, ResponseStarted, TextDelta, Usage
+from ..netutil import abort_response
 from .base import ChatRequest, ModelCard, Provider
 
 log = logging.getLogger(__name__)
@@ -333,20 +334,8 @@ def _ndjson(resp: requests.Response) -> Iterator[dict[str, Any]]:
 
 
 def _abort(resp: requests.Response) -> None:
-    """Close the worker connection so that a blocked read returns and the worker sees EOF.
-
-    ``shutdown`` first: closing alone does not wake a read blocked in another thread."""
-    conn = getattr(resp.raw, "_connection", None)
-    sock = getattr(conn, "sock", None)
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-    try:
-        resp.close()
-    except Exception:  # closing a half-read response may raise; it is closed all the same
-        pass
+    """Close the worker connection so that a blocked read returns and the worker sees EOF."""
+    abort_response(resp)
 
 
 def _raise_for(resp: requests.Response, url: str) -> None:

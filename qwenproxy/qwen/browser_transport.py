@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ..errors import UpstreamBlocked, UpstreamError, UpstreamUnavailable
+from ..netutil import shutdown
 from .protocol import error_from_response
 from .transport import DirectTransport, Transport, UpstreamResponse
 
@@ -107,14 +108,9 @@ class PoolResponse(UpstreamResponse):
             if self._closed:
                 return
             self._closed = True
-        sock = self._conn.sock
-        if sock is not None:
-            # a read blocked in another greenlet/thread returns now; the pool sees the
-            # connection close and aborts the fetch inside the page
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        # a read blocked in another greenlet/thread returns now; the pool sees the
+        # connection close and aborts the fetch inside the page
+        shutdown(self._conn.sock)
         try:
             self._resp.close()
         except Exception:

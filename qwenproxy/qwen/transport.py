@@ -6,7 +6,6 @@ the same interface, so neither the protocol module nor the routes change with th
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit
 import requests
 
 from ..errors import UpstreamError, UpstreamUnavailable
+from ..netutil import abort_response
 
 
 class UpstreamResponse(ABC):
@@ -125,20 +125,7 @@ class _RequestsResponse(UpstreamResponse):
             self._response.close()
 
     def close(self) -> None:
-        try:
-            raw = self._response.raw
-            # shut the socket down so a read blocked in another greenlet/thread returns now
-            fp = getattr(raw, "_fp", None)  # http.client.HTTPResponse
-            sock = getattr(getattr(getattr(fp, "fp", None), "raw", None), "_sock", None)
-            sock = sock or getattr(getattr(raw, "_connection", None), "sock", None)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            self._response.close()
-        except Exception:
-            pass
+        abort_response(self._response)
 
 
 class DirectTransport(Transport):
