@@ -179,7 +179,6 @@ def test_python_app_py_drains_on_sigterm_like_gunicorn(tmp_path, fake_qwen) -> N
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QWEN", "GIGACHAT", "LOCAL_MODEL"))}
     env.update(_env(tmp_path, fake_qwen), HOST="127.0.0.1", PORT=str(port), QWENPROXY_ENV_FILE="")
-    env.update(QWEN_TRANSPORT="direct")  # no browser pool (tests that want one say so)
     env.update(LOGS_DIR=str(tmp_path / "logs"), SKIP_ACCOUNT_MENU="true", GRACEFUL_TIMEOUT="20", LOG_LEVEL="WARNING")
     env.update(KEEPALIVE="30")
     log = open(tmp_path / "app.log", "wb")
