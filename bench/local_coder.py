@@ -66,7 +66,6 @@ def _synthetic_tokenizer(vocab_size: int):
     """A byte-level BPE whose vocabulary covers every id the model can emit, so each generated
     token decodes to text (the tiny trained tokenizer only knows 512 ids). Qwen's special ids."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import Qwen2TokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab: dict[str, int] = {ch: i for i, ch in enumerate(sorted(alphabet))}
@@ -89,18 +88,9 @@ def _synthetic_tokenizer(vocab_size: int):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(list(specials))
-    from tests.tools.make_tiny_qwen import CHATML_TEMPLATE
+    from tests.tools.make_tiny_qwen import wrap_chatml
 
-    wrapped = Qwen2TokenizerFast(
-        tokenizer_object=tok,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        additional_special_tokens=["<|im_start|>"],
-    )
-    wrapped.chat_template = CHATML_TEMPLATE
-    return wrapped
+    return wrap_chatml(tok)
 
 
 def build_random_gptq(out: Path, group_size: int = 128, seed: int = 0, **shape: Any) -> Path:

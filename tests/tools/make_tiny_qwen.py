@@ -69,7 +69,6 @@ def corpus() -> list[str]:
 def build_tokenizer(vocab_size: int = 512):
     """Train a byte-level BPE offline and wrap it as a Qwen2 fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2TokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -81,6 +80,15 @@ def build_tokenizer(vocab_size: int = 512):
         show_progress=False,
     )
     tok.train_from_iterator(corpus(), trainer=trainer)
+    wrapped = wrap_chatml(tok)
+    wrapped.model_max_length = 32768
+    return wrapped
+
+
+def wrap_chatml(tok):
+    """A raw ``tokenizers`` BPE as Qwen's tokenizer: ChatML specials and chat template."""
+    from transformers import Qwen2TokenizerFast
+
     wrapped = Qwen2TokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
@@ -90,7 +98,6 @@ def build_tokenizer(vocab_size: int = 512):
         additional_special_tokens=["<|im_start|>"],
     )
     wrapped.chat_template = CHATML_TEMPLATE
-    wrapped.model_max_length = 32768
     return wrapped
 
 
