@@ -6,7 +6,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from qwenproxy import create_app
 from tests.fakes import ISSUED_SECRETS
 from tests.fakes.qwen_web import FakeQwen
+from tests.fakes.server import BackgroundServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,17 +114,8 @@ def runner(app):
     return app.test_cli_runner()
 
 
-class LiveServer:
-    """The app served by werkzeug in a thread: for clients that need a real socket."""
-
-    def __init__(self, application) -> None:
-        self.server = make_server("127.0.0.1", 0, application, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
+# The app served by werkzeug in a thread: for clients that need a real socket.
+LiveServer = BackgroundServer
 
 
 @pytest.fixture

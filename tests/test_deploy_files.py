@@ -20,7 +20,12 @@ def _gunicorn_settings(tmp_path, **env: str) -> dict[str, str]:
     full.update(QWENPROXY_ENV_FILE="", SESSION_DIR=str(tmp_path / "session"), LOGS_DIR=str(tmp_path / "logs"), **env)
     out = subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--print-config", "app:app"],
-        cwd=ROOT, env=full, capture_output=True, text=True, timeout=60, check=True,
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     settings = {}
     for line in out.splitlines():

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import openai
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from qwenproxy import create_app
 from qwenproxy.events import EventStream, Finished, ResponseStarted, TextDelta, Usage
@@ -18,6 +17,7 @@ from qwenproxy.models import Chat, Message
 from qwenproxy.providers.base import ChatRequest, ModelCard, Provider
 from tests.conftest import ROOT, Gunicorn
 from tests.fakes.gigachat import FakeGigaChat
+from tests.fakes.server import BackgroundServer
 from tests.openai_schema import validate
 
 
@@ -284,12 +284,9 @@ def test_seed_api_key_and_wrong_credentials(tmp_path, fake):
 
 @pytest.fixture
 def gateway(dual_app):
-    server = make_server("127.0.0.1", 0, dual_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/v1"
-    server.shutdown()
-    server.server_close()
+    server = BackgroundServer(dual_app, name="app")
+    yield server.url + "/v1"
+    server.stop()
 
 
 def test_openai_client_streams_gigachat(gateway, fake):

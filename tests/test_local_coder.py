@@ -485,9 +485,8 @@ def _safetensors_keys(path: Path) -> set[str]:
 
 def test_openai_client_streams_from_the_local_model(worker: Worker, tmp_path) -> None:
     openai = pytest.importorskip("openai")
-    from werkzeug.serving import make_server
-
     from qwenproxy import create_app
+    from tests.fakes.server import BackgroundServer
 
     app = create_app(
         {
@@ -499,10 +498,9 @@ def test_openai_client_streams_from_the_local_model(worker: Worker, tmp_path) ->
             "LOG_LEVEL": "WARNING",
         }
     )
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = BackgroundServer(app, name="app")
     try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key="x", max_retries=0)
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
         ids = [m.id for m in client.models.list().data]
         assert "qwen2.5-coder-local" in ids and "tiny-qwen" in ids  # the worker answered, so listed
         chunks = list(
@@ -526,7 +524,7 @@ def test_openai_client_streams_from_the_local_model(worker: Worker, tmp_path) ->
         assert reply.choices[0].message.content is not None
         assert 0 < reply.usage.completion_tokens <= 6
     finally:
-        server.shutdown()
+        server.stop()
         app.extensions["providers"].close()
 
 

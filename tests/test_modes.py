@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 
 import openai
 import pytest
-from werkzeug.serving import make_server
 
 from tests.fakes.qwen_web import TINY_PNG
+from tests.fakes.server import BackgroundServer
 from tests.openai_schema import sse_events, validate
 
 WEATHER = {
@@ -26,16 +25,11 @@ WEATHER = {
 @pytest.fixture
 def oai(app):
     """The ``openai`` client on the app served over a real socket (a quick-to-stop server)."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
+    server = BackgroundServer(app, name="app")
     try:
-        yield openai.OpenAI(
-            base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key="dummy", max_retries=0, timeout=20
-        )
+        yield openai.OpenAI(base_url=server.url + "/v1", api_key="dummy", max_retries=0, timeout=20)
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def completions(fake):

@@ -229,7 +229,7 @@ def test_request_id_header_and_log_lines(tmp_path, fake_qwen) -> None:
 
 def test_logs_scrub_credentials(tmp_path, fake_qwen) -> None:
     token = fake_qwen.make_token()
-    line = f"Authorization: Bearer {token} cookie token={token}; body {{\"password\": \"hunter2-secret\"}}"
+    line = f'Authorization: Bearer {token} cookie token={token}; body {{"password": "hunter2-secret"}}'
     clean = redact(line)
     assert token not in clean and "hunter2-secret" not in clean
     assert "Bearer ***" in clean and "token=***" in clean

@@ -42,10 +42,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from tests.fakes import issued
+from tests.fakes.server import BackgroundServer
 
 DEFAULT_CLIENT_ID = "0193f6a0-fake-client-id"
 DEFAULT_CLIENT_SECRET = "fake-client-secret"
@@ -141,11 +141,6 @@ class Failure:
     body: Any
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log(self, type: str, message: str, *args: Any) -> None:
-        pass
-
-
 class FakeGigaChat:
     """The fake server. ``with FakeGigaChat() as fake:`` or ``fake = FakeGigaChat().start()``."""
 
@@ -179,24 +174,18 @@ class FakeGigaChat:
         self._failures: list[Failure] = []
         self._lock = threading.Lock()
         self._server = None
-        self._thread: threading.Thread | None = None
         self.port = 0
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> FakeGigaChat:
-        self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler)
-        self.port = self._server.server_port
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="fake-gigachat", daemon=True
-        )
-        self._thread.start()
+        self._server = BackgroundServer(self._wsgi, name="fake-gigachat")
+        self.port = self._server.port
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
     def __enter__(self) -> FakeGigaChat:

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
+
+from tests.fakes.server import BackgroundServer
 
 SKEW_SECONDS = 15 * 60
 MESSAGES = {
@@ -58,11 +59,6 @@ class Grant:
     expires: float
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-
 def _h(key: bytes, msg: str) -> bytes:
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
 
@@ -79,27 +75,18 @@ class FakeOSS:
         self.url = ""
         self._presign_key = secrets.token_bytes(16)
         self._lock = threading.Lock()
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: BackgroundServer | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, port: int = 0) -> FakeOSS:
-        self._server = make_server("127.0.0.1", port, self._wsgi, threaded=True, request_handler=_QuietHandler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-oss", daemon=True
-        )
-        self._thread.start()
+        self._server = BackgroundServer(self._wsgi, port=port, name="fake-oss")
+        self.url = self._server.url
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
 
     # ------------------------------------------------------------------ credentials
     def grant(self, key: str) -> Grant:

@@ -150,10 +150,10 @@ from typing import Any, Self
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from tests.fakes import issued
+from tests.fakes.server import BackgroundServer
 
 DEFAULT_MODELS: list[str] = [
     "qwen3-max",
@@ -184,9 +184,7 @@ CHAT_IN_PROGRESS = "The chat is in progress!"
 MODEL_NOT_FOUND = "Model not found"
 CHAT_NOT_FOUND = "Chat not found"
 PARENT_NOT_FOUND = "The parent message does not exist."
-INVALID_CREDENTIALS = (
-    "The email or password provided is incorrect. Please check for typos and try logging in again."
-)
+INVALID_CREDENTIALS = "The email or password provided is incorrect. Please check for typos and try logging in again."
 INJECTABLE = ("rate_limited", "unauthorized", "http_401", "http_403", "http_429")
 HOSTILE_MODES = ("captcha", "waf", "actual_status_404", "truncate", "stream_error")
 CHAT_MODES = ("normal", "guest", "local")
@@ -329,13 +327,6 @@ class _HeaderDict(dict):
         return isinstance(key, str) and super().__contains__(key.lower())
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Werkzeug's handler without the per-request access log."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-
 class _Stopped(Exception):
     """Raised inside a stream when the fake is shutting down."""
 
@@ -456,8 +447,7 @@ class FakeQwen:
         self.secret: bytes = secrets.token_bytes(32)
         self._lock = threading.RLock()
         self._stopping = threading.Event()
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: BackgroundServer | None = None
         self._url_map = Map(
             [
                 Rule("/api/models", endpoint="models", methods=["GET"]),
@@ -486,26 +476,15 @@ class FakeQwen:
     def start(self, port: int = 0) -> FakeQwen:
         """Bind 127.0.0.1 (a free port unless given) and serve in a daemon thread."""
         self._stopping.clear()
-        self._server = make_server("127.0.0.1", port, self._wsgi, threaded=True, request_handler=_QuietHandler)
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-qwen",
-            daemon=True,
-        )
-        self._thread.start()
+        self._server = BackgroundServer(self._wsgi, port=port, name="fake-qwen")
+        self.url = self._server.url
         return self
 
     def stop(self) -> None:
         self._stopping.set()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -713,11 +692,11 @@ class FakeQwen:
             self._antibot_nonces.add(nonce)
             self.pages_served += 1
         html = (
-            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Qwen Chat</title><script>"
+            '<!doctype html><html><head><meta charset="utf-8"><title>Qwen Chat</title><script>'
             "(function(){var n='" + nonce + "',h=0;"
             "for(var i=0;i<n.length;i++){h=(Math.imul(h,31)+n.charCodeAt(i))>>>0;}"
             "document.cookie='ssxmod_itna='+n+'.'+h.toString(16)+'; path=/; max-age=900; SameSite=Lax';"
-            "})();</script></head><body><div id=\"root\">Qwen Chat (fake)</div></body></html>"
+            '})();</script></head><body><div id="root">Qwen Chat (fake)</div></body></html>'
         )
         return Response(html, content_type="text/html; charset=utf-8")
 
