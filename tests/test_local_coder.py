@@ -26,7 +26,8 @@ from qwenproxy.errors import ContextTooLong, UpstreamError, UpstreamUnavailable
 from qwenproxy.events import Finished, ResponseStarted, TextDelta, Usage
 from qwenproxy.providers.base import ChatRequest
 from qwenproxy.providers.local_coder import LocalCoderProvider
-from workers.inference import FairScheduler, worker_argv, worker_spec
+from workers.inference import worker_argv, worker_spec
+from workers.inference.scheduler import FairScheduler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -437,7 +438,7 @@ def test_tied_embeddings_without_lm_head_load_correctly(tiny) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from workers.local_model import LocalModel
+    from workers.inference.model import LocalModel
 
     torch.set_num_threads(1)
     keys = _safetensors_keys(Path(tiny["tied_dir"]) / "model.safetensors")
@@ -463,7 +464,7 @@ def test_float16_on_cpu_generates(tiny) -> None:
     inner model, so fp16 works (recipe §5, gotcha 1)."""
     import torch
 
-    from workers.local_model import LocalModel, SamplingParams
+    from workers.inference.model import LocalModel, SamplingParams
 
     torch.set_num_threads(1)
     model = LocalModel(tiny["quant_dir"], dtype="float16")

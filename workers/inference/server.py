@@ -1,32 +1,4 @@
-"""The local Qwen2.5-Coder inference worker: a separate process serving a GPTQ model over HTTP.
-
-Run by hand with the seed's flags::
-
-    python -m workers.inference -m PATH [-cache normal|q4] [-l MAX_SEQ_LEN] [-p 8001]
-
-or let the gateway start and supervise it (set ``LOCAL_MODEL_PATH``; see ``worker_spec``).
-
-Why a process of its own: torch and a multi-GB model must never live in a gevent web worker
-(one per gunicorn worker, blocking the hub). Why threads here: the seed ran generation inside
-an ``async def``, so ``/health`` timed out while it generated. Here every request has its own
-thread (``ThreadingHTTPServer``), generation runs in yet another thread, and a fair FIFO queue
-hands out ``--parallel`` generation slots, so ``/health`` always answers.
-
-Wire protocol (loopback TCP, or a Unix socket with ``--socket``):
-
-- ``GET /health`` -> ``{"status": "ok"|"loading"|"error", "model_loaded", "model", "queue",
-  "active", ...}``; 200 when loaded, 503 otherwise.
-- ``POST /generate`` -> the seed's blocking endpoint: ``{"response", "generation_time",
-  "tokens_generated"}``.
-- ``POST /v1/stream`` -> ``application/x-ndjson``: ``{"type": "start", "id", "prompt_tokens"}``,
-  optional ``{"type": "queued", "position"}`` while waiting for a slot, ``{"type": "text",
-  "text"}`` per token piece, then ``{"type": "end", "finish_reason", "prompt_tokens",
-  "completion_tokens"}`` or ``{"type": "error", "message"}``. Closing the connection cancels
-  the generation at the next token.
-
-This module imports no torch at import time (``worker_spec`` is used by the gateway); the model
-code lives in ``workers.local_model``.
-"""
+"""The worker's HTTP server: routes, NDJSON streaming, load status, ``main``."""
 
 from __future__ import annotations
 
@@ -39,79 +11,23 @@ import select
 import signal
 import socket
 import socketserver
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+
+from .launch import ensure_requirements
+from .scheduler import POLL_SECONDS, FairScheduler
 
 logger = logging.getLogger("workers.inference")
-
-ROOT = Path(__file__).resolve().parent.parent
-REQUIREMENTS = ROOT / "requirements-local.txt"
 
 # the seed's qwen_server.py defaults for its blocking /generate endpoint
 SEED_GENERATE_DEFAULTS = {"max_tokens": 4096, "temperature": 0.22, "top_p": 0.9, "top_k": 50, "repetition_penalty": 1.1}
 
-POLL_SECONDS = 0.25  # how often a waiting request checks that its client is still there
 QUEUED_NOTICE_SECONDS = 5.0  # a queued stream gets a "queued" line this often (keeps reads alive)
-
-
-class FairScheduler:
-    """FIFO admission to ``slots`` concurrent generations; a waiter can be abandoned."""
-
-    def __init__(self, slots: int = 1) -> None:
-        self.slots = max(1, slots)
-        self._lock = threading.Lock()
-        self._waiting: deque[threading.Event] = deque()
-        self._active = 0
-
-    @property
-    def active(self) -> int:
-        return self._active
-
-    @property
-    def queued(self) -> int:
-        return len(self._waiting)
-
-    def position(self, ticket: threading.Event) -> int:
-        with self._lock:
-            try:
-                return self._waiting.index(ticket) + 1
-            except ValueError:
-                return 0
-
-    def acquire(self, keep_waiting: Callable[[threading.Event], bool] = lambda t: True) -> bool:
-        """Wait for a slot in arrival order; ``keep_waiting`` is polled and may give up."""
-        with self._lock:
-            if self._active < self.slots and not self._waiting:
-                self._active += 1
-                return True
-            ticket = threading.Event()
-            self._waiting.append(ticket)
-        while not ticket.wait(POLL_SECONDS):
-            if not keep_waiting(ticket):
-                with self._lock:
-                    if ticket in self._waiting:
-                        self._waiting.remove(ticket)
-                        return False
-                # granted while we decided to leave: pass the slot on
-                self.release()
-                return False
-        return True
-
-    def release(self) -> None:
-        with self._lock:
-            if self._waiting:
-                self._waiting.popleft().set()  # the slot moves to the next in line
-            else:
-                self._active -= 1
 
 
 class WorkerState:
@@ -119,7 +35,7 @@ class WorkerState:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.model = None  # workers.local_model.LocalModel once loaded
+        self.model = None  # workers.inference.model.LocalModel once loaded
         self.status = "loading"
         self.stage = "starting"
         self.error: str | None = None
@@ -149,7 +65,7 @@ class WorkerState:
         if self.error:
             body["error"] = self.error
         if self.model is not None:
-            from workers.local_model import memory_stats
+            from workers.inference.model import memory_stats
 
             body.update(
                 max_seq_len=self.model.max_seq_len,
@@ -185,7 +101,7 @@ class WorkerState:
 
             if args.threads:
                 torch.set_num_threads(args.threads)
-            from workers.local_model import LocalModel
+            from workers.inference.model import LocalModel
 
             model = LocalModel(
                 args.model,
@@ -310,7 +226,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": {"message": f"No route {path}", "code": "not_found"}})
 
     def _prepare(self, body: dict[str, Any], defaults: dict[str, Any], system: str | None):
-        from workers.local_model import SamplingParams
+        from workers.inference.model import SamplingParams
 
         params = SamplingParams.from_dict(body, defaults)
         prompt = self.state.model.build_prompt(body.get("messages"), system, params.max_tokens)
@@ -356,7 +272,7 @@ class Handler(BaseHTTPRequestHandler):
             gen.wait()
 
     def _stream(self) -> None:
-        from workers.local_model import GenerationError
+        from workers.inference.model import GenerationError
 
         state = self.state
         body = self._read_json()
@@ -446,7 +362,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _generate(self) -> None:
         """The seed's blocking endpoint, same JSON in and out as its qwen_server.py."""
-        from workers.local_model import GenerationError
+        from workers.inference.model import GenerationError
 
         state = self.state
         body = self._read_json()
@@ -498,95 +414,6 @@ class WorkerUnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServe
         if os.path.exists(path):
             os.unlink(path)  # a stale socket from a killed worker
         super().__init__(path, Handler)
-
-
-# -- dependencies ---------------------------------------------------------------------------
-
-
-def read_pins(path: Path = REQUIREMENTS) -> dict[str, str]:
-    """``name==version`` pins of requirements-local.txt (comments stripped)."""
-    pins = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if "==" in line:
-            name, version = line.split("==", 1)
-            pins[name.strip().lower().replace("_", "-")] = version.strip()
-    return pins
-
-
-def missing_requirements(path: Path = REQUIREMENTS) -> list[str]:
-    """Pins that are not installed at their version (``torch`` 2.13.0+cpu counts as 2.13.0)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    missing = []
-    for name, wanted in read_pins(path).items():
-        try:
-            have = version(name).split("+", 1)[0]
-        except PackageNotFoundError:
-            have = None
-        if have != wanted:
-            missing.append(f"{name}=={wanted}")
-    return missing
-
-
-def ensure_requirements(path: Path = REQUIREMENTS) -> None:
-    """Install the worker's heavy stack into this interpreter, in the one order that works.
-
-    torch first and pinned (anything unpinned pulls the CUDA build), then the rest with
-    auto-gptq and hqq built from source without CUDA kernels (see requirements-local.txt).
-    """
-    missing = missing_requirements(path)
-    if not missing:
-        return
-    logger.info("installing the worker's requirements (%s missing)", ", ".join(missing))
-    pip = [sys.executable, "-m", "pip", "install"]
-    torch_pin = f"torch=={read_pins(path)['torch']}"
-    if torch_pin in missing:
-        subprocess.run([*pip, torch_pin], check=True)
-    env = dict(os.environ, BUILD_CUDA_EXT="0", DISABLE_CUDA="1")
-    cmd = [*pip, "--no-build-isolation", "--no-binary", "auto-gptq,hqq", "-r", str(path)]
-    subprocess.run(cmd, check=True, env=env)
-
-
-# -- gateway side -------------------------------------------------------------------------
-
-
-def worker_argv(config: Mapping[str, Any]) -> list[str]:
-    """The command line that starts the worker for the gateway's settings."""
-    url = str(config.get("LOCAL_MODEL_URL") or "http://127.0.0.1:8001")
-    argv = [sys.executable, "-m", "workers.inference", "-m", str(config["LOCAL_MODEL_PATH"])]
-    argv += ["-cache", str(config.get("LOCAL_MODEL_CACHE") or "normal")]
-    if config.get("LOCAL_MODEL_MAX_SEQ_LEN"):
-        argv += ["-l", str(int(config["LOCAL_MODEL_MAX_SEQ_LEN"]))]
-    parsed = urlparse(url)
-    if parsed.scheme == "unix":
-        argv += ["--socket", parsed.path]
-    else:
-        argv += ["--host", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 8001)]
-    argv += ["--device", str(config.get("LOCAL_MODEL_DEVICE") or "auto")]
-    argv += ["--dtype", str(config.get("LOCAL_MODEL_DTYPE") or "auto")]
-    argv += ["--parallel", str(int(config.get("LOCAL_MODEL_PARALLEL") or 1))]
-    if config.get("LOCAL_MODEL_THREADS"):
-        argv += ["--threads", str(int(config["LOCAL_MODEL_THREADS"]))]
-    if config.get("LOCAL_MODEL_NAME"):
-        argv += ["--name", str(config["LOCAL_MODEL_NAME"])]
-    if config.get("LOCAL_MODEL_AUTO_INSTALL"):
-        argv += ["--ensure-deps"]
-    return argv
-
-
-def worker_spec(config: Mapping[str, Any]):
-    """The supervisor's ``WorkerSpec`` for the local model worker, or None when
-    ``LOCAL_MODEL_PATH`` is unset (the worker may then be run by hand)."""
-    if not config.get("LOCAL_MODEL_PATH"):
-        return None
-    from qwenproxy.supervisor import WorkerSpec
-
-    url = str(config.get("LOCAL_MODEL_URL") or "http://127.0.0.1:8001")
-    health = None if url.startswith("unix:") else url.rstrip("/") + "/health"
-    # the repo root, so that ``-m workers.inference`` resolves whatever the gateway's cwd is
-    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return WorkerSpec(name="local-coder", argv=worker_argv(config), env=env, health_url=health)
 
 
 # -- main -----------------------------------------------------------------------------------
@@ -657,7 +484,3 @@ def main(argv: list[str] | None = None) -> None:
         server.server_close()
         if args.socket and os.path.exists(args.socket):
             os.unlink(args.socket)
-
-
-if __name__ == "__main__":
-    main()
