@@ -318,6 +318,11 @@ def test_admission_is_bounded_and_busy_answers_503_with_retry_after(worker: Work
         assert int(busy.headers["Retry-After"]) >= 1
         seed = requests.post(worker.url + "/generate", json={"messages": PROMPT, "max_tokens": 4}, timeout=10)
         assert seed.status_code == 503 and "Retry-After" in seed.headers and "detail" in seed.json()
+        provider = worker.provider()  # the gateway passes the 503 and its Retry-After on
+        with pytest.raises(UpstreamUnavailable) as refused:
+            provider.open_stream(ChatRequest(model="qwen2.5-coder-local", messages=PROMPT, max_tokens=4))
+        assert int(refused.value.headers["Retry-After"]) >= 1 and "capacity" in refused.value.message
+        provider.close()
         opened[0][0].close()  # a slot frees: the waiting request is admitted
         rest = [line for line in waiting_lines if line["type"] != "queued"]
         assert rest[-1]["type"] == "end" and rest[-1]["completion_tokens"] == 8
@@ -471,7 +476,8 @@ def test_worker_spec_follows_the_settings(tiny) -> None:
     assert argv[1:3] == ["-m", "workers.inference"]
     joined = " ".join(argv)
     assert f"-m {tiny['quant_dir']}" in joined and "-cache q4" in joined and "-l 4096" in joined
-    assert "--host 127.0.0.1 -p 18555" in joined and "--ensure-deps" in joined
+    assert "--host 127.0.0.1 -p 18555" in joined and "--ensure-deps" in joined and "--parallel 4" in joined
+    assert "--max-queue 3" in " ".join(worker_argv({**cfg, "LOCAL_MODEL_PARALLEL": 4, "LOCAL_MODEL_MAX_QUEUE": 3}))
     assert "--socket /run/w.sock" in " ".join(worker_argv({**cfg, "LOCAL_MODEL_URL": "unix:///run/w.sock"}))
 
 
@@ -636,7 +642,10 @@ def test_seed_qwen_route_and_status_on_the_real_worker(worker: Worker, tmp_path)
     try:
         client = app.test_client()
         status = client.get("/qwen/status").get_json()
-        assert status == {"available": True, "model_loaded": True, "status": "healthy"}
+        kernel = "aten._weight_int4pack_mm_for_cpu"
+        assert status == {"available": True, "model_loaded": True, "status": "healthy", "kernel": kernel}
+        local = client.get("/api/status").get_json()["providers"]["local"]
+        assert local["kernel"] == kernel and local["batch"]["max_batch"] == 2
         body = client.get("/qwen", query_string={"query": "def add(a, b):", "session_id": "s1", "max_tokens": 8})
         assert body.status_code == 200, body.data
         answer = body.get_json()

@@ -81,7 +81,9 @@ def worker_argv(config: Mapping[str, Any]) -> list[str]:
         argv += ["--host", parsed.hostname or "127.0.0.1", "-p", str(parsed.port or 8001)]
     argv += ["--device", str(config.get("LOCAL_MODEL_DEVICE") or "auto")]
     argv += ["--dtype", str(config.get("LOCAL_MODEL_DTYPE") or "auto")]
-    argv += ["--parallel", str(int(config.get("LOCAL_MODEL_PARALLEL") or 1))]
+    argv += ["--parallel", str(int(config.get("LOCAL_MODEL_PARALLEL") or 4))]
+    if config.get("LOCAL_MODEL_MAX_QUEUE") is not None:
+        argv += ["--max-queue", str(int(config["LOCAL_MODEL_MAX_QUEUE"]))]
     if config.get("LOCAL_MODEL_THREADS"):
         argv += ["--threads", str(int(config["LOCAL_MODEL_THREADS"]))]
     if config.get("LOCAL_MODEL_NAME"):
