@@ -312,8 +312,13 @@ class BatchRunner:
         self.norm = hf_model.model.norm
         self.lm_head = hf_model.lm_head
         self.vocab = self.lm_head.weight.shape[0]
-        rotary = hf_model.model.rotary_emb
-        self.inv_freq = rotary.inv_freq.to(device=self.device, dtype=torch.float32)
+        rotary = getattr(hf_model.model, "rotary_emb", None)
+        inv_freq = getattr(rotary, "inv_freq", None)
+        if inv_freq is None:  # default RoPE from the config (transformers 5 keeps it in rope_parameters)
+            rope = getattr(config, "rope_parameters", None) or {}
+            theta = float(getattr(config, "rope_theta", None) or rope.get("rope_theta") or 10000.0)
+            inv_freq = 1.0 / theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
+        self.inv_freq = inv_freq.to(device=self.device, dtype=torch.float32)
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0) or 1.0)
         if getattr(config, "use_sliding_window", False):
             logger.warning("the checkpoint asks for sliding-window attention; the runner attends to the whole context")
