@@ -398,7 +398,7 @@ class BatchRunner:
         new = max(256, self.capacity)
         while new < needed:
             new *= 2
-        new = min(new, self.max_seq_len)
+        new = min(new, -(-self.max_seq_len // 256) * 256)  # whole 256-blocks: aligned attention masks
         shape = (self.max_slots, self.n_kv, new, self.head_dim)
         old = self.capacity
         for pools in (self.k_pool, self.v_pool):
