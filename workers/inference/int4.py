@@ -75,11 +75,16 @@ class GPTQWeight:
         return cls(module.qweight, module.qzeros, module.scales, getattr(module, "g_idx", None), bias, module.bits)
 
 
-def _unpack_rows(packed: torch.Tensor) -> torch.Tensor:
-    """int32 ``[R, C]`` holding 8 nibbles each along rows -> ``[8R, C]`` (values 0..15)."""
-    shifts = torch.arange(0, 32, 4, dtype=torch.int32, device=packed.device)
-    nibbles = (packed.unsqueeze(1) >> shifts.view(1, 8, 1)) & 0xF
-    return nibbles.reshape(-1, packed.shape[1])
+def _unpack_rows_transposed(packed: torch.Tensor) -> torch.Tensor:
+    """int32 ``[R, C]`` holding 8 nibbles each along rows -> uint8 ``[C, 8R]`` (values 0..15).
+
+    Works on the little-endian bytes (low nibble first) and transposes once, in uint8: the
+    result comes out contiguous in the kernels' ``[N, K]`` order.
+    """
+    rows, cols = packed.shape
+    octets = packed.contiguous().view(torch.uint8).view(rows, cols, 4)
+    nibbles = torch.stack((octets & 0xF, octets >> 4), dim=-1)  # [R, C, 4, 2]: k = 8r + 2b + h
+    return nibbles.permute(1, 0, 2, 3).reshape(cols, 8 * rows)
 
 
 def _unpack_cols(packed: torch.Tensor) -> torch.Tensor:
@@ -91,7 +96,7 @@ def _unpack_cols(packed: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Unpacked:
-    q: torch.Tensor  # int32 [N, K], rows of K sorted by group
+    q: torch.Tensor  # uint8 [N, K] (values 0..15), K sorted by group
     scales: torch.Tensor  # float32 [G, N]
     zeros: torch.Tensor  # float32 [G, N] (GPTQ's integer zero point)
     group_size: int
@@ -106,7 +111,7 @@ def _unpack(w: GPTQWeight) -> _Unpacked:
     if k % groups:
         raise CannotRepack(f"{k} input features do not split into {groups} groups")
     group_size = k // groups
-    q = _unpack_rows(w.qweight.to(torch.int32))  # [K, N]
+    q = _unpack_rows_transposed(w.qweight.to(torch.int32))  # [N, K]
     zeros = (_unpack_cols(w.qzeros.to(torch.int32))[:, :n] + w.zero_offset) & 0xF  # [G, N]
     perm = None
     if w.g_idx is not None:
@@ -117,8 +122,8 @@ def _unpack(w: GPTQWeight) -> _Unpacked:
             if counts.numel() != groups or not bool((counts == group_size).all()):
                 raise CannotRepack("g_idx groups are not all of one size")
             perm = torch.argsort(g_idx, stable=True)
-            q = q.index_select(0, perm)
-    return _Unpacked(q.t().contiguous(), w.scales.float(), zeros.float(), group_size, perm)
+            q = q.index_select(1, perm)
+    return _Unpacked(q, w.scales.float(), zeros.float(), group_size, perm)
 
 
 def _kernel_group_size(group_size: int, k: int, device: torch.device) -> int:
@@ -217,11 +222,11 @@ class Int4Linear(nn.Module):
         try:
             if device.type == "cuda":
                 inner = next(t for t in (8, 4, 2) if k % (16 * t) == 0)
-                as_bytes = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)
+                as_bytes = (q[:, ::2] << 4) | q[:, 1::2]  # uint8 [N, K/2], even k in the high nibble
                 del q
                 packed = torch.ops.aten._convert_weight_to_int4pack(as_bytes.contiguous(), inner)
             else:
-                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 2)
+                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)
         except RuntimeError as exc:
             raise CannotRepack(f"the kernel refused the weight: {exc}") from exc
         biases = [p.bias if p.bias is not None else torch.zeros(p.out_features) for p in parts]
