@@ -280,16 +280,17 @@ class Target:
         wall = time.monotonic() - t0
         if errors:
             raise RuntimeError(f"{len(errors)} concurrent request(s) failed: {errors[0]}")
-        start = max(r["times"][0] for r in results)
-        end = min(r["times"][-1] for r in results)
-        pieces = sum(1 for r in results for t in r["times"] if start < t <= end)
+        streaming = [r for r in results if r["times"]]
+        start = max((r["times"][0] for r in streaming), default=0.0)
+        end = min((r["times"][-1] for r in streaming), default=0.0)
+        pieces = sum(1 for r in streaming for t in r["times"] if start < t <= end)
         return {
             "aggregate_tps": sum(r["tokens"] for r in results) / wall,
             "decode_aggregate_tps": pieces / (end - start) if end > start else 0.0,
             "overlap_pieces": pieces,
             "wall": wall,
             "tokens": sum(r["tokens"] for r in results),
-            "ttft_max": start - t0,
+            "ttft_max": start - t0 if streaming else 0.0,
         }
 
 
@@ -403,7 +404,9 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None
         row = [r["model"], r["via"], kernel, f"{r['load_s']:.0f}", f"{r['ttft_ms']:.0f}", f"{r['decode_tps']:.2f}"]
         for n in levels:
             c = r["concurrent"].get(n)
-            if c:
+            if c and not c["overlap_pieces"]:  # never all decoding at once (more streams than the batch)
+                row += ["–", "–", f"{c['aggregate_tps']:.2f}"]
+            elif c:
                 ratio = c["decode_aggregate_tps"] / r["decode_tps"] if r["decode_tps"] else 0.0
                 row += [f"{c['decode_aggregate_tps']:.2f}", f"{ratio:.1f}", f"{c['aggregate_tps']:.2f}"]
             else:
