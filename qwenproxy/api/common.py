@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Response, current_app, g, request
 
+from .. import db
 from ..errors import BadRequest
 from ..providers import ChatRequest, ProviderRegistry
 from ..qwen.modes import aspect_ratio
@@ -161,6 +162,11 @@ def _mode_fields(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _history(chat: Any) -> list[dict[str, Any]]:
+    with db.session():
+        return stored_history(chat)
+
+
 def run_chat(body: dict[str, Any], messages: list[dict[str, Any]], *, simple: bool) -> Response:
     """Serve one chat turn. ``simple`` is the seed's ``/api/chat``: the local history of the
     chat is replayed to providers that do not keep it upstream."""
@@ -201,6 +207,7 @@ def run_chat(body: dict[str, Any], messages: list[dict[str, Any]], *, simple: bo
         tool_choice=opts["tool_choice"],
         options=options,
         request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
+        history=lambda: _history(chat),
     )
     turn = Turn(chat=chat, provider=provider.name, model=model)
     reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))

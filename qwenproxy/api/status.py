@@ -22,7 +22,7 @@ def status() -> Response:
         "message": "Авторизация активна" if usable else _why(accounts),
         "accounts": accounts,
         "providers": providers,
-        "defaultModel": current_app.config["DEFAULT_MODEL"],
+        "defaultModel": providers.get("qwen", {}).get("defaultModel") or current_app.config["DEFAULT_MODEL"],
         "worker": os.getpid(),
     }
     if "browserPool" in providers.get("qwen", {}):

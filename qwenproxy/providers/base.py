@@ -8,6 +8,7 @@ Adding a provider means one module with one class plus one line in ``providers/_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,9 @@ class ChatRequest:
     options: dict[str, Any] = field(default_factory=dict)  # provider-specific extras; the modes
     # (docs/MODES.md) use thinking, thinking_budget, search, image, image_size, parallel_tool_calls
     request_id: str = ""
+    # the whole conversation as stored locally (OpenAI messages, this turn included), read
+    # only when a provider must move it to a new upstream chat (Qwen's "in progress", 2026 §3)
+    history: Callable[[], list[dict[str, Any]]] | None = None
 
 
 @dataclass(frozen=True)

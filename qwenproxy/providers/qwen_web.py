@@ -10,10 +10,11 @@ from typing import Any
 from flask import Flask
 
 from ..accounts.pool import AccountPool, TokenPool
-from ..errors import ApiError, RateLimited, Unauthorized, UpstreamError
+from ..errors import ApiError, RateLimited, Unauthorized, UpstreamBlocked, UpstreamError
 from ..events import Event, EventStream, ResponseStarted
 from ..qwen import modes
-from ..qwen.catalog import ALIAS_TO_CANONICAL, ModelCatalog
+from ..qwen.aliases import AliasMap
+from ..qwen.catalog import ModelCatalog
 from ..qwen.client import QwenClient
 from ..qwen.files import QwenFiles
 from ..qwen.protocol import completion_body
@@ -21,6 +22,7 @@ from ..qwen.transport import DirectTransport, Transport
 from ..uploads.attachments import Attachments, media_part
 from ..uploads.uploader import Uploader
 from ..wire import tools
+from . import qwen_turns
 from .base import ChatRequest, ModelCard, Provider
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,7 @@ class QwenWebProvider(Provider):
         *,
         attachments: Attachments | None = None,
         vision_model: str | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.client = client
         self.pool = pool
@@ -138,6 +141,10 @@ class QwenWebProvider(Provider):
         self.max_attempts = max_attempts
         self.attachments = attachments
         self.vision_model = vision_model
+        settings = settings or {}
+        self.show_forced_reasoning = bool(settings.get("QWEN_SHOW_FORCED_REASONING"))
+        self.stop_timeout = float(settings.get("QWEN_STOP_TIMEOUT") or 2.0)
+        self.backoff = qwen_turns.parse_backoff(settings.get("QWEN_IN_PROGRESS_BACKOFF", "0.5,1,2"))
 
     @classmethod
     def from_app(cls, app: Flask) -> QwenWebProvider:
@@ -150,9 +157,11 @@ class QwenWebProvider(Provider):
         client = QwenClient(make_transport(config), config)
         catalog = ModelCatalog(
             config["MODELS_FILE"],
-            config["DEFAULT_MODEL"],
+            config.get("DEFAULT_MODEL"),
             fetch=lambda: _list_models(client, pool),
             ttl=float(config["MODELS_CACHE_SECONDS"]),
+            aliases=AliasMap(config.get("MODEL_ALIASES")),
+            locked_models=str(config.get("QWEN_THINKING_LOCKED_MODELS") or ""),
         )
         uploader = Uploader(QwenFiles(client), pool, config)
         app.extensions["uploader"] = uploader
@@ -162,6 +171,7 @@ class QwenWebProvider(Provider):
             catalog,
             attachments=Attachments(uploader),
             vision_model=str(config.get("VISION_MODEL") or "") or None,
+            settings=dict(config),
         )
 
     # --- names
@@ -196,6 +206,9 @@ class QwenWebProvider(Provider):
             response = current.get("response")
             if response is not None:
                 response.close()
+            guard = current.get("guard")
+            if guard is not None:
+                guard.abandon()  # the site would keep the chat "in progress" (2026 §3)
 
         stream.events = self._events(request, stream, current)
         spec = tools.ToolSpec.parse(request.tools, request.tool_choice, request.options.get("parallel_tool_calls"))
@@ -259,6 +272,9 @@ class QwenWebProvider(Provider):
                         chat_type=chat_type,
                         account_id=account.id,
                     )
+                sent_features, hide_reasoning = qwen_turns.forced_thinking(
+                    self.catalog, model, request.options, features, self.show_forced_reasoning
+                )
                 body = completion_body(
                     chat_id=chat_id,
                     model=model,
@@ -267,10 +283,12 @@ class QwenWebProvider(Provider):
                     system=system,
                     files=[*(request.options.get("files") or []), *files],
                     chat_type=chat_type,
-                    feature_config=features,
+                    feature_config=sent_features,
                     extra=extra,
                 )
-                events, response = self.client.open_completion(account.token, body, account_id=account.id)
+                chat_id, events, response = self._open(account, body, model, chat_type, request)
+                if hide_reasoning:
+                    events = qwen_turns.without_reasoning(events)
             except RateLimited as exc:  # the envelope's data.num (hours) is on the error
                 log.warning("account %s rate limited; trying another", account.id)
                 self.pool.mark_rate_limited(account.id, getattr(exc, "hours", None))
@@ -292,24 +310,56 @@ class QwenWebProvider(Provider):
                 account_id=account.id, upstream_chat_id=chat_id, transport=response.served_by or "direct"
             )
             current["response"] = response
+            guard = current["guard"] = qwen_turns.StopGuard(
+                self.client, account.token, account.id, chat_id, self.stop_timeout
+            )
             try:
                 for event in events:
                     if isinstance(event, ResponseStarted) and not event.chat_id:
                         event = ResponseStarted(chat_id, event.parent_id, event.response_id)
+                    guard.observe(event)
                     yield event
                 self.pool.mark_success(account.id)
+            except UpstreamBlocked:
+                guard.done = True  # a wall: nothing is generating
+                raise
             finally:
                 response.close()
+                guard.abandon()  # left before finished: stop it, off the request's path
                 self.pool.release(account.id)
             return
         raise last_error or UpstreamError("No Qwen account could serve the request")
+
+    def _open(
+        self, account: Any, body: dict[str, Any], model: str, chat_type: str, request: ChatRequest
+    ) -> tuple[str, Iterator[Event], Any]:
+        """Open the completion; a chat "in progress" is stopped, retried, then continued in a
+        new chat with the conversation folded in (qwen_turns.open_completion)."""
+
+        def new_chat() -> str:
+            return self.client.create_chat(account.token, model, chat_type=chat_type, account_id=account.id)
+
+        def history() -> list[dict[str, Any]]:
+            return request.history() if request.history is not None else list(request.messages)
+
+        return qwen_turns.open_completion(
+            self.client,
+            account.token,
+            body,
+            account_id=account.id,
+            model=model,
+            backoff=self.backoff,
+            stop_timeout=self.stop_timeout,
+            new_chat=new_chat,
+            history=history,
+        )
 
     def _vision_model(self, model: str, content: Any, files: list[dict[str, Any]], stream: EventStream) -> str:
         """``VISION_MODEL`` instead of a model known to lack vision when images are sent;
         the switch is announced in the ``X-Model-Switched`` response header."""
         if not self.vision_model or not needs_vision(content, files) or self.has_vision(model) is not False:
             return model
-        target = ALIAS_TO_CANONICAL.get(self.vision_model, self.vision_model)
+        target = self.catalog.resolve(self.vision_model)
         if target == model:
             return model
         log.info("model %s has no vision; using %s", model, target)
@@ -325,7 +375,12 @@ class QwenWebProvider(Provider):
         return None
 
     def status(self) -> dict[str, Any]:
-        out = {"name": self.name, "accounts": self.pool.status(), "transport": self.client.transport.name}
+        out = {
+            "name": self.name,
+            "accounts": self.pool.status(),
+            "transport": self.client.transport.name,
+            "defaultModel": self.catalog.cached_default_model(),
+        }
         pool_status = getattr(self.client.transport, "pool_status", None)
         if pool_status is not None:
             out["browserPool"] = pool_status()

@@ -1,0 +1,217 @@
+"""How a Qwen web turn copes with the 2026 site (2026 spec §1, §3).
+
+- Thinking that cannot be turned off (``think_skip.enable`` false) is always sent as on;
+  the reasoning reaches the client only when it asked for thinking (or a setting says so).
+- A generation the client abandoned is stopped (``completions/stop``), best effort, in the
+  background, bounded: otherwise the chat answers the next turn "The chat is in progress!".
+- That answer is met with stop + a short backoff, then a new chat whose first message folds
+  the conversation, instead of a 409.
+
+Flask-free; the provider (``qwen_web.py``) wires these around its calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from ..errors import ApiError, BadRequest, Conflict
+from ..events import Event, Finished, ReasoningDelta, ResponseStarted
+from ..qwen.catalog import ModelCatalog
+from ..qwen.client import QwenClient
+from ..qwen.protocol import rebase_body
+from ..qwen.transport import UpstreamResponse
+
+log = logging.getLogger(__name__)
+
+IN_PROGRESS = "chat_in_progress"
+
+
+# --------------------------------------------------------------------------- thinking (2026 §1)
+
+
+def forced_thinking(
+    catalog: ModelCatalog, model: str, options: Mapping[str, Any], features: Mapping[str, Any], show: bool = False
+) -> tuple[dict[str, Any], bool]:
+    """``(feature_config to send, whether to drop the reasoning)`` for ``model``.
+
+    A locked model gets ``thinking_enabled: true`` whatever was asked (the site refuses
+    ``false`` with ``invalid_input``); its reasoning is dropped unless the client asked for
+    thinking (``reasoning_effort``, ``enable_thinking``, ``-thinking``) or ``show`` is set.
+    """
+    out = dict(features)
+    if not catalog.thinking_locked(model):
+        return out, False
+    out["thinking_enabled"] = True
+    out.pop("thinking_mode", None)  # follows thinking_enabled (protocol.completion_body)
+    return out, not (options.get("thinking") is True or show)
+
+
+def without_reasoning(events: Iterator[Event]) -> Iterator[Event]:
+    for event in events:
+        if not isinstance(event, ReasoningDelta):
+            yield event
+
+
+# --------------------------------------------------------------------------- stop (2026 §3)
+
+
+class StopGuard:
+    """Stops the upstream generation when its stream is left before ``finished``.
+
+    ``observe`` sees every event; ``abandon`` (from the cancel hook or the relay's
+    ``finally``, any thread, any number of times) fires one stop call in a background
+    thread (a greenlet under gevent), so the client's request never waits for it.
+    """
+
+    def __init__(
+        self, client: QwenClient, token: str | None, account_id: str | None, chat_id: str, timeout: float = 2.0
+    ) -> None:
+        self.client = client
+        self.token = token
+        self.account_id = account_id
+        self.chat_id = chat_id
+        self.timeout = timeout
+        self.response_id: str | None = None
+        self.done = False  # finished, or nothing left to stop (a wall)
+        self._fired = False
+        self._lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def observe(self, event: Event) -> None:
+        if isinstance(event, ResponseStarted) and self.response_id is None:
+            self.response_id = event.response_id
+        elif isinstance(event, Finished):
+            self.done = True
+
+    def abandon(self) -> None:
+        with self._lock:
+            if self._fired or self.done or not self.response_id:
+                return
+            self._fired = True
+        self.thread = threading.Thread(target=self._stop, daemon=True, name="qwen-stop")
+        self.thread.start()
+
+    def _stop(self) -> None:
+        assert self.response_id is not None
+        try:
+            self.client.stop(
+                self.token, self.chat_id, self.response_id, account_id=self.account_id, timeout=self.timeout
+            )
+            log.info("stopped the abandoned generation %s of chat %s", self.response_id, self.chat_id)
+        except Exception as exc:  # best effort: the next turn copes with "in progress"
+            log.info("could not stop generation %s: %s", self.response_id, exc)
+
+
+# --------------------------------------------------------------------------- "in progress" (2026 §3)
+
+
+def is_in_progress(exc: BaseException) -> bool:
+    return isinstance(exc, Conflict) and exc.code == IN_PROGRESS
+
+
+def parse_backoff(text: Any) -> list[float]:
+    """``"0.5,1,2"`` → ``[0.5, 1.0, 2.0]`` (bad items skipped)."""
+    out = []
+    for item in str(text or "").split(","):
+        try:
+            out.append(max(0.0, float(item)))
+        except ValueError:
+            continue
+    return out
+
+
+def fold_transcript(history: list[dict[str, Any]], current: str) -> str:
+    """One message that carries the conversation into a new chat.
+
+    TODO(conv): use the history folding of ``qwenproxy/serving/history.py`` (branch
+    ``conv``) once it is on main; this simple transcript keeps roles and text only.
+    """
+    # the stored history ends with this turn's own messages: keep what came before them
+    end = max((i for i, m in enumerate(history) if m.get("role") == "assistant"), default=-1) + 1
+    lines = []
+    for message in history[:end]:
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            continue
+        text = _text(message.get("content")).strip()
+        if text:
+            lines.append(f"{'User' if role == 'user' else 'Assistant'}: {text}")
+    if not lines:
+        return current
+    return "Earlier in this conversation:\n\n" + "\n\n".join(lines) + "\n\n---\n\n" + current
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p)
+    if isinstance(content, dict):  # a stored assistant turn with tool calls
+        return _text(content.get("content"))
+    return "" if content is None else str(content)
+
+
+def folded_content(content: Any, history: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """The message content with the transcript in front of its text (media items kept)."""
+    if isinstance(content, list):
+        text = "".join(str(i.get("text", "")) for i in content if i.get("type") == "text")
+        media = [i for i in content if i.get("type") != "text"]
+        return [{"type": "text", "text": fold_transcript(history, text)}, *media]
+    return fold_transcript(history, str(content or ""))
+
+
+def open_completion(
+    client: QwenClient,
+    token: str,
+    body: Mapping[str, Any],
+    *,
+    account_id: str | None,
+    model: str,
+    backoff: list[float],
+    stop_timeout: float,
+    new_chat: Callable[[], str],
+    history: Callable[[], list[dict[str, Any]]],
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[str, Iterator[Event], UpstreamResponse]:
+    """``(chat id, events, response)`` of a completion; "in progress" is stopped and
+    retried after each ``backoff`` delay, then the turn moves to ``new_chat()`` with the
+    ``history`` folded into its message. ``invalid_input`` names the model it concerns."""
+    chat_id = str(body["chat_id"])
+    try:
+        try:
+            return (chat_id, *client.open_completion(token, body, account_id=account_id))
+        except ApiError as exc:
+            if not is_in_progress(exc):
+                raise
+        log.info("chat %s is in progress; stopping it and retrying", chat_id)
+        _stop_current(client, token, chat_id, account_id, stop_timeout)
+        for delay in backoff:
+            sleep(delay)
+            try:
+                return (chat_id, *client.open_completion(token, body, account_id=account_id))
+            except ApiError as exc:
+                if not is_in_progress(exc):
+                    raise
+        new_id = new_chat()
+        log.info("chat %s stays in progress; continuing in a new chat %s", chat_id, new_id)
+        content = folded_content(body["messages"][0].get("content"), history())
+        moved = rebase_body(body, new_id, content)
+        return (new_id, *client.open_completion(token, moved, account_id=account_id))
+    except BadRequest as exc:
+        if exc.code != "upstream_invalid_input":
+            raise
+        raise BadRequest(f"{exc.message} (model {model})", code=exc.code, param="model") from exc
+
+
+def _stop_current(client: QwenClient, token: str, chat_id: str, account_id: str | None, timeout: float) -> None:
+    """Stop whatever the chat is generating (its newest message), best effort."""
+    try:
+        current = client.current_response_id(token, chat_id, account_id=account_id, timeout=timeout)
+        if current:
+            client.stop(token, chat_id, current, account_id=account_id, timeout=timeout)
+    except Exception as exc:  # the retries still follow
+        log.info("could not stop chat %s: %s", chat_id, exc)
