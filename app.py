@@ -10,6 +10,6 @@ from qwenproxy import create_app  # noqa: E402
 app = create_app()
 
 if __name__ == "__main__":
-    from qwenproxy.serve import main
+    from qwenproxy.runtime.serve import main
 
     main(app)

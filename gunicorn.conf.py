@@ -53,7 +53,8 @@ _supervisor = None
 def on_starting(server):  # noqa: ANN001 - gunicorn hook signature
     """Once, in the master, before any worker: logs to LOGS_DIR, a fresh metrics directory,
     migrations."""
-    from qwenproxy import db, logs, metrics
+    from qwenproxy import db
+    from qwenproxy.ops import logs, metrics
 
     logs.attach_gunicorn_files(_config["LOGS_DIR"])
     metrics.reset_multiproc_dir(_metrics_dir, clean_siblings=_own_metrics_dir)
@@ -65,7 +66,7 @@ def when_ready(server):  # noqa: ANN001
     """Start the long-running workers (browser pool, local model) from the master, never in a
     gevent worker."""
     global _supervisor
-    from qwenproxy.supervisor import start_configured
+    from qwenproxy.runtime.supervisor import start_configured
 
     _supervisor = start_configured(_config)
 
@@ -73,14 +74,14 @@ def when_ready(server):  # noqa: ANN001
 def post_worker_init(worker):  # noqa: ANN001
     """SIGTERM first marks the worker draining (``/health/ready`` -> 503), then gunicorn's own
     handler stops accepting and waits for the running streams."""
-    from qwenproxy.api.health import drain_on_sigterm
+    from qwenproxy.ops.lifecycle import drain_on_sigterm
 
     drain_on_sigterm(worker.wsgi, worker.handle_exit)
 
 
 def child_exit(server, worker):  # noqa: ANN001
     """A web worker is gone: drop its live gauges from the metrics."""
-    from qwenproxy import metrics
+    from qwenproxy.ops import metrics
 
     metrics.mark_worker_dead(worker.pid, _metrics_dir)
 

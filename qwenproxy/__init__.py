@@ -25,18 +25,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     Path(app.config["SESSION_DIR"]).mkdir(parents=True, exist_ok=True)
 
-    from . import account_store, apikeys, db, middleware, ratelimit
-    from .api import (
-        chat,
-        chats,
-        dual_chat,
-        errors,
-        files,
-        health,
-        images,
-        openai,
-        status,
-    )
+    from . import db
+    from .accounts import store as account_store
+    from .api import chat, chats, dual_chat, errors, files, health, images, openai, status
+    from .ops import apikeys, middleware, ratelimit
     from .providers import build_registry
 
     middleware.configure_logging(app.config["LOG_LEVEL"], app.config.get("LOGS_DIR"))

@@ -26,6 +26,16 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN_MARK = ("PYTEST_QWENPROXY_RUN", uuid.uuid4().hex)
 os.environ[RUN_MARK[0]] = RUN_MARK[1]
 
+# tests/<layer>/ gives each test its marker: `pytest -m unit` runs the fast layer alone
+LAYERS = ("unit", "http", "process", "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        layer = item.path.parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
+
 
 def marked_chromium() -> list:
     """Chromium processes started by this test run that are still alive (zombies excluded)."""

@@ -210,7 +210,7 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
 
 
 def jwt_expiry(token: str) -> float | None:
-    from qwenproxy.accounts import jwt_expiry as _expiry
+    from qwenproxy.jwt import jwt_expiry as _expiry
 
     return _expiry(token)
 
@@ -394,7 +394,7 @@ class BrowserSlot:
         return self._start_task
 
     async def _start(self) -> None:
-        from qwenproxy.chromium import launch
+        from qwenproxy.runtime.chromium import launch
 
         settings = self.pool.settings
         closing = self._closed if self.state == "closing" else None
@@ -1091,7 +1091,7 @@ def worker_spec(config: Mapping[str, Any]):
     if str(config.get("QWEN_TRANSPORT") or "").lower() not in ("browser", "auto"):
         return None
     # stdlib only here: this runs in the gunicorn master, before gevent patches the workers
-    from qwenproxy.supervisor import WorkerSpec
+    from qwenproxy.runtime.supervisor import WorkerSpec
 
     env = {}
     for key, value in config.items():

@@ -8,13 +8,13 @@ from typing import Any
 
 from flask import Response, current_app, g, request
 
-from ..conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from ..errors import BadRequest
-from ..openai_wire import Collected, completion_response
 from ..providers import ChatRequest, ProviderRegistry
 from ..qwen.modes import aspect_ratio
-from ..streaming import serve
-from ..tools import ToolSpec
+from ..serving.conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
+from ..serving.streaming import serve
+from ..wire.openai import Collected, completion_response
+from ..wire.tools import ToolSpec
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 

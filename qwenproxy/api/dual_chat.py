@@ -26,12 +26,12 @@ from flask import Blueprint, Response, current_app, g, request
 from peewee import IntegrityError
 
 from .. import db
-from ..conversations import Turn, save_message
+from ..db.models import Chat, Message
 from ..errors import ApiError, BadRequest, UpstreamUnavailable
-from ..models import Chat, Message
-from ..openai_wire import Collected
 from ..providers import ChatRequest, Provider
-from ..streaming import serve
+from ..serving.conversations import Turn, save_message
+from ..serving.streaming import serve
+from ..wire.openai import Collected
 from .common import registry
 
 log = logging.getLogger(__name__)

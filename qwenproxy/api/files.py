@@ -11,9 +11,11 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
 from .. import db
+from ..db.models import UploadedFile
 from ..errors import BadRequest, NotFound, UpstreamUnavailable
-from ..models import UploadedFile
-from ..uploads import OPENAI_PURPOSES, FileTooLarge, Spool, Uploader, file_object
+from ..uploads.spool import Spool
+from ..uploads.uploader import Uploader, file_object
+from ..uploads.validation import OPENAI_PURPOSES, FileTooLarge
 from .common import json_body
 
 bp = Blueprint("files", __name__)

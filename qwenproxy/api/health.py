@@ -6,18 +6,16 @@ counts requests and keeps the recent-request log.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
 
-from .. import __version__, db, requestlog
-from ..metrics import Metrics, read_workers_file, state_metrics
+from .. import __version__, db
+from ..ops import requestlog
+from ..ops.lifecycle import Health, health, workers_file
+from ..ops.metrics import Metrics, read_workers_file, state_metrics
 from .common import registry
 
 bp = Blueprint("health", __name__)
@@ -25,39 +23,6 @@ bp = Blueprint("health", __name__)
 OPENAPI = Path(__file__).resolve().parent.parent / "openapi.json"
 # requests that are not worth a row in the request log (probes, scrapes, the page itself)
 QUIET_PREFIXES = ("/health", "/metrics", "/static", "/api/openapi.json", "/favicon.ico")
-
-
-@dataclass
-class Health:
-    """This process's lifecycle, as the probes report it."""
-
-    started: float = field(default_factory=time.time)
-    draining: bool = False
-    pid: int = field(default_factory=os.getpid)
-
-
-def health(app: Flask | None = None) -> Health:
-    return (app or current_app).extensions["health"]
-
-
-def start_draining(app: Flask) -> None:
-    """From now on ``/health/ready`` answers 503 (the process is shutting down)."""
-    health(app).draining = True
-
-
-def drain_on_sigterm(app: Flask, then: Callable[[int, Any], Any]) -> None:
-    """Install a SIGTERM handler that marks the app draining, then calls ``then`` (gunicorn's
-    own ``handle_exit``, which stops accepting and waits ``graceful_timeout`` for streams)."""
-
-    def _handler(signum: int, frame: Any) -> None:
-        start_draining(app)
-        then(signum, frame)
-
-    signal.signal(signal.SIGTERM, _handler)
-
-
-def workers_file(app: Flask) -> Path:
-    return Path(app.config["SESSION_DIR"]) / "workers.json"
 
 
 def provider_usable(status: dict[str, Any]) -> bool:

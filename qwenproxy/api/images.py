@@ -11,10 +11,10 @@ import requests
 from flask import Blueprint, Response, current_app, g, jsonify
 
 from ..errors import BadRequest, UpstreamError
-from ..openai_wire import collect
 from ..providers import ChatRequest
 from ..qwen.modes import aspect_ratio
-from ..streaming import as_api_error
+from ..serving.streaming import as_api_error
+from ..wire.openai import collect
 from .common import json_body, registry
 
 bp = Blueprint("images", __name__)

@@ -42,15 +42,7 @@ from ..errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from ..events import (
-    Event,
-    EventStream,
-    Finished,
-    ReasoningDelta,
-    ResponseStarted,
-    TextDelta,
-    Usage,
-)
+from ..events import Event, EventStream, Finished, ReasoningDelta, ResponseStarted, TextDelta, Usage
 from .base import ChatRequest, ModelCard, Provider
 
 log = logging.getLogger(__name__)

@@ -9,17 +9,18 @@ from typing import Any
 
 from flask import Flask
 
-from .. import tools
-from ..accounts import AccountPool, TokenPool
-from ..catalog import ALIAS_TO_CANONICAL, ModelCatalog
+from ..accounts.pool import AccountPool, TokenPool
 from ..errors import ApiError, RateLimited, Unauthorized, UpstreamError
 from ..events import Event, EventStream, ResponseStarted
 from ..qwen import modes
+from ..qwen.catalog import ALIAS_TO_CANONICAL, ModelCatalog
 from ..qwen.client import QwenClient
 from ..qwen.files import QwenFiles
 from ..qwen.protocol import completion_body
 from ..qwen.transport import DirectTransport, Transport
-from ..uploads import Attachments, Uploader, media_part
+from ..uploads.attachments import Attachments, media_part
+from ..uploads.uploader import Uploader
+from ..wire import tools
 from .base import ChatRequest, ModelCard, Provider
 
 log = logging.getLogger(__name__)

@@ -25,16 +25,7 @@ from ..errors import (
     UpstreamBlocked,
     UpstreamError,
 )
-from ..events import (
-    Annotation,
-    Event,
-    Finished,
-    ImageResult,
-    ReasoningDelta,
-    ResponseStarted,
-    TextDelta,
-    Usage,
-)
+from ..events import Annotation, Event, Finished, ImageResult, ReasoningDelta, ResponseStarted, TextDelta, Usage
 
 DEFAULT_CHAT_TITLE = "Новый чат"
 # 2026 in-chat image tools: a function_call, then a role:"function" delta with extra.image_list

@@ -1,0 +1,75 @@
+"""The database: a deferred Peewee proxy bound in ``init_app``, numbered migrations, CLI.
+
+SQLite (WAL, foreign keys) by default; ``DATABASE_URL=postgresql://...`` works too through
+``playhouse.db_url``, so several gateway machines can share one database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+from peewee import DatabaseProxy, SqliteDatabase
+from playhouse.db_url import connect
+
+# Peewee models need their database at class-definition time; the proxy is bound per app.
+database = DatabaseProxy()
+
+# per connection; journal_mode=wal is a property of the file, set once in make_database
+SQLITE_PRAGMAS = {"foreign_keys": 1, "synchronous": "normal"}
+
+
+def make_database(url: str):
+    """Build (not connect) a Peewee database from a URL."""
+    parsed = urlparse(url)
+    if parsed.scheme.startswith("sqlite"):
+        path = url.split(":///", 1)[1] if ":///" in url else parsed.path
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(path, timeout=15)) as conn:
+                conn.execute("PRAGMA journal_mode=wal").fetchone()  # persistent: once per file
+            return connect(url, pragmas=SQLITE_PRAGMAS, timeout=15, check_same_thread=False)
+        return connect(url, pragmas={**SQLITE_PRAGMAS, "journal_mode": "wal"}, timeout=15, check_same_thread=False)
+    return connect(url)
+
+
+def bind(url: str):
+    """Point the proxy at the database for ``url`` and return it."""
+    db = make_database(url)
+    database.initialize(db)
+    return db
+
+
+@contextlib.contextmanager
+def session() -> Iterator[None]:
+    """Open a connection for a block unless one is open; close only what we opened."""
+    opened = database.is_closed()
+    if opened:
+        database.connect()
+    try:
+        yield
+    finally:
+        if opened and not database.is_closed():
+            database.close()
+
+
+def keep_wal_open(db) -> None:  # noqa: ANN001 - any Peewee database
+    """Hold one idle SQLite connection for the life of the process.
+
+    SQLite checkpoints and deletes the WAL whenever the *last* connection closes; with a
+    connection per request that is a checkpoint (and an fsync) per request. An idle
+    connection that never closes avoids it; checkpoints then run every 1000 pages, as usual.
+    """
+    import sqlite3
+
+    path = getattr(db, "database", "")
+    if not isinstance(db, SqliteDatabase) or not path or path == ":memory:":
+        return
+    keeper = sqlite3.connect(path, check_same_thread=False, timeout=15)
+    keeper.execute("PRAGMA journal_mode=wal").fetchone()  # a new file is not in WAL mode yet
+    keeper.execute("SELECT count(*) FROM sqlite_master").fetchone()  # joins the WAL
+    db.qwenproxy_keeper = keeper

@@ -1,0 +1,139 @@
+"""Peewee models: the current shape of the tables that ``migrations/`` create.
+
+Keep these in step with the migrations; a migration never imports this module (it carries
+its own frozen copy), so old migrations keep working when a model changes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from peewee import (
+    AutoField,
+    BigIntegerField,
+    BooleanField,
+    CharField,
+    DoubleField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+from . import database
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+
+
+class Chat(BaseModel):
+    """A conversation kept locally, whichever provider answered it."""
+
+    id = CharField(primary_key=True, max_length=64, default=new_id)
+    name = CharField(max_length=500)
+    created = BigIntegerField(default=now_ms, index=True)  # epoch ms, as the seed
+    updated = BigIntegerField(default=now_ms)
+    model = CharField(max_length=200, null=True)
+    provider = CharField(max_length=50, null=True)
+    upstream_chat_id = CharField(max_length=100, null=True, index=True)
+    last_response_id = CharField(max_length=100, null=True)  # next turn's parent_id
+    account_id = CharField(max_length=100, null=True)  # account the upstream chat lives in
+    session_id = CharField(max_length=200, null=True, unique=True)  # Dual AI Chat session
+
+    class Meta:
+        table_name = "chat"
+
+
+class Message(BaseModel):
+    id = AutoField()
+    uid = CharField(max_length=64, unique=True, default=new_id)
+    chat = ForeignKeyField(Chat, backref="messages", on_delete="CASCADE", index=True)
+    role = CharField(max_length=20)
+    content = TextField()  # plain text, or JSON when ``content_is_json``
+    content_is_json = IntegerField(default=0)
+    reasoning = TextField(null=True)
+    model = CharField(max_length=200, null=True)
+    provider = CharField(max_length=50, null=True)
+    upstream_chat_id = CharField(max_length=100, null=True)
+    response_id = CharField(max_length=100, null=True)
+    parent_id = CharField(max_length=100, null=True)
+    prompt_tokens = IntegerField(null=True)
+    completion_tokens = IntegerField(null=True)
+    total_tokens = IntegerField(null=True)
+    usage_raw = TextField(null=True)
+    finish_reason = CharField(max_length=30, null=True)
+    status = CharField(max_length=20, default="complete")  # complete | partial | error
+    bot = CharField(max_length=20, null=True)  # Dual AI Chat: "gigachat" | "qwen"
+    created = DoubleField(default=time.time)  # unix seconds
+
+    class Meta:
+        table_name = "message"
+
+    @property
+    def content_value(self) -> Any:
+        return json.loads(self.content) if self.content_is_json else self.content
+
+    @staticmethod
+    def encode_content(content: Any) -> tuple[str, int]:
+        if isinstance(content, str):
+            return content, 0
+        return json.dumps(content, ensure_ascii=False), 1
+
+
+class Account(BaseModel):
+    """A Qwen web account (``flask accounts``); the state every worker process shares."""
+
+    id = CharField(primary_key=True, max_length=100)  # acc_<epoch-ms>, as the seed
+    token = TextField()
+    user_id = CharField(max_length=100, null=True, index=True)  # the JWT's ``id`` claim
+    email = CharField(max_length=320, null=True)
+    expires_at = DoubleField(null=True)  # the JWT's ``exp`` (unix s)
+    reset_at = DoubleField(null=True)  # WAIT until then (unix s)
+    invalid = BooleanField(default=False)
+    last_error = TextField(null=True)
+    requests_served = IntegerField(default=0)
+    last_used_at = DoubleField(default=0.0, index=True)  # round-robin order
+    created_at = DoubleField(default=time.time)
+    source = CharField(max_length=20, null=True)  # env | import | browser | password | token
+    profile_dir = TextField(null=True)  # Chromium profile (cookies) for the browser pool
+
+    class Meta:
+        table_name = "account"
+
+
+def new_file_id() -> str:
+    return "file-" + uuid.uuid4().hex[:24]
+
+
+class UploadedFile(BaseModel):
+    """A file uploaded to Qwen's storage through the proxy (seed upload route or ``/v1/files``)."""
+
+    id = CharField(primary_key=True, max_length=64, default=new_file_id)  # "file-…", the OpenAI id
+    filename = CharField(max_length=255)
+    bytes = BigIntegerField()
+    purpose = CharField(max_length=50)
+    mime = CharField(max_length=150)
+    kind = CharField(max_length=20)  # image | document
+    qwen_file_id = CharField(max_length=100, index=True)
+    file_path = CharField(max_length=1000, index=True)  # <user_id>/<file_id>_<filename> in the bucket
+    url = TextField()  # the presigned URL Qwen returned
+    user_id = CharField(max_length=100, null=True)  # the Qwen user (JWT ``id``) that owns it
+    account_id = CharField(max_length=100, null=True)
+    created_at = DoubleField(default=time.time)  # unix seconds (OpenAI shows them as an integer)
+    status = CharField(max_length=20, default="processed")  # uploaded | processed | error
+
+    class Meta:
+        table_name = "uploaded_file"

@@ -1,0 +1,168 @@
+"""Qwen model names: the seed's alias table (§6.2), the editable models file, upstream list."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .modes import Modes, split_model
+
+log = logging.getLogger(__name__)
+
+# canonical id -> aliases (spec §6.2, the seed's modelMapping.js)
+ALIASES: dict[str, list[str]] = {
+    "qwen3-max": ["qwen-max", "Qwen3-Max", "Qwen3-Maximum", "qwen3-max-preview", "Qwen3-Max-Preview"],
+    "qwen3-vl-plus": [
+        "qwen-vl",
+        "qwen-vl-plus",
+        "qwen-vl-plus-latest",
+        "qwen-vl-max",
+        "qwen-vl-max-latest",
+        "Qwen3-VL-235B-A22B",
+        "qwen3-vl-235b-a22b",
+    ],
+    "qwen3-coder-plus": [
+        "qwen3-coder",
+        "qwen-coder-plus",
+        "qwen-coder-plus-latest",
+        "Qwen3-Coder-Plus",
+        "qwen2.5-coder-3b-instruct",
+        "qwen2.5-coder-1.5b-instruct",
+        "qwen2.5-coder-0.5b-instruct",
+        "Qwen3-Coder",
+    ],
+    "qwen3-omni-flash": ["qwen3-omni", "qwen3-omni-latest", "Qwen3-omni-flash", "Qwen3-Omni-Flash", "Qwen3-Omni"],
+    "qwen-plus-2025-09-11": [
+        "qwen-plus",
+        "qwen-plus-latest",
+        "Qwen3-Next",
+        "Qwen3-Next-80B-A3B",
+        "Qwen3-Next-80B-A3Bб",
+        "qwen3-next",
+        "qwen3-next-80b-a3b",
+    ],
+    "qwen3-235b-a22b": [
+        "qwen3",
+        "qwen-3",
+        "qwen3-235b",
+        "Qwen3-235B-A22B",
+        "Qwen3-235B-A22B-2507",
+        "qwen3-235b-a22b-2507",
+    ],
+    "qwen3-30b-a3b": ["qwen3-plus", "qwen3-30b", "Qwen3-30B-A3B", "Qwen3-30B-A3B-2507", "qwen3-30b-a3b-2507"],
+    "qwen3-coder-30b-a3b-instruct": [
+        "qwen3-coder-flash",
+        "Qwen3-Coder-Flash",
+        "qwen3-coder-30b",
+        "Qwen3-Coder-30B-A3B-Instruct",
+    ],
+    "qwen-max-latest": ["Qwen2.5-Max", "qwen2.5-max"],
+    "qwen-plus-2025-01-25": ["Qwen2.5-Plus", "qwen2.5-plus"],
+    "qwq-32b": ["qwq", "QwQ-32B", "qwq-32b-preview"],
+    "qwen-turbo-2025-02-11": ["qwen-turbo", "qwen-turbo-latest", "Qwen2.5-Turbo"],
+    "qwen2.5-omni-7b": ["qwen2.5-omni", "Qwen2.5-Omni-7B", "qwen-omni-7b"],
+    "qvq-72b-preview-0310": ["qvq", "QVQ-Max", "qvq-72b"],
+    "qwen2.5-vl-32b-instruct": ["qwen2.5-vl", "Qwen2.5-VL-32B-Instruct"],
+    "qwen2.5-14b-instruct-1m": ["qwen2.5-14b", "qwen2.5-coder-14b-instruct", "Qwen2.5-14B-Instruct-1M"],
+    "qwen2.5-coder-32b-instruct": ["qwen2.5-coder", "qwen2.5-coder-plus", "Qwen2.5-Coder-32B-Instruct"],
+    "qwen2.5-72b-instruct": ["qwen2.5-72b", "Qwen2.5-72B-Instruct"],
+}
+ALIAS_TO_CANONICAL: dict[str, str] = {
+    alias: canonical for canonical, aliases in ALIASES.items() for alias in [canonical, *aliases]
+}
+
+
+def read_models_file(path: str | Path) -> list[str]:
+    """One id per line; blank lines and ``#`` comments skipped; file order kept (§6.1)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    seen: list[str] = []
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#") and line not in seen:
+            seen.append(line)
+    return seen
+
+
+class ModelCatalog:
+    """Which Qwen ids exist: upstream ``/api/models`` when reachable (cached), else the file."""
+
+    def __init__(
+        self,
+        models_file: str | Path,
+        default_model: str,
+        fetch: Callable[[], list[dict[str, Any]]] | None = None,
+        ttl: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.models_file = Path(models_file)
+        self.default_model = default_model
+        self._fetch = fetch
+        self._ttl = ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._upstream: list[dict[str, Any]] | None = None
+        self._fetched_at = -1e18
+        self._failed_at = -1e18
+
+    def upstream_models(self) -> list[dict[str, Any]] | None:
+        """The cached upstream list; refreshed after ``ttl``; ``None`` when never reachable."""
+        if self._fetch is None:
+            return None
+        now = self._clock()
+        with self._lock:
+            fresh = now - self._fetched_at < self._ttl
+            recently_failed = now - self._failed_at < min(60.0, self._ttl)
+            if fresh or recently_failed:
+                return self._upstream
+        try:
+            models = self._fetch()
+        except Exception as exc:  # unreachable upstream must not break listing
+            log.info("upstream model list unavailable: %s", exc)
+            with self._lock:
+                self._failed_at = now
+                return self._upstream
+        with self._lock:
+            if models:
+                self._upstream = models
+                self._fetched_at = now
+            else:
+                self._failed_at = now
+            return self._upstream
+
+    def ids(self) -> list[str]:
+        upstream = self.upstream_models()
+        if upstream:
+            return [str(m["id"]) for m in upstream]
+        return read_models_file(self.models_file) or [self.default_model]
+
+    def known(self, model: str) -> bool:
+        if model in ALIAS_TO_CANONICAL or model in self.ids():
+            return True
+        base, modes = split_model(model)
+        return modes != Modes() and base is not None and (base in ALIAS_TO_CANONICAL or base in self.ids())
+
+    def resolve(self, model: str | None) -> str:
+        """Alias → canonical id; unknown or missing → the configured default model."""
+        if not model:
+            return self.default_model
+        model = model.strip()
+        candidate = ALIAS_TO_CANONICAL.get(model, model)
+        ids = self.ids()
+        if candidate in ids:
+            return candidate
+        return self.default_model
+
+    def resolve_modes(self, model: str | None) -> tuple[str, Modes]:
+        """Like ``resolve``, after taking the mode suffixes off (``qwen3-max-thinking`` →
+        ``qwen3-max`` + thinking). A name that is itself a known id is never split."""
+        if not model or model.strip() in ALIAS_TO_CANONICAL or model.strip() in self.ids():
+            return self.resolve(model), Modes()
+        base, modes = split_model(model)
+        return self.resolve(base), modes

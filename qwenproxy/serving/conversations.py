@@ -1,0 +1,141 @@
+"""Local chat history: which chat a request belongs to, and saving every turn.
+
+Flask-free. A ``Turn`` is opened before the upstream call (the user's messages are saved at
+once) and closed when the answer ends, complete, partial or failed, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import db
+from ..db.models import Chat, Message, now_ms
+from ..events import Event, ResponseStarted
+from ..wire.openai import Collected
+
+log = logging.getLogger(__name__)
+
+OPENAI_CHAT_NAME = "OpenAI API Chat"
+
+
+def default_chat_name() -> str:
+    return "Новый чат " + time.strftime("%d.%m.%Y %H:%M:%S")
+
+
+def find_chat(chat_id: str) -> Chat | None:
+    """A chat by our id, or by the upstream id a client may have kept from elsewhere."""
+    return Chat.get_or_none(Chat.id == chat_id) or Chat.get_or_none(Chat.upstream_chat_id == chat_id)
+
+
+def open_chat(
+    chat_id: str | None,
+    *,
+    provider: str,
+    model: str,
+    name: str | None = None,
+    adopt_upstream: bool = False,
+) -> tuple[Chat, bool]:
+    """The chat for a request and whether it is new.
+
+    An unknown ``chat_id`` is adopted: for a provider with server-side history it is taken
+    to be the upstream conversation id (a chat created elsewhere).
+    """
+    if chat_id:
+        chat = find_chat(chat_id)
+        if chat is not None:
+            return chat, False
+        chat = Chat.create(
+            id=chat_id,
+            name=name or default_chat_name(),
+            provider=provider,
+            model=model,
+            upstream_chat_id=chat_id if adopt_upstream else None,
+        )
+        return chat, True
+    return Chat.create(name=name or default_chat_name(), provider=provider, model=model), True
+
+
+def stored_history(chat: Chat, limit: int | None = None) -> list[dict[str, Any]]:
+    """The chat's messages as OpenAI messages, oldest first (the last ``limit`` if given)."""
+    query = Message.select().where((Message.chat == chat) & (Message.status != "error")).order_by(Message.id.desc())
+    if limit:
+        query = query.limit(limit)
+    rows = list(query)[::-1]
+    return [{"role": m.role, "content": m.content_value} for m in rows]
+
+
+def save_message(chat: Chat, role: str, content: Any, **fields: Any) -> Message:
+    text, is_json = Message.encode_content(content)
+    return Message.create(chat=chat, role=role, content=text, content_is_json=is_json, **fields)
+
+
+@dataclass
+class Turn:
+    """One request/answer exchange being recorded."""
+
+    chat: Chat
+    provider: str
+    model: str
+    collected: Collected = field(default_factory=Collected)
+    info: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
+
+    def begin(self, new_messages: list[dict[str, Any]]) -> None:
+        with db.session():
+            for message in new_messages:
+                save_message(
+                    self.chat,
+                    str(message.get("role", "user")),
+                    message.get("content", ""),
+                    model=self.model,
+                    provider=self.provider,
+                )
+
+    def observe(self, event: Event) -> None:
+        self.collected.add(event)
+
+    def close(self, status: str, error: str | None = None) -> None:
+        """Save the answer (``complete``, ``partial`` or ``error``) and the chat's upstream ids."""
+        if self.closed:
+            return
+        self.closed = True
+        c = self.collected
+        started: ResponseStarted | None = c.started
+        try:
+            with db.session():
+                if started is not None or c.text or c.reasoning or c.tool_calls:
+                    content: Any = c.text
+                    if c.tool_calls:
+                        content = {"content": c.text, "tool_calls": [c.tool_calls[i] for i in sorted(c.tool_calls)]}
+                    save_message(
+                        self.chat,
+                        "assistant",
+                        content,
+                        reasoning=c.reasoning or None,
+                        model=self.model,
+                        provider=self.provider,
+                        upstream_chat_id=(started.chat_id if started else None) or self.info.get("upstream_chat_id"),
+                        response_id=started.response_id if started else None,
+                        parent_id=started.parent_id if started else None,
+                        prompt_tokens=c.usage.prompt_tokens if c.usage else None,
+                        completion_tokens=c.usage.completion_tokens if c.usage else None,
+                        total_tokens=c.usage.total_tokens if c.usage else None,
+                        usage_raw=json.dumps(c.usage.raw) if c.usage and c.usage.raw else None,
+                        finish_reason=c.finish_reason or (None if status == "complete" else status),
+                        status=status,
+                    )
+                updates: dict[str, Any] = {"updated": now_ms(), "model": self.model}
+                upstream_chat = (started.chat_id if started else None) or self.info.get("upstream_chat_id")
+                if upstream_chat:
+                    updates["upstream_chat_id"] = upstream_chat
+                    if self.info.get("account_id"):
+                        updates["account_id"] = self.info["account_id"]
+                if started is not None and started.response_id and status == "complete":
+                    updates["last_response_id"] = started.response_id
+                Chat.update(**updates).where(Chat.id == self.chat.id).execute()
+        except Exception:
+            log.exception("could not save the answer of chat %s", self.chat.id)

@@ -1,0 +1,599 @@
+"""The browser pool against the fake chat.qwen.ai in anti-bot mode, with real Debian Chromium.
+
+One pool process (``python -m workers.browser_pool``, 1 browser, 2 pages) serves most tests;
+the drain and supervisor tests start their own. Chromium is never downloaded: the tests are
+skipped where no Chromium is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from qwenproxy import create_app
+from qwenproxy.errors import UpstreamError
+from qwenproxy.qwen.browser_transport import BrowserTransport
+from qwenproxy.runtime.chromium import find_chrome
+from tests.conftest import ROOT, Gunicorn, LiveServer, app_config, marked_chromium
+from tests.fakes.qwen_web import FakeQwen
+
+try:
+    find_chrome()
+except FileNotFoundError:  # pragma: no cover - CI installs it (scripts/setup.sh)
+    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+
+class PoolProcess:
+    """``python -m workers.browser_pool`` on a short socket path, against ``base_url``."""
+
+    def __init__(self, base_url: str, **settings: str) -> None:
+        # Unix socket paths are limited to ~100 bytes: not under pytest's long tmp_path
+        self.dir = Path(tempfile.mkdtemp(prefix="qp-pool-", dir="/tmp"))
+        self.socket = str(self.dir / "pool.sock")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("QWEN", "BROWSER_", "CHROME_"))}
+        env.update(
+            QWENPROXY_ENV_FILE="",
+            SESSION_DIR=str(self.dir / "session"),
+            QWEN_BASE_URL=base_url,
+            BROWSER_POOL_SOCKET=self.socket,
+            BROWSER_POOL_SIZE="2",
+            BROWSER_WATCHDOG_SECONDS="0.5",
+            BROWSER_DRAIN_TIMEOUT="15",
+            LOG_LEVEL="INFO",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(settings)
+        self.log = self.dir / "pool.log"
+        self._log_file = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "workers.browser_pool"],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+        self.transport = BrowserTransport(self.socket, read_timeout=10)
+        deadline = time.time() + 20
+        while not self.health().get("running"):
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError("the pool did not start:\n" + self.log.read_text(errors="replace")[-3000:])
+            time.sleep(0.05)
+
+    def health(self) -> dict:
+        return self.transport.pool_status()
+
+    def chromium_pids(self) -> list[int]:
+        """Every process of this pool's Chromium trees (browser, zygotes, renderers)."""
+        pids = []
+        for entry in self.health().get("detail", []):
+            if entry.get("pid"):
+                try:
+                    root = psutil.Process(entry["pid"])
+                    pids += [root.pid] + [c.pid for c in root.children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    pass
+        return pids
+
+    def stop(self) -> None:
+        if os.environ.get("KEEP_POOL_LOG"):
+            shutil.copy(self.log, os.environ["KEEP_POOL_LOG"] + f".{self.proc.pid}")
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log_file.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def wait_until(predicate, timeout: float = 10.0, step: float = 0.05):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeQwen]:
+    server = FakeQwen().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def reset_fake(fake: FakeQwen) -> None:
+    fake.antibot = True
+    fake.chunk_delay = 0.0
+    fake.hostile = None
+    fake.hostile_times = None
+
+
+@pytest.fixture(scope="module")
+def pool(fake: FakeQwen) -> Iterator[PoolProcess]:
+    process = PoolProcess(fake.url)
+    try:
+        yield process
+    finally:
+        pids = process.chromium_pids()
+        process.stop()
+        assert process.proc.returncode == 0
+        assert wait_until(lambda: not alive(pids), timeout=10)
+
+
+_TOKENS: dict[str, str] = {}
+
+
+def module_token(fake: FakeQwen) -> str:
+    """One account token per fake: the account (and so its browser profile) stays the same
+    across the apps of this module (the registry names an imported token after its hash)."""
+    return _TOKENS.setdefault(fake.url, fake.make_token())
+
+
+def make_app(tmp_path: Path, fake: FakeQwen, socket_path: str, transport: str = "browser", **extra):
+    extra.setdefault("QWEN_TOKEN", module_token(fake))
+    return create_app(app_config(tmp_path, fake, QWEN_TRANSPORT=transport, BROWSER_POOL_SOCKET=socket_path, **extra))
+
+
+def pool_account(pool: PoolProcess) -> str:
+    """The account id whose browser the pool runs (one in this module)."""
+    accounts = [entry["account"] for entry in pool.health()["detail"] if entry["state"] == "up"]
+    assert len(accounts) == 1, pool.health()["detail"]
+    return accounts[0]
+
+
+@pytest.fixture
+def served(tmp_path: Path, fake: FakeQwen, pool: PoolProcess) -> Iterator[LiveServer]:
+    application = make_app(tmp_path, fake, pool.socket)
+    server = LiveServer(application)
+    try:
+        yield server
+    finally:
+        server.stop()
+        application.extensions["providers"].close()
+
+
+def chat(url: str, content: str, stream: bool = True, timeout: float = 30) -> requests.Response:
+    body = {"model": "qwen3-max", "stream": stream, "messages": [{"role": "user", "content": content}]}
+    return requests.post(url + "/api/chat/completions", json=body, stream=stream, timeout=timeout)
+
+
+def sse_events(response: requests.Response) -> Iterator[dict | str]:
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("data: "):
+            data = line[6:]
+            yield data if data == "[DONE]" else json.loads(data)
+
+
+def content_of(event: dict | str) -> str:
+    if isinstance(event, dict) and event.get("choices"):
+        return event["choices"][0].get("delta", {}).get("content") or ""
+    return ""
+
+
+# --------------------------------------------------------------------------- anti-bot, transports
+
+
+def test_antibot_fake_refuses_direct_and_the_pool_passes(tmp_path, fake, pool) -> None:
+    direct = make_app(tmp_path / "d", fake, pool.socket, transport="direct").test_client()
+    refused = direct.post("/api/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert refused.status_code == 502 and refused.get_json()["error"]["code"] == "upstream_captcha"
+
+    browser = make_app(tmp_path / "b", fake, pool.socket).test_client()
+    answer = browser.post("/api/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["choices"][0]["message"]["content"] == "Echo: hi"
+    assert answer.headers["X-Upstream-Transport"] == "browser"
+    # the page's own cookies went with the fetch, and the account's token is in its profile now
+    sent = [r for r in fake.requests if r["path"] == "/api/v2/chat/completions"][-1]["headers"]
+    assert "ssxmod_itna=" in sent.get("cookie", "") and "token=" in sent.get("cookie", "")
+    assert "HeadlessChrome" not in sent.get("user-agent", "")
+    status = browser.get("/api/status").get_json()["browserPool"]
+    assert status["running"] and status["browsers"] == 1 and status["pages"] == 2
+    assert {"queue", "served", "restarts", "active"} <= set(status)
+
+
+def test_auto_uses_direct_until_the_wall_then_the_browser(tmp_path, fake, pool) -> None:
+    fake.antibot = False
+    client = make_app(tmp_path / "a", fake, pool.socket, transport="auto").test_client()
+    body = {"messages": [{"role": "user", "content": "one"}]}
+    first = client.post("/api/chat/completions", json=body)
+    assert first.status_code == 200 and first.headers["X-Upstream-Transport"] == "direct"
+    fake.antibot = True
+    second = client.post("/api/chat/completions", json={"messages": [{"role": "user", "content": "two"}]})
+    assert second.status_code == 200, second.get_json()
+    assert second.headers["X-Upstream-Transport"] == "browser"
+    assert second.get_json()["choices"][0]["message"]["content"] == "Echo: two"
+
+
+def test_pool_not_running_is_a_quick_503(tmp_path, fake) -> None:
+    client = make_app(tmp_path, fake, "/tmp/qp-no-such-pool.sock").test_client()
+    started = time.monotonic()
+    response = client.post("/api/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
+    assert time.monotonic() - started < 2
+    assert response.status_code == 503
+    assert "browser pool is not running" in response.get_json()["error"]["message"]
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def test_first_chunk_reaches_the_client_before_the_fake_has_finished(served, fake) -> None:
+    fake.chunk_delay = 0.1
+    response = chat(served.url, "words:20")
+    assert response.headers["X-Upstream-Transport"] == "browser"
+    done_at_first_chunk = None
+    text = ""
+    for event in sse_events(response):
+        if content_of(event) and done_at_first_chunk is None:
+            done_at_first_chunk = len(fake.completed)
+            in_flight = fake.chats and any(c["in_progress"] for c in fake.chats.values())
+            assert in_flight, "the fake was no longer generating when the first chunk arrived"
+        text += content_of(event)
+    assert done_at_first_chunk == len(fake.completed) - 1
+    assert text == " ".join(f"w{i}" for i in range(1, 21))
+
+
+def test_time_to_first_token_is_close_to_direct(tmp_path, fake, pool, served) -> None:
+    """The pool adds tens of milliseconds, not seconds (bench/transport.py measures it well)."""
+    fake.antibot = False
+    fake.chunk_delay = 0.05
+    direct_app = make_app(tmp_path / "d", fake, pool.socket, transport="direct")
+    direct = LiveServer(direct_app)
+
+    def ttft(url: str) -> float:
+        started = time.monotonic()
+        response = chat(url, "words:3")
+        for event in sse_events(response):
+            if content_of(event):
+                elapsed = time.monotonic() - started
+                response.close()
+                return elapsed
+        raise AssertionError("no content")
+
+    try:
+        ttft(served.url), ttft(direct.url)  # warm both
+        browser_times = sorted(ttft(served.url) for _ in range(5))
+        direct_times = sorted(ttft(direct.url) for _ in range(5))
+    finally:
+        direct.stop()
+    # medians; generous bound for a loaded CI machine
+    assert browser_times[2] - direct_times[2] < 0.25, (browser_times, direct_times)
+
+
+def test_eight_concurrent_streams_through_two_pages(served, fake, pool) -> None:
+    fake.chunk_delay = 0.05
+    start = pool.health()
+    results: dict[int, str] = {}
+
+    def one(i: int) -> None:
+        response = chat(served.url, f"words:{10 + i}")
+        results[i] = "".join(content_of(e) for e in sse_events(response))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    wall = time.monotonic() - started
+    for i in range(8):
+        assert results.get(i) == " ".join(f"w{n}" for n in range(1, 11 + i)), (i, results.get(i))
+
+    # the pool counts a job once its last chunk is written, a moment after the client has it;
+    # the gateway stops reading at the "finished" event and may close the connection before
+    # the upstream's end reached the pool (then the job counts as aborted, not failed)
+    def settled() -> bool:
+        health = pool.health()
+        done = health["served"] + health["aborted"] - start["served"] - start["aborted"]
+        return done >= 16 and health["active"] == 0 and health["queue"] == 0 and health["failed"] == start["failed"]
+
+    assert wait_until(settled, timeout=5), json.dumps(pool.health())  # 8 × (chats/new + completion)
+    health = pool.health()
+    assert health["pages"] == 2 and health["browsers"] == 1, health
+    # the answers take 0.5–0.85 s each, 5.4 s one after another; Chrome runs 6 at once
+    assert wall < 5, wall
+
+
+def test_client_disconnect_aborts_the_upstream_request(served, fake, pool) -> None:
+    fake.chunk_delay = 0.05
+    aborted_before = len(fake.aborted)
+    response = chat(served.url, "words:400")
+    for event in sse_events(response):
+        if content_of(event):
+            break
+    response.close()  # the client goes away mid-stream
+    assert fake.wait_for(lambda: len(fake.aborted) > aborted_before, timeout=10), "upstream request not closed"
+    assert wait_until(lambda: pool.health()["active"] == 0, timeout=5)
+
+
+def test_transport_close_aborts_the_in_page_fetch(served, fake, pool) -> None:
+    """``UpstreamResponse.close()`` (what ``EventStream.cancel`` calls) reaches the page."""
+    chat(served.url, "warm", stream=False)
+    account = pool_account(pool)
+    fake.chunk_delay = 0.05
+    from qwenproxy.config import load_config
+    from qwenproxy.qwen.client import QwenClient
+    from qwenproxy.qwen.protocol import completion_body
+
+    config = load_config({"QWEN_BASE_URL": fake.url, "SESSION_DIR": "/tmp"}, environ={}, env_file="")
+    client = QwenClient(pool.transport, config)
+    token = module_token(fake)
+    chat_id = client.create_chat(token, "qwen3-max", account_id=account)
+    events, response = client.open_completion(
+        token, completion_body(chat_id=chat_id, model="qwen3-max", content="words:400"), account_id=account
+    )
+    assert response.served_by == "browser"
+    next(events)
+    aborted_before = len(fake.aborted)
+    threading.Timer(0.2, response.close).start()  # from another thread, while a read is blocked
+    with pytest.raises(UpstreamError, match="ended before"):  # the unblocked read ends at once
+        list(events)
+    assert fake.wait_for(lambda: len(fake.aborted) > aborted_before, timeout=10)
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def _stream_until_first_content(url: str, content: str = "words:300") -> tuple[requests.Response, Iterator]:
+    response = chat(url, content)
+    events = sse_events(response)
+    for event in events:
+        if content_of(event):
+            return response, events
+    raise AssertionError("no content")
+
+
+def _rest_until_done(events: Iterator) -> tuple[list, float]:
+    started = time.monotonic()
+    rest = []
+    for event in events:
+        rest.append(event)
+        if event == "[DONE]":
+            break
+    return rest, time.monotonic() - started
+
+
+def test_chromium_killed_mid_stream_errors_in_band_and_the_next_request_works(served, fake, pool) -> None:
+    fake.chunk_delay = 0.05
+    restarts = pool.health()["restarts"]
+    pids = pool.chromium_pids()
+    response, events = _stream_until_first_content(served.url)
+    os.killpg(pids[0], signal.SIGKILL)  # Chromium runs in its own process group
+    rest, took = _rest_until_done(events)
+    assert took < 5
+    errors = [e for e in rest if isinstance(e, dict) and "error" in e]
+    assert errors and "Chromium" in errors[0]["error"]["message"], rest[-3:]
+    assert rest[-1] == "[DONE]"
+    assert wait_until(lambda: not alive(pids), timeout=10), "the dead browser's processes are still there"
+    again = chat(served.url, "after the crash", stream=False)
+    assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"] == "Echo: after the crash"
+    assert pool.health()["restarts"] > restarts
+
+
+def test_hung_chromium_is_killed_and_relaunched(served, fake, pool) -> None:
+    fake.chunk_delay = 0.05
+    chat(served.url, "warm", stream=False)
+    pids = pool.chromium_pids()
+    response, events = _stream_until_first_content(served.url)
+    os.killpg(pids[0], signal.SIGSTOP)  # the whole browser freezes
+    try:
+        rest, took = _rest_until_done(events)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pids[0], signal.SIGCONT)
+    assert took < 8
+    errors = [e for e in rest if isinstance(e, dict) and "error" in e]
+    assert errors and "stopped answering" in errors[0]["error"]["message"], rest[-3:]
+    assert wait_until(lambda: not alive(pids), timeout=10)
+    again = chat(served.url, "after the hang", stream=False)
+    assert again.status_code == 200, again.text
+
+
+def _on_every_page(pool: PoolProcess, method: str, params: dict | None = None) -> None:
+    """Send one CDP command to every page of the pool's browser, as a second DevTools client
+    (raw websockets: pyppeteer's Page objects would choke on the crash we cause)."""
+    profile = next(Path(pool.dir, "session", "accounts").iterdir())
+    port = (profile / "DevToolsActivePort").read_text().split()[0]
+    targets = requests.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json()
+
+    async def run() -> None:
+        import websockets
+
+        for target in targets:
+            if target.get("type") != "page":
+                continue
+            async with websockets.connect(target["webSocketDebuggerUrl"], max_size=None) as ws:
+                await ws.send(json.dumps({"id": 1, "method": method, "params": params or {}}))
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.recv(), 2)
+
+    asyncio.run(run())
+
+
+def test_page_navigating_away_fails_its_jobs_and_the_page_comes_back(served, fake, pool) -> None:
+    fake.chunk_delay = 0.05
+    chat(served.url, "warm", stream=False)
+    response, events = _stream_until_first_content(served.url)
+    _on_every_page(pool, "Page.navigate", {"url": "about:blank"})
+    rest, took = _rest_until_done(events)
+    assert took < 5
+    errors = [e for e in rest if isinstance(e, dict) and "error" in e]
+    assert errors and "navigated away" in errors[0]["error"]["message"], rest[-3:]
+    again = chat(served.url, "back on the site", stream=False)
+    assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"] == "Echo: back on the site"
+
+
+def test_crashed_page_fails_its_jobs_and_is_replaced(served, fake, pool) -> None:
+    fake.chunk_delay = 0.05
+    chat(served.url, "warm", stream=False)
+    restarts = pool.health()["restarts"]
+    response, events = _stream_until_first_content(served.url)
+    _on_every_page(pool, "Page.crash")
+    rest, took = _rest_until_done(events)
+    assert took < 5
+    errors = [e for e in rest if isinstance(e, dict) and "error" in e]
+    assert errors and "page failed" in errors[0]["error"]["message"], rest[-3:]
+    assert wait_until(lambda: pool.health()["pages"] == 2 and pool.health()["restarts"] >= restarts + 2, timeout=10)
+    again = chat(served.url, "after the page crash", stream=False)
+    assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"] == "Echo: after the page crash"
+
+
+def test_job_timeout_ends_the_stream_with_an_error(tmp_path, fake, pool) -> None:
+    application = make_app(tmp_path, fake, pool.socket, QWEN_READ_TIMEOUT=1.0)
+    server = LiveServer(application)
+    try:
+        fake.chunk_delay = 0.05
+        chat(server.url, "warm", stream=False)
+        fake.chunk_delay = 4.0  # response.created at once, then 4 s of silence
+        aborted_before = len(fake.aborted)
+        started = time.monotonic()
+        response = chat(server.url, "words:3")
+        events = list(sse_events(response))
+        assert time.monotonic() - started < 3.5
+        errors = [e for e in events if isinstance(e, dict) and "error" in e]
+        assert errors and "job timeout" in errors[0]["error"]["message"]
+        assert events[-1] == "[DONE]"
+        assert fake.wait_for(lambda: len(fake.aborted) > aborted_before, timeout=8)
+    finally:
+        fake.chunk_delay = 0.0
+        server.stop()
+
+
+# --------------------------------------------------------------------------- process lifecycle
+
+
+def test_sigterm_drains_running_jobs_and_refuses_new_ones(tmp_path, fake) -> None:
+    process = PoolProcess(fake.url)
+    application = make_app(tmp_path, fake, process.socket)
+    server = LiveServer(application)
+    try:
+        fake.chunk_delay = 0.05
+        chat(server.url, "warm", stream=False)
+        pids = process.chromium_pids()
+        fake.chunk_delay = 0.1
+        response, events = _stream_until_first_content(server.url, "words:25")
+        process.proc.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: process.health().get("draining") or not process.health()["running"], 5)
+        started = time.monotonic()
+        refused = chat(server.url, "new", stream=False)
+        assert refused.status_code == 503 and time.monotonic() - started < 2
+        rest, _ = _rest_until_done(events)
+        text = "".join(content_of(e) for e in rest)
+        assert text.endswith("w25") and rest[-1] == "[DONE]"
+        assert not [e for e in rest if isinstance(e, dict) and "error" in e]
+        assert process.proc.wait(timeout=15) == 0
+        assert wait_until(lambda: not alive(pids), timeout=10)
+        assert not os.path.exists(process.socket)
+    finally:
+        fake.chunk_delay = 0.0
+        server.stop()
+        process.stop()
+
+
+def test_killed_pool_is_restarted_by_gunicorn_and_the_gap_is_a_503(tmp_path, fake) -> None:
+    socket_dir = Path(tempfile.mkdtemp(prefix="qp-gu-", dir="/tmp"))
+    env = {
+        "SESSION_DIR": str(tmp_path / "session"),
+        "QWEN_BASE_URL": fake.url,
+        "QWEN_TOKEN": fake.make_token(),
+        "QWEN_TRANSPORT": "browser",
+        "BROWSER_POOL_SOCKET": str(socket_dir / "pool.sock"),
+        "BROWSER_POOL_SIZE": "1",
+        "API_KEYS_FILE": str(tmp_path / "Authorization.txt"),
+        "MODELS_FILE": str(ROOT / "AvailableModels.txt"),
+    }
+    server = Gunicorn(env, workers=1)
+    try:
+        assert wait_until(lambda: requests.get(server.url + "/api/status").json()["browserPool"]["running"], 20)
+        fake.chunk_delay = 0.05
+        assert chat(server.url, "warm", stream=False).status_code == 200
+        status = requests.get(server.url + "/api/status").json()["browserPool"]
+        worker_pid = status["pid"]
+        chromium = psutil.Process(status["detail"][0]["pid"])
+        chromium_pids = [chromium.pid] + [c.pid for c in chromium.children(recursive=True)]
+
+        response, events = _stream_until_first_content(server.url)
+        os.kill(worker_pid, signal.SIGKILL)
+        rest, took = _rest_until_done(events)
+        assert took < 3
+        errors = [e for e in rest if isinstance(e, dict) and "error" in e]
+        assert errors and "browser pool" in errors[0]["error"]["message"], rest[-3:]
+
+        started = time.monotonic()
+        gap = chat(server.url, "during the gap", stream=False)
+        assert time.monotonic() - started < 3
+        assert gap.status_code == 503, gap.text
+        # Chromium died with its worker (PDEATHSIG)
+        assert wait_until(lambda: not alive(chromium_pids), timeout=10)
+
+        def restarted() -> bool:
+            pool_status = requests.get(server.url + "/api/status").json()["browserPool"]
+            return pool_status.get("running") and pool_status["pid"] != worker_pid
+
+        assert wait_until(restarted, timeout=20, step=0.2)
+        after = chat(server.url, "after the restart", stream=False)
+        assert after.status_code == 200, after.text
+        assert after.json()["choices"][0]["message"]["content"] == "Echo: after the restart"
+        status = requests.get(server.url + "/api/status").json()["browserPool"]
+        new_pid, new_chromium = status["pid"], status["detail"][0]["pid"]
+    finally:
+        fake.chunk_delay = 0.0
+        server.stop()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+    # gunicorn's exit stopped the pool, which closed its Chromium
+    assert wait_until(lambda: not psutil.pid_exists(new_pid), timeout=15)
+    assert wait_until(lambda: not alive([new_chromium]), timeout=10)
+    assert "MonkeyPatchWarning" not in server.log.read_text(errors="replace")
+
+
+def test_release_closes_an_accounts_browser_and_the_next_job_reopens_it(served, pool) -> None:
+    chat(served.url, "warm", stream=False)
+    before = pool.chromium_pids()
+    assert pool.transport.release_profile(pool_account(pool)) is True
+    assert wait_until(lambda: not alive(before), timeout=10)
+    assert pool.health()["browsers"] == 0
+    again = chat(served.url, "reopened", stream=False)
+    assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"] == "Echo: reopened"
+    assert pool.transport.release_profile("nobody") is False
+
+
+def test_no_chromium_left_behind(pool) -> None:
+    """Every Chromium this module started belongs to a live pool (the session check runs last)."""
+    ours = set(pool.chromium_pids())
+    # crashpad handlers daemonize out of the tree; they exit a moment after their browser
+    strays = [p.pid for p in marked_chromium() if p.pid not in ours and "crashpad" not in p.info["name"]]
+    assert wait_until(lambda: not [p for p in alive(strays)], timeout=10), strays

@@ -1,0 +1,52 @@
+"""The same chat, CRUD and cleanup tests on PostgreSQL: the SQL must stay portable."""
+
+from __future__ import annotations
+
+import pytest
+from peewee import PostgresqlDatabase
+
+from qwenproxy import create_app
+from tests.conftest import app_config
+
+# Imported tests run again here, with this module's `app` fixture (PostgreSQL).
+from tests.http.test_chats import (  # noqa: F401
+    test_cleanup_filters_and_max_chats,
+    test_cleanup_requires_a_filter_or_all,
+    test_crud,
+    test_history_of_a_real_conversation,
+)
+from tests.http.test_routes import (  # noqa: F401
+    test_completion_stream_chunks_match_openai_schema,
+    test_truncated_stream_reports_in_band_and_keeps_partial,
+    test_two_turns_continue_the_upstream_conversation,
+)
+from tests.postgres import PostgresServer
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    try:
+        server = PostgresServer()
+    except (FileNotFoundError, OSError) as exc:
+        pytest.skip(f"no PostgreSQL server here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def app(tmp_path, fake_qwen, postgres):
+    application = create_app(app_config(tmp_path, fake_qwen, DATABASE_URL=postgres.new_database()))
+    yield application
+    application.extensions["providers"].close()
+
+
+def test_migrations_are_recorded_and_idempotent(app) -> None:
+    from qwenproxy import db
+
+    assert db.upgrade() == []  # everything already applied at start
+    with db.session():
+        names = [r[0] for r in db.database.execute_sql("SELECT name FROM migration_history ORDER BY name")]
+    assert names[0] == "0001_initial"
+    assert isinstance(db.database.obj, PostgresqlDatabase)
