@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
     ),
     "QWEN_BX_V": "2.5.31",
     "QWEN_FRONTEND_VERSION": "0.2.63",
-    # browser pool (QWEN_TRANSPORT=browser|auto): workers/browser_pool.py, docs/BROWSER_POOL.md
+    # browser pool (QWEN_TRANSPORT=browser|auto): workers/browser_pool/, docs/BROWSER_POOL.md
     "BROWSER_POOL_SOCKET": None,  # Unix socket path (default <SESSION_DIR>/browser_pool.sock) or http://127.0.0.1:PORT
     "BROWSER_POOL_SIZE": 2,  # pages per browser (one browser per account profile)
     "BROWSER_PAGE_JOBS": 6,  # fetches one page runs at once; more wait in the pool's queue
