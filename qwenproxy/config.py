@@ -70,7 +70,9 @@ DEFAULTS: dict[str, Any] = {
     "BROWSER_QUEUE_TIMEOUT": 30.0,  # seconds a job may wait for a page before a 504
     "BROWSER_DRAIN_TIMEOUT": 20.0,  # on SIGTERM: seconds running jobs may take to finish
     "BROWSER_WATCHDOG_SECONDS": 2.0,  # how often browsers and pages are pinged; a silent one is relaunched
-    "BROWSER_HEADLESS": True,
+    "BROWSER_HEADLESS": "auto",  # auto: headed on an own Xvfb (or $DISPLAY) when there is one | true | false
+    "BROWSER_ANTIBOT_WAIT_S": 8.0,  # seconds a fresh page waits for the site's anti-bot module before its first call
+    "BROWSER_TEST_HOOKS": False,  # tests only: the pool's POST /v1/debug/pages sends a CDP command to its pages
     "BROWSER_AUTO_STICKY_SECONDS": 300.0,  # auto: after a captcha, go straight to the browser this long
     # uploads (docs/UPLOADS.md)
     "MAX_UPLOAD_MB": 20.0,  # per file; also bounds data: URIs in chat messages

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .jobs import Job, JobError
-from .page_scripts import BINDING, TOKEN_JS
+from .page_scripts import ANTIBOT_READY_JS, BINDING, TOKEN_JS
 from .settings import profile_dir
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ class PageSlot:
         self.jobs: dict[str, Job] = {}
         self.broken: str | None = None
         self.needs_navigation = True
+        self.antibot_pending = True  # the site's anti-bot module: not seen ready since the last load
         self.nav_lock = asyncio.Lock()
 
     @property
@@ -76,6 +77,7 @@ class PageSlot:
             return  # an iframe
         url = str(frame.get("url") or "")
         origin = self.pool.settings.origin
+        self.antibot_pending = True  # a new document: its anti-bot module starts over
         if not (url == origin or url.startswith(origin + "/")):
             self.needs_navigation = True
         running = [j for j in self.jobs.values() if j.task is not None]
@@ -104,7 +106,37 @@ class PageSlot:
         async with self.nav_lock:
             if self.needs_navigation or not self.on_site():
                 await self.navigate()
+            if self.antibot_pending:
+                await self.wait_antibot()
         await self.browser.put_token(self, job)
+
+    async def wait_antibot(self) -> None:
+        """Before a page's first call: wait (``BROWSER_ANTIBOT_WAIT_S`` at most) until the site's
+        anti-bot module hands out its token; a call made earlier carries no valid signature
+        (``qwen-web-2026.md`` §4). Past the bound the call goes anyway, with a log line."""
+        bound = self.pool.settings.antibot_wait
+        started = time.monotonic()
+        while True:
+            try:
+                ready = await within(self.page.evaluate(ANTIBOT_READY_JS), 2)
+            except Exception:  # noqa: BLE001 - navigating (no context yet), or a slow page
+                ready = False
+            waited = time.monotonic() - started
+            if ready:
+                self.antibot_pending = False
+                if waited >= 0.05:
+                    log.info("%s: page %d: anti-bot module ready after %.1f s", self.browser.key, self.index, waited)
+                return
+            if waited >= bound:
+                self.antibot_pending = False
+                log.warning(
+                    "%s: page %d: the site's anti-bot module was not ready within %g s; calling anyway",
+                    self.browser.key,
+                    self.index,
+                    bound,
+                )
+                return
+            await asyncio.sleep(min(0.1, bound - waited))
 
     async def ping(self, timeout: float) -> None:
         await within(self.session.send("Runtime.evaluate", {"expression": "1", "returnByValue": True}), timeout)
@@ -158,7 +190,12 @@ class BrowserSlot:
             await closing.wait()
         t0 = time.monotonic()
         try:
-            chromium = await launch(self.profile, headless=settings.headless, chrome_path=settings.chrome_path)
+            chromium = await launch(
+                self.profile,
+                headless=self.pool.display.headless,
+                chrome_path=settings.chrome_path,
+                env=self.pool.chromium_env,
+            )
         except Exception as exc:
             self.state = "dead"
             self.last_error = f"Chromium could not be started: {exc}"
@@ -271,7 +308,7 @@ class BrowserSlot:
             page.broken = page.broken or self.last_error
             for job in list(page.jobs.values()):
                 job.push_error(f"Chromium {reason}")
-        self._cleanup = self.pool.spawn(close_chromium(chromium))
+        self._cleanup = self.pool.spawn(close_chromium(chromium, graceful=False))
         self.pool.notify()
         self.pool.spawn(self._relaunch())
 
@@ -315,10 +352,11 @@ class BrowserSlot:
         }
 
 
-async def close_chromium(chromium: Any) -> None:
-    """Disconnect and kill the whole process group, without blocking the loop."""
+async def close_chromium(chromium: Any, graceful: bool = True) -> None:
+    """Close Chromium and kill its whole process group, without blocking the loop;
+    ``graceful``: ask it to quit first (it writes its cookies to the profile)."""
     if chromium is not None:
-        await chromium.close(timeout=3.0)
+        await chromium.close(timeout=3.0, graceful=graceful)
 
 
 async def within(awaitable: Any, timeout: float) -> Any:

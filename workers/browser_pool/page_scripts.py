@@ -43,3 +43,11 @@ ABORT_JS = """(job, abortsName) => {
 TOKEN_JS = """(token) => {
   try { if (localStorage.getItem('token') !== token) localStorage.setItem('token', token); } catch (e) {}
 }"""
+
+# the site's anti-bot module (baxia) is ready once it hands out a uid token (qwen-web-2026.md §4)
+ANTIBOT_READY_JS = """() => {
+  try {
+    const b = window.__baxia__;
+    return !!(b && b.getFYModule && b.getFYModule() && b.getFYModule().getUidToken());
+  } catch (e) { return false; }
+}"""

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from typing import Any
 
 from .browsers import BrowserSlot, PageSlot, consume_exception, short_error, within
+from .display import DisplayPlan
 from .jobs import Job, JobError, parse_job
 from .page_scripts import ABORT_JS, ABORTS, BINDING, READER_JS
 from .settings import ANONYMOUS, Settings
@@ -22,8 +23,12 @@ RECENT_JOBS = 500
 
 
 class Pool:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, display: DisplayPlan | None = None, chromium_env: dict[str, str] | None = None
+    ) -> None:
         self.settings = settings
+        self.display = display or DisplayPlan("headless", "no display planned")
+        self.chromium_env = dict(chromium_env or {})  # DISPLAY/XAUTHORITY of the pool's Xvfb
         self.browsers: dict[str, BrowserSlot] = {}
         self.jobs: dict[str, Job] = {}
         self.waiting = 0
@@ -262,6 +267,7 @@ class Pool:
             "aborted": self.aborted,
             "restarts": self.restarts,
             "draining": self.draining,
+            "display": self.display.mode,
             "uptime": round(time.time() - self.started_at, 1),
             "detail": [b.describe() for b in self.browsers.values()],
         }

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .browsers import short_error, within
+from .display import DisplayPlan, VirtualDisplay, find_xvfb, plan
 from .jobs import HIDDEN_RESPONSE_HEADERS, JobError
 from .pool import Pool
 from .settings import Settings
@@ -130,6 +132,24 @@ async def handle_release(request):
     return web.json_response({"account": account, "closed": True})
 
 
+async def handle_debug_pages(request):
+    """Tests only (``BROWSER_TEST_HOOKS``): one CDP command to every page, on the page's own
+    CDP session, so a test can make a page navigate away or crash. With the DevTools pipe
+    there is no port a second client could use for that."""
+    from aiohttp import web
+
+    pool: Pool = request.app["pool"]
+    spec = await request.json()
+    pages = [p for b in pool.browsers.values() if b.state == "up" for p in b.pages if p.broken is None]
+    results = await asyncio.gather(
+        *(within(p.session.send(str(spec["method"]), spec.get("params") or {}), 3) for p in pages),
+        return_exceptions=True,
+    )
+    return web.json_response(
+        {"pages": len(pages), "errors": [short_error(r) for r in results if isinstance(r, BaseException)]}
+    )
+
+
 def make_app(pool: Pool):
     from aiohttp import web
 
@@ -139,6 +159,8 @@ def make_app(pool: Pool):
     app.router.add_post("/v1/fetch", handle_fetch)
     app.router.add_get("/v1/jobs/{id}", handle_job)
     app.router.add_delete("/v1/browsers/{account}", handle_release)
+    if pool.settings.test_hooks:
+        app.router.add_post("/v1/debug/pages", handle_debug_pages)
     return app
 
 
@@ -157,55 +179,76 @@ def _socket_in_use(path: str) -> bool:
 async def serve(settings: Settings, parent_pid: int | None = None) -> int:
     from aiohttp import web
 
-    pool = Pool(settings)
-    runner = web.AppRunner(make_app(pool), handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
     address = settings.address
-    if address.startswith("http://"):
-        parts = urlsplit(address)
-        site: Any = web.TCPSite(runner, parts.hostname or "127.0.0.1", parts.port or 8765)
-        path = None
-    else:
-        path = address
+    path = None if address.startswith("http://") else address
+    if path is not None:
         if len(path.encode()) > 100:
             log.error("socket path too long for a Unix socket (%d bytes): %s", len(path.encode()), path)
-            await runner.cleanup()
             return 2
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         if os.path.exists(path):
             if _socket_in_use(path):
                 log.error("another browser pool is already serving on %s", path)
-                await runner.cleanup()
                 return 3
             os.unlink(path)
-        site = web.UnixSite(runner, path)
-    old_umask = os.umask(0o077)  # the socket: this user only (jobs run with the accounts' cookies)
+    display, xvfb, env = await open_display(settings)
     try:
-        await site.start()
-    finally:
-        os.umask(old_umask)
-    log.info("browser pool listening on %s (pid %d) for %s", address, os.getpid(), settings.origin)
+        pool = Pool(settings, display, env)
+        runner = web.AppRunner(make_app(pool), handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        if path is None:
+            parts = urlsplit(address)
+            site: Any = web.TCPSite(runner, parts.hostname or "127.0.0.1", parts.port or 8765)
+        else:
+            site = web.UnixSite(runner, path)
+        old_umask = os.umask(0o077)  # the socket: this user only (jobs run with the accounts' cookies)
+        try:
+            await site.start()
+        finally:
+            os.umask(old_umask)
+        log.info("browser pool listening on %s (pid %d) for %s", address, os.getpid(), settings.origin)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(_loop_exception)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)  # only a flag: the work happens below
-    watchdog = pool.spawn(pool.watchdog())
-    parent_watch = pool.spawn(_watch_parent(parent_pid, stop)) if parent_pid else None
-    await stop.wait()
-    log.info("shutting down: draining for up to %g s", settings.drain_timeout)
-    await pool.drain()
-    watchdog.cancel()
-    if parent_watch is not None:
-        parent_watch.cancel()
-    await pool.close()
-    await runner.cleanup()
-    if path and os.path.exists(path):
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_loop_exception)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)  # only a flag: the work happens below
+        watchdog = pool.spawn(pool.watchdog())
+        parent_watch = pool.spawn(_watch_parent(parent_pid, stop)) if parent_pid else None
+        await stop.wait()
+        log.info("shutting down: draining for up to %g s", settings.drain_timeout)
+        await pool.drain()
+        watchdog.cancel()
+        if parent_watch is not None:
+            parent_watch.cancel()
+        await pool.close()
+        await runner.cleanup()
+        if path and os.path.exists(path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    finally:
+        if xvfb is not None:
+            xvfb.stop()
     log.info("browser pool stopped")
     return 0
+
+
+async def open_display(settings: Settings) -> tuple[DisplayPlan, VirtualDisplay | None, dict[str, str]]:
+    """Where Chromium draws (``BROWSER_HEADLESS``); starts the pool's Xvfb when that is the plan.
+    An Xvfb that will not start leaves Chromium headless rather than not at all."""
+    xvfb_path = find_xvfb()
+    display = plan(settings.headless, os.environ, xvfb_path)
+    xvfb = None
+    env: dict[str, str] = {}
+    if display.mode == "xvfb" and xvfb_path:
+        xvfb = VirtualDisplay(xvfb_path)
+        try:
+            env = await xvfb.start()
+        except Exception as exc:  # noqa: BLE001
+            log.error("Xvfb could not start (%s); Chromium runs headless", exc)
+            xvfb, display = None, DisplayPlan("headless", f"Xvfb could not start: {exc}")
+    log.info("Chromium runs %s (%s)", "headless" if display.headless else "headed", display.reason)
+    return display, xvfb, env
 
 
 def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict) -> None:

@@ -31,7 +31,9 @@ class Settings:
     queue_timeout: float = 30.0
     drain_timeout: float = 20.0
     watchdog: float = 2.0
-    headless: bool = True
+    headless: str = "auto"  # BROWSER_HEADLESS: auto | true | false (display.plan)
+    antibot_wait: float = 8.0  # seconds a fresh page waits for the site's anti-bot module
+    test_hooks: bool = False  # POST /v1/debug/pages (tests only)
     chrome_path: str | None = None
     default_timeout: float = 120.0
 
@@ -50,7 +52,9 @@ class Settings:
             queue_timeout=float(config["BROWSER_QUEUE_TIMEOUT"]),
             drain_timeout=float(config["BROWSER_DRAIN_TIMEOUT"]),
             watchdog=max(0.2, float(config["BROWSER_WATCHDOG_SECONDS"])),
-            headless=bool(config["BROWSER_HEADLESS"]),
+            headless=_headless_setting(config.get("BROWSER_HEADLESS")),
+            antibot_wait=max(0.0, float(config["BROWSER_ANTIBOT_WAIT_S"])),
+            test_hooks=bool(config.get("BROWSER_TEST_HOOKS")),
             chrome_path=config.get("CHROME_PATH") or None,
             default_timeout=float(config["QWEN_READ_TIMEOUT"]),
         )
@@ -59,6 +63,13 @@ class Settings:
     def origin(self) -> str:
         parts = urlsplit(self.base_url)
         return f"{parts.scheme}://{parts.netloc}"
+
+
+def _headless_setting(value: object) -> str:
+    """``auto``, ``true`` or ``false`` (booleans and ``1``/``0`` from older configurations too)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value or "auto").strip().lower()
 
 
 def profile_dir(session_dir: Path, account_id: str | None) -> Path:
