@@ -720,6 +720,7 @@ def test_killed_pool_is_restarted_by_gunicorn_and_the_gap_is_a_503(tmp_path, fak
         worker_pid = status["pid"]
         chromium = psutil.Process(status["detail"][0]["pid"])
         chromium_pids = [chromium.pid] + [c.pid for c in chromium.children(recursive=True)]
+        chromium_pids += [p.pid for p in psutil.Process(worker_pid).children() if p.name() == "Xvfb"]
 
         response, events = _stream_until_first_content(server.url)
         os.kill(worker_pid, signal.SIGKILL)
@@ -732,7 +733,7 @@ def test_killed_pool_is_restarted_by_gunicorn_and_the_gap_is_a_503(tmp_path, fak
         gap = chat(server.url, "during the gap", stream=False)
         assert time.monotonic() - started < 3
         assert gap.status_code == 503, gap.text
-        # Chromium died with its worker (PDEATHSIG)
+        # Chromium and the pool's Xvfb died with their worker (PDEATHSIG)
         assert wait_until(lambda: not alive(chromium_pids), timeout=10)
 
         def restarted() -> bool:
