@@ -97,6 +97,15 @@ class PoolProcess:
                     pass
         return pids
 
+    def renderer_pids(self) -> list[int]:
+        """The live renderer processes (the pages) of this pool's Chromium trees."""
+        found = []
+        for pid in self.chromium_pids():
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+                if "--type=renderer" in psutil.Process(pid).cmdline():
+                    found.append(pid)
+        return found
+
     def xvfb_pids(self) -> list[int]:
         """The pool's own Xvfb (``BROWSER_HEADLESS=auto`` where Xvfb is installed)."""
         return [p.pid for p in psutil.Process(self.proc.pid).children() if p.name() == "Xvfb"]
@@ -483,7 +492,8 @@ def test_crashed_page_fails_its_jobs_and_is_replaced(served, fake, pool) -> None
     chat(served.url, "warm", stream=False)
     restarts = pool.health()["restarts"]
     response, events = _stream_until_first_content(served.url)
-    renderers = [p for p in pool.chromium_pids() if "--type=renderer" in " ".join(psutil.Process(p).cmdline())]
+    renderers = pool.renderer_pids()
+    assert renderers
     for pid in renderers:  # what the OOM killer does to a page
         os.kill(pid, signal.SIGKILL)
     rest, took = _rest_until_done(events)
