@@ -246,6 +246,7 @@ class QwenWebProvider(Provider):
             raise BadRequest("No user message to send", param="messages")
         tried: set[str] = set()
         last_error: Exception | None = None
+        walled = False
         # uploaded files belong to the account that uploaded them: prefer it for a new chat
         prefer = request.account_id or (self.attachments.owner_hint(content) if self.attachments else None)
         for _attempt in range(self.max_attempts):
@@ -302,6 +303,12 @@ class QwenWebProvider(Provider):
                 self.pool.release(account.id)
                 tried.add(account.id)
                 last_error = exc
+                continue
+            except UpstreamBlocked as exc:
+                self.pool.release(account.id)
+                if not getattr(exc, "browser_next", False) or walled:
+                    raise
+                walled, prefer = True, account.id  # auto met a wall in the stream: once more, in the browser
                 continue
             except BaseException:
                 self.pool.release(account.id)

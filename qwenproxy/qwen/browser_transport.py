@@ -375,12 +375,17 @@ def peek_stream_wall(response: UpstreamResponse) -> tuple[list[bytes], Iterator[
     return held, rest, None
 
 
+STREAM_WALL_STICKY = 30.0  # seconds: at least the retried turn goes to the browser
+
+
 class AutoTransport(Transport):
     """Direct first; when Qwen answers with any of its walls, the browser pool.
 
-    A wall is a captcha/WAF answer, an ``x-actual-status-code`` 403/404 on a 200, or a wall
-    frame or line before the first answer frame of a 200 event stream (2026 §4). After a
-    wall, calls go straight to the pool for ``sticky_seconds``.
+    A wall is a captcha/WAF answer, an ``x-actual-status-code`` 403/404 on a 200 (the call
+    is sent again through the pool), or a wall frame or line before the first answer frame of
+    a 200 event stream (2026 §4): then ``UpstreamBlocked`` with ``browser_next`` asks the
+    caller to start its turn again. After a wall, calls go straight to the pool for
+    ``sticky_seconds``.
     """
 
     name = "auto"
@@ -413,6 +418,13 @@ class AutoTransport(Transport):
             if err is None:
                 return PeekedResponse(response, held, rest)
             response.close()
+            # the site may have recorded this turn before its wall: the caller starts the turn
+            # again (a new chat for a new conversation), and that goes to the browser
+            log.warning("direct stream from %s met the anti-bot wall; the turn goes to the browser pool", url)
+            self._browser_until = time.monotonic() + max(self.sticky_seconds, STREAM_WALL_STICKY)
+            retry = walls.blocked(getattr(err, "what", "captcha") + "; retried through the browser pool")
+            retry.browser_next = True  # type: ignore[attr-defined]
+            raise retry
         else:
             try:
                 body = response.read()

@@ -164,3 +164,26 @@ def test_reading_stops_at_finished_even_if_the_connection_stays_open() -> None:
         raise AssertionError("read past the finished delta")
 
     assert texts(list(parse_stream(chunks()))) == "done"
+
+
+# --------------------------------------------------------------------------- browser jobs (2026 §2)
+
+
+def test_browser_jobs_leave_version_and_bx_headers_to_the_page() -> None:
+    from qwenproxy.qwen.browser_transport import job_headers
+    from qwenproxy.qwen.transport import browser_headers
+
+    config = {
+        "QWEN_BASE_URL": "https://chat.qwen.ai",
+        "QWEN_USER_AGENT": "UA",
+        "QWEN_FRONTEND_VERSION": "0.2.87",
+        "QWEN_BX_V": "2.5.36",
+    }
+    headers = browser_headers(config, token="tok")
+    assert headers["Cookie"] == "token=tok" and "Authorization" not in headers and headers["bx-v"] == "2.5.36"
+    job = job_headers(headers)
+    sent = {k.lower(): v for k, v in job["headers"].items()}
+    assert "version" not in sent and not any(k.startswith("bx-") for k in sent) and "cookie" not in sent
+    assert job["page_headers"] == {"version": "0.2.87"}  # a fallback, for a page without its own
+    assert job["token"] == "tok" and sent["authorization"] == "Bearer tok"  # the pool's way to learn it
+    assert sent["source"] == "web" and "x-request-id" in sent
