@@ -198,11 +198,22 @@ class ModelCatalog:
     def _offline_ids(self) -> list[str]:
         return read_models_file(self.models_file) or ([self.configured_default] if self.configured_default else [])
 
-    def known(self, model: str) -> bool:
-        if model in ALIAS_TO_CANONICAL or model in self.ids() or model.strip().lower() in self.aliases.exact:
+    def cached_ids(self) -> list[str]:
+        """``ids()`` without asking upstream: the last list fetched, else the models file."""
+        with self._lock:
+            upstream = self._upstream
+        if upstream:
+            return [str(m["id"]) for m in upstream]
+        return self._offline_ids()
+
+    def known(self, model: str, *, fetch: bool = True) -> bool:
+        """Whether ``model`` (an alias or id, maybe with mode suffixes) is a Qwen model.
+        ``fetch=False`` never asks upstream (routing a request to a provider must not)."""
+        ids = self.ids() if fetch else self.cached_ids()
+        if model in ALIAS_TO_CANONICAL or model in ids or model.strip().lower() in self.aliases.exact:
             return True
         base, modes = split_model(model)
-        return modes != Modes() and base is not None and (base in ALIAS_TO_CANONICAL or base in self.ids())
+        return modes != Modes() and base is not None and (base in ALIAS_TO_CANONICAL or base in ids)
 
     def _live(self, name: str, ids: list[str]) -> str | None:
         """``name`` as a live id (case-insensitively), else ``None``."""
