@@ -61,7 +61,7 @@ def test_openai_client_raises_the_right_exceptions(oai, fake_qwen) -> None:
     with pytest.raises(openai.InternalServerError) as exc:
         oai.chat.completions.create(model="qwen3-max", messages=[{"role": "user", "content": "x"}])
     assert exc.value.status_code == 502
-    assert exc.value.body["code"] == "upstream_captcha"
+    assert exc.value.body["code"] == "upstream_blocked"
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
