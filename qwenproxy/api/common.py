@@ -11,6 +11,7 @@ from flask import Response, current_app, g, request
 from ..errors import BadRequest
 from ..providers import ChatRequest, ProviderRegistry
 from ..qwen.modes import aspect_ratio
+from ..serving import history
 from ..serving.conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from ..serving.streaming import serve
 from ..wire.openai import Collected, completion_response
@@ -169,8 +170,13 @@ def run_chat(body: dict[str, Any], messages: list[dict[str, Any]], *, simple: bo
     provider = registry().for_model(opts["model"])
     upstream_model, model, options = provider.resolve_request(opts["model"])
     options.update(opts["modes"])
+    # a stateless client (no chatId) re-sends its history: continue the upstream chat that
+    # holds it, or fold it into a new one (serving/history.py)
+    plan = None
+    if provider.server_side_history and not simple and not opts["chat_id"]:
+        plan = history.plan(messages, matching=bool(current_app.config.get("QWEN_HISTORY_MATCHING", True)))
     chat, is_new = open_chat(
-        opts["chat_id"],
+        plan.local_chat_id if plan else opts["chat_id"],
         provider=provider.name,
         model=model,
         name=None if simple else OPENAI_CHAT_NAME,
@@ -181,7 +187,7 @@ def run_chat(body: dict[str, Any], messages: list[dict[str, Any]], *, simple: bo
     last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
     if last_user < last_assistant < len(messages) - 1:
         last_user = last_assistant + 1  # a tool loop: the new turn is the results after the call
-    new_messages = messages if is_new else messages[last_user:]
+    new_messages = messages if is_new else messages[plan.known if plan else last_user :]
     send = messages
     if simple and not provider.server_side_history and not is_new:
         send = stored_history(chat) + messages[last_user:]
@@ -203,6 +209,12 @@ def run_chat(body: dict[str, Any], messages: list[dict[str, Any]], *, simple: bo
         request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
     )
     turn = Turn(chat=chat, provider=provider.name, model=model)
+    if plan is not None:
+        chat_request.conversation_id = plan.upstream_chat_id
+        chat_request.parent_id = plan.parent_id
+        chat_request.account_id = plan.account_id
+        chat_request.upstream_known = plan.known
+        turn.on_complete = history.recorder(messages, chat.id)
     reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
     turn.begin(new_messages)
 
