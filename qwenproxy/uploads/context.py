@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from io import BytesIO
 from typing import Any
 
 from .. import db
@@ -32,6 +33,7 @@ from .uploader import Uploader
 
 log = logging.getLogger(__name__)
 
+CONTEXT_PURPOSE = "context"  # UploadedFile.purpose of these documents (kept out of /v1/files)
 INLINE_TURN_BYTES = 48 * 1024  # the new turn stays inline up to this (Rfym21 keeps ≤ 48 KiB)
 SMALL_SYSTEM_BYTES = 2048  # a system prompt this short stays the system message
 # a document id is taken again only this long after its upload: an expired file is not an
@@ -216,7 +218,9 @@ class ContextFitter:
             )
         if record is None:
             data = move.text.replace("\x00", "").encode("utf-8")
-            record = self.uploader.upload_bytes(data, name=move.name, account=account)
+            record = self.uploader.upload(
+                BytesIO(data), name=move.name, size=len(data), purpose=CONTEXT_PURPOSE, account=account
+            )
             with db.session():
                 UploadedFile.update(content_sha256=digest).where(UploadedFile.id == record.id).execute()
         else:

@@ -78,6 +78,7 @@ def test_a_300_kb_prompt_goes_as_a_parsed_document(client, fake_qwen, fake_oss) 
     assert doc["known"] and doc["parse"] == "success" and doc["problem"] is None
     assert doc["text"] == prompt  # the whole prompt, uncut, read back from the fake OSS
     assert r.get_json()["choices"][0]["message"]["content"] == "Echo: " + message["content"]
+    assert client.get("/v1/files").get_json()["data"] == []  # the gateway's own document, not the client's
 
 
 def test_a_long_system_prompt_is_a_document_reused_on_the_next_turn(app, fake_qwen, fake_oss) -> None:
@@ -134,15 +135,18 @@ def test_a_long_folded_history_goes_as_a_document(client, fake_qwen, fake_oss) -
 )
 def test_too_long_even_so_is_a_400_context_length_exceeded(tmp_path, fake_qwen, fake_oss, extra, limit_text) -> None:
     app = make_app(tmp_path, fake_qwen, fake_oss, **extra)
+    messages = [{"role": "user", "content": long_text(300_000)}]
     try:
-        r = app.test_client().post(
-            "/api/chat/completions", json={"messages": [{"role": "user", "content": long_text(300_000)}]}
-        )
+        answers = [
+            app.test_client().post("/api/chat/completions", json={"messages": messages, "stream": stream})
+            for stream in (False, True)  # a stream is refused before it starts: a plain JSON 400
+        ]
     finally:
         app.extensions["providers"].close()
-    assert r.status_code == 400
-    error = r.get_json()["error"]
-    assert error["code"] == "context_length_exceeded" and error["type"] == "invalid_request_error"
-    assert error["param"] == "messages" and limit_text in error["message"]
+    for r in answers:
+        assert r.status_code == 400 and r.mimetype == "application/json"
+        error = r.get_json()["error"]
+        assert error["code"] == "context_length_exceeded" and error["type"] == "invalid_request_error"
+        assert error["param"] == "messages" and limit_text in error["message"]
     assert completions(fake_qwen) == [] and sts_calls(fake_qwen) == 0 and fake_qwen.walls == []
     assert not any(r["path"] == "/api/v2/chats/new" for r in fake_qwen.requests)  # no empty chat left behind
