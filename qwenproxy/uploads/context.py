@@ -240,7 +240,7 @@ def document_item_shape(name: str, size: int) -> dict[str, Any]:
     uuid_like = CHAT_ID_PLACEHOLDER
     item = files_item(
         file_id=uuid_like,
-        url="https://" + "x" * 240,  # presigned OSS URLs run long
+        url="https://" + "x" * 1024,  # presigned OSS URLs run long; better to overestimate
         name=name,
         size=size,
         mime="text/plain",
