@@ -196,6 +196,9 @@ def serve(
                 for chunk in renderer.finish(turn.collected.finish_reason or "stop"):
                     yield sse(chunk)
                 status = "complete"
+                # saved before [DONE]: a client may send its next turn the moment it reads it,
+                # and that request must find this answer (serving/history.py's point)
+                turn.close(status)
             yield DONE
         finally:
             if status != "complete":
