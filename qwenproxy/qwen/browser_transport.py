@@ -25,7 +25,7 @@ from urllib.parse import quote, urlsplit
 from ..errors import UpstreamBlocked, UpstreamError, UpstreamUnavailable
 from ..netutil import UnixHTTPConnection, shutdown
 from .protocol import error_from_response
-from .transport import DirectTransport, Transport, UpstreamResponse
+from .transport import DirectTransport, Transport, UpstreamResponse, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,8 @@ class BrowserTransport(Transport):
             "method": method,
             "url": url,
             "headers": dict(headers),
-            "body": json_body,
+            # as a string: the page sends exactly these bytes, the size uploads/context measured
+            "body": None if json_body is None else json_bytes(json_body).decode("utf-8"),
             "account_id": account_id,
             "timeout": job_timeout,
         }
