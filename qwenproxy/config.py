@@ -71,6 +71,9 @@ DEFAULTS: dict[str, Any] = {
     "QWEN_ACCEPT_LANGUAGE": "en-US,en;q=0.9",
     "QWEN_STOP_TIMEOUT": 2.0,  # seconds for the best-effort stop call when a client leaves (2026 §3)
     "QWEN_IN_PROGRESS_BACKOFF": "0.5,1,2",  # seconds between retries of a chat "in progress" (2026 §3)
+    # conversations (README "Conversations"): recognise re-sent histories; the body size wall
+    "QWEN_HISTORY_MATCHING": True,  # false: every request without chatId folds its history into a new chat
+    "QWEN_MAX_BODY_BYTES": 120000,  # larger completions bodies move their long part into a document
     # browser pool (QWEN_TRANSPORT=browser|auto): workers/browser_pool/, docs/BROWSER_POOL.md
     "BROWSER_POOL_SOCKET": None,  # Unix socket path (default <SESSION_DIR>/browser_pool.sock) or http://127.0.0.1:PORT
     "BROWSER_POOL_SIZE": 2,  # pages per browser (one browser per account profile)

@@ -4,8 +4,8 @@
   the reasoning reaches the client only when it asked for thinking (or a setting says so).
 - A generation the client abandoned is stopped (``completions/stop``), best effort, in the
   background, bounded: otherwise the chat answers the next turn "The chat is in progress!".
-- That answer is met with stop + a short backoff, then a new chat whose first message folds
-  the conversation, instead of a 409.
+- That answer is met with stop + a short backoff; when it persists the provider moves the turn
+  to a new chat whose first message folds the conversation (``wire/transcript.py``), no 409.
 
 Flask-free; the provider (``qwen_web.py``) wires these around its calls.
 """
@@ -22,7 +22,6 @@ from ..errors import ApiError, BadRequest, Conflict
 from ..events import Event, Finished, ReasoningDelta, ResponseStarted
 from ..qwen.catalog import ModelCatalog
 from ..qwen.client import QwenClient
-from ..qwen.protocol import rebase_body
 from ..qwen.transport import UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -124,46 +123,6 @@ def parse_backoff(text: Any) -> list[float]:
     return out
 
 
-def fold_transcript(history: list[dict[str, Any]], current: str) -> str:
-    """One message that carries the conversation into a new chat.
-
-    TODO(conv): use the history folding of ``qwenproxy/serving/history.py`` (branch
-    ``conv``) once it is on main; this simple transcript keeps roles and text only.
-    """
-    # the stored history ends with this turn's own messages: keep what came before them
-    end = max((i for i, m in enumerate(history) if m.get("role") == "assistant"), default=-1) + 1
-    lines = []
-    for message in history[:end]:
-        role = message.get("role")
-        if role not in ("user", "assistant"):
-            continue
-        text = _text(message.get("content")).strip()
-        if text:
-            lines.append(f"{'User' if role == 'user' else 'Assistant'}: {text}")
-    if not lines:
-        return current
-    return "Earlier in this conversation:\n\n" + "\n\n".join(lines) + "\n\n---\n\n" + current
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p)
-    if isinstance(content, dict):  # a stored assistant turn with tool calls
-        return _text(content.get("content"))
-    return "" if content is None else str(content)
-
-
-def folded_content(content: Any, history: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
-    """The message content with the transcript in front of its text (media items kept)."""
-    if isinstance(content, list):
-        text = "".join(str(i.get("text", "")) for i in content if i.get("type") == "text")
-        media = [i for i in content if i.get("type") != "text"]
-        return [{"type": "text", "text": fold_transcript(history, text)}, *media]
-    return fold_transcript(history, str(content or ""))
-
-
 def open_completion(
     client: QwenClient,
     token: str,
@@ -173,34 +132,28 @@ def open_completion(
     model: str,
     backoff: list[float],
     stop_timeout: float,
-    new_chat: Callable[[], str],
-    history: Callable[[], list[dict[str, Any]]],
     sleep: Callable[[float], None] = time.sleep,
-) -> tuple[str, Iterator[Event], UpstreamResponse]:
-    """``(chat id, events, response)`` of a completion; "in progress" is stopped and
-    retried after each ``backoff`` delay, then the turn moves to ``new_chat()`` with the
-    ``history`` folded into its message. ``invalid_input`` names the model it concerns."""
+) -> tuple[Iterator[Event], UpstreamResponse]:
+    """``client.open_completion``; "The chat is in progress!" is stopped and retried after
+    each ``backoff`` delay, and raised (``Conflict``) when it persists: the provider then moves
+    the turn to a new chat with the history folded. ``invalid_input`` names the model."""
     chat_id = str(body["chat_id"])
     try:
         try:
-            return (chat_id, *client.open_completion(token, body, account_id=account_id))
+            return client.open_completion(token, body, account_id=account_id)
         except ApiError as exc:
-            if not is_in_progress(exc):
+            if not is_in_progress(exc) or not backoff:
                 raise
         log.info("chat %s is in progress; stopping it and retrying", chat_id)
         _stop_current(client, token, chat_id, account_id, stop_timeout)
-        for delay in backoff:
+        for i, delay in enumerate(backoff):
             sleep(delay)
             try:
-                return (chat_id, *client.open_completion(token, body, account_id=account_id))
+                return client.open_completion(token, body, account_id=account_id)
             except ApiError as exc:
-                if not is_in_progress(exc):
+                if not is_in_progress(exc) or i == len(backoff) - 1:
                     raise
-        new_id = new_chat()
-        log.info("chat %s stays in progress; continuing in a new chat %s", chat_id, new_id)
-        content = folded_content(body["messages"][0].get("content"), history())
-        moved = rebase_body(body, new_id, content)
-        return (new_id, *client.open_completion(token, moved, account_id=account_id))
+        raise AssertionError("unreachable")
     except BadRequest as exc:
         if exc.code != "upstream_invalid_input":
             raise

@@ -26,7 +26,7 @@ from ..errors import ApiError, UpstreamBlocked, UpstreamError, UpstreamUnavailab
 from ..netutil import UnixHTTPConnection, shutdown
 from . import walls
 from .protocol import SSEDecoder, StreamInterpreter, error_from_response
-from .transport import DirectTransport, Transport, UpstreamResponse, cookie_token
+from .transport import DirectTransport, Transport, UpstreamResponse, cookie_token, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,8 @@ class BrowserTransport(Transport):
         job = {
             "method": method,
             "url": url,
-            "body": json_body,
+            # as a string: the page sends exactly these bytes, the size uploads/context measured
+            "body": None if json_body is None else json_bytes(json_body).decode("utf-8"),
             "account_id": account_id,
             "timeout": job_timeout,
             **job_headers(headers),

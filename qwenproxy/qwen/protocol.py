@@ -135,16 +135,6 @@ def completion_body(
     return body
 
 
-def rebase_body(body: Mapping[str, Any], chat_id: str, content: str | list[dict[str, Any]]) -> dict[str, Any]:
-    """A completions body moved to another (new) chat as its first turn, with ``content``
-    instead of the message's own: what "continue in a new chat" sends (2026 §3)."""
-    out = dict(body)
-    message = dict(body["messages"][0])
-    message.update(content=content, parentId=None, parent_id=None, fid=str(uuid.uuid4()))
-    out.update(chat_id=chat_id, chatId=chat_id, parent_id=None, parentId=None, messages=[message])
-    return out
-
-
 # --------------------------------------------------------------------------- error envelopes
 
 

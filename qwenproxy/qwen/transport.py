@@ -6,6 +6,7 @@ the same interface, so neither the protocol module nor the routes change with th
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -130,6 +131,12 @@ def cookie_token(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def json_bytes(body: Any) -> bytes:
+    """A JSON body as the front end's ``JSON.stringify`` sends it: compact, raw UTF-8 (the
+    size the upstream's body wall counts; ``uploads/context.json_size`` measures the same)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 class _RequestsResponse(UpstreamResponse):
     def __init__(self, response: requests.Response) -> None:
         self._response = response
@@ -190,7 +197,7 @@ class DirectTransport(Transport):
                 method,
                 url,
                 headers=dict(headers),
-                json=json_body,
+                data=None if json_body is None else json_bytes(json_body),
                 stream=stream,
                 timeout=(min(self._timeout[0], timeout), timeout) if timeout else self._timeout,
                 proxies=settings["proxies"],

@@ -11,14 +11,23 @@ from flask import Response, current_app, g
 from .. import db
 from ..providers import ChatRequest, Provider
 from ..wire.openai import ChatCompletionRequest, Collected, completion_response
+from . import history
 from .conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from .streaming import serve
 
 
 def _history(chat: Any) -> list[dict[str, Any]]:
-    """The chat's stored messages, read only when a provider must move the conversation."""
+    """The chat's stored messages as OpenAI messages, read only when a provider must move the
+    conversation to a new upstream chat (Qwen's "in progress", 2026 §3)."""
     with db.session():
-        return stored_history(chat)
+        stored = stored_history(chat)
+    out = []
+    for message in stored:
+        content = message.get("content")
+        if isinstance(content, dict):  # an assistant turn saved with its tool calls
+            message = {**message, "content": content.get("content"), "tool_calls": content.get("tool_calls")}
+        out.append(message)
+    return out
 
 
 def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -> Response:
@@ -28,8 +37,13 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
     chat_id, parent_id = req.conversation
     upstream_model, model, options = provider.resolve_request(req.model)
     options.update(req.mode_options())
+    # a stateless client (no chatId) re-sends its history: continue the upstream chat that
+    # holds it, or fold it into a new one (serving/history.py)
+    plan = None
+    if provider.server_side_history and not simple and not chat_id:
+        plan = history.plan(messages, matching=bool(current_app.config.get("QWEN_HISTORY_MATCHING", True)))
     chat, is_new = open_chat(
-        chat_id,
+        plan.local_chat_id if plan else chat_id,
         provider=provider.name,
         model=model,
         name=None if simple else OPENAI_CHAT_NAME,
@@ -40,7 +54,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
     last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
     if last_user < last_assistant < len(messages) - 1:
         last_user = last_assistant + 1  # a tool loop: the new turn is the results after the call
-    new_messages = messages if is_new else messages[last_user:]
+    new_messages = messages if is_new else messages[plan.known if plan else last_user :]
     send = messages
     if simple and not provider.server_side_history and not is_new:
         send = stored_history(chat) + messages[last_user:]
@@ -64,6 +78,12 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         history=lambda: _history(chat),
     )
     turn = Turn(chat=chat, provider=provider.name, model=model)
+    if plan is not None:
+        chat_request.conversation_id = plan.upstream_chat_id
+        chat_request.parent_id = plan.parent_id
+        chat_request.account_id = plan.account_id
+        chat_request.upstream_known = plan.known
+        turn.on_complete = history.recorder(messages, chat.id)
     reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
     turn.begin(new_messages)
 

@@ -336,7 +336,7 @@ def test_a_chat_that_stays_in_progress_continues_in_a_new_chat_with_the_history(
     moved = upstream(fake_qwen)[-1]
     assert moved["query"]["chat_id"] != upstream_chat and moved["json"]["parent_id"] is None
     text = moved["json"]["messages"][0]["content"]
-    assert "User: one" in text and "Assistant: Echo: one" in text and text.endswith("two")
+    assert "### user\none\n\n### assistant\nEcho: one\n" in text and text.endswith("two")  # wire/transcript.py
     assert not fake_qwen.body_errors
     # the conversation lives in the new chat from now on
     third = ask(client, "three", chatId=first["chatId"])
