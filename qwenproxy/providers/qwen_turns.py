@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ApiError, BadRequest, Conflict
@@ -108,6 +109,32 @@ class StopGuard:
 # --------------------------------------------------------------------------- "in progress" (2026 §3)
 
 
+_live_lock = threading.Lock()
+_live: dict[str, int] = {}  # upstream chat id -> answers this process is relaying from it
+
+
+@contextmanager
+def relaying(chat_id: str) -> Iterator[None]:
+    """Mark ``chat_id`` as answering for this process while its stream is relayed."""
+    with _live_lock:
+        _live[chat_id] = _live.get(chat_id, 0) + 1
+    try:
+        yield
+    finally:
+        with _live_lock:
+            left = _live.get(chat_id, 1) - 1
+            if left > 0:
+                _live[chat_id] = left
+            else:
+                _live.pop(chat_id, None)
+
+
+def relayed_here(chat_id: str) -> bool:
+    """Whether a request of this process is reading an answer from ``chat_id`` right now."""
+    with _live_lock:
+        return chat_id in _live
+
+
 def is_in_progress(exc: BaseException) -> bool:
     return isinstance(exc, Conflict) and exc.code == IN_PROGRESS
 
@@ -135,14 +162,16 @@ def open_completion(
     sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[Iterator[Event], UpstreamResponse]:
     """``client.open_completion``; "The chat is in progress!" is stopped and retried after
-    each ``backoff`` delay, and raised (``Conflict``) when it persists: the provider then moves
-    the turn to a new chat with the history folded. ``invalid_input`` names the model."""
+    each ``backoff`` delay, and raised (``Conflict``) when it persists, or at once when another
+    request of this process is reading that answer: the provider then moves the turn to a new
+    chat with the history folded. ``invalid_input`` names the model."""
     chat_id = str(body["chat_id"])
     try:
         try:
             return client.open_completion(token, body, account_id=account_id)
         except ApiError as exc:
-            if not is_in_progress(exc) or not backoff:
+            # a live answer of another request here is never stopped: the turn moves instead
+            if not is_in_progress(exc) or not backoff or relayed_here(chat_id):
                 raise
         log.info("chat %s is in progress; stopping it and retrying", chat_id)
         _stop_current(client, token, chat_id, account_id, stop_timeout)

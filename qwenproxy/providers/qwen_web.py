@@ -348,11 +348,12 @@ class QwenWebProvider(Provider):
         is released however the stream ends, and a generation left unfinished is stopped in
         the background (2026 §3)."""
         try:
-            for event in events:
-                if isinstance(event, ResponseStarted) and not event.chat_id:
-                    event = ResponseStarted(chat_id, event.parent_id, event.response_id)
-                guard.observe(event)
-                yield event
+            with qwen_turns.relaying(chat_id):
+                for event in events:
+                    if isinstance(event, ResponseStarted) and not event.chat_id:
+                        event = ResponseStarted(chat_id, event.parent_id, event.response_id)
+                    guard.observe(event)
+                    yield event
             self.pool.mark_success(account.id)
         except UpstreamBlocked:
             guard.done = True  # a wall: nothing is generating

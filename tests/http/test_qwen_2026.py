@@ -386,3 +386,29 @@ def app_token():
         return client.application.extensions["account_pool"].acquire().token
 
     return token_of
+
+
+def test_a_live_answer_of_another_request_is_never_stopped(served, fake_qwen) -> None:
+    url = served.url + "/api/chat/completions"
+    first = requests.post(url, json={"messages": [{"role": "user", "content": "a"}]}, timeout=30).json()
+    words = " ".join(f"w{i}" for i in range(1, 61))
+    fake_qwen.answer = lambda text: words if text == "slow" else "Echo: " + text.splitlines()[-1]
+    fake_qwen.chunk_delay = 0.02
+    slow = requests.post(
+        url,
+        json={"stream": True, "chatId": first["chatId"], "messages": [{"role": "user", "content": "slow"}]},
+        stream=True,
+        timeout=30,
+    )
+    lines = slow.iter_lines()
+    for line in lines:  # the first words: the upstream chat is answering for this request
+        if line.startswith(b"data: ") and b'"content":"w' in line:
+            break
+    busy = upstream(fake_qwen)[-1]["query"]["chat_id"]
+    r = requests.post(url, json={"chatId": first["chatId"], "messages": [{"role": "user", "content": "b"}]}, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Echo: b"
+    moved = upstream(fake_qwen)[-1]
+    assert moved["query"]["chat_id"] != busy and "### user\na\n" in moved["json"]["messages"][0]["content"]
+    rest = b"".join(lines)
+    assert b"w60" in rest and b'"error"' not in rest  # the first answer ran to its end
+    assert not fake_qwen.stop_calls
