@@ -9,8 +9,8 @@ from typing import Any
 
 from flask import Flask
 
-from ..accounts.pool import AccountPool, TokenPool
-from ..errors import ApiError, RateLimited, Unauthorized, UpstreamError
+from ..accounts.pool import GUEST_ID, AccountPool, TokenPool, guest_mode
+from ..errors import ApiError, RateLimited, Unauthorized, UpstreamBlocked, UpstreamError, UpstreamUnavailable
 from ..events import Event, EventStream, ResponseStarted
 from ..qwen import modes
 from ..qwen.catalog import ALIAS_TO_CANONICAL, ModelCatalog
@@ -43,9 +43,23 @@ def _list_models(client: QwenClient, pool: AccountPool) -> list[dict[str, Any]]:
     """The upstream model list, asked as some account without a turn in the rotation (the
     browser pool then runs it in that account's profile instead of opening another one)."""
     account = pool.any_account()
-    if account is None:
-        return client.list_models(None)
+    if account is None:  # a guest sees the guest list (2026 §5), in the guest's own profile
+        return client.list_models(None, account_id=GUEST_ID if pool.guest_mode == "auto" else None)
     return client.list_models(account.token, account_id=account.id)
+
+
+def _guest_refused(exc: ApiError) -> ApiError:
+    """What a refused guest chat means to the client: add an account (2026 §5)."""
+    if isinstance(exc, RateLimited):
+        return RateLimited(
+            f"Qwen's guest quota is used up ({exc.message}); add an account with `flask accounts add`",
+            retry_after=exc.retry_after,
+            code="guest_rate_limited",
+        )
+    return UpstreamUnavailable(
+        f"Qwen refused a guest chat ({exc.message}); add an account with `flask accounts add`",
+        code="guest_refused",
+    )
 
 
 def last_user_turn(messages: list[dict[str, Any]]) -> tuple[Any, str | None]:
@@ -146,8 +160,10 @@ class QwenWebProvider(Provider):
         if pool is None:
             tokens = [t.strip() for t in str(config.get("QWEN_TOKEN") or "").split(",") if t.strip()]
             pool = TokenPool(tokens)
+            pool.guest_mode = guest_mode(config)
             app.extensions["account_pool"] = pool
         client = QwenClient(make_transport(config), config)
+        pool.use_client(client)  # token refresh and quota go the way chats go
         catalog = ModelCatalog(
             config["MODELS_FILE"],
             config["DEFAULT_MODEL"],
@@ -237,7 +253,7 @@ class QwenWebProvider(Provider):
         prefer = request.account_id or (self.attachments.owner_hint(content) if self.attachments else None)
         for _attempt in range(self.max_attempts):
             try:
-                account = self.pool.acquire(prefer=prefer, exclude=tried)
+                account = self.pool.acquire_or_guest(prefer=prefer, exclude=tried)
             except ApiError:
                 if not tried:
                     raise
@@ -252,12 +268,14 @@ class QwenWebProvider(Provider):
                 attach = self.attachments.resolver(account) if self.attachments else None
                 qwen_content, files = to_qwen_message(content, attach)
                 model = self._vision_model(request.model, qwen_content, files, stream)
+                chat_mode = "guest" if account.guest else "normal"
                 if not chat_id:
                     chat_id = self.client.create_chat(
                         account.token,
                         model,
                         chat_type=chat_type,
                         account_id=account.id,
+                        chat_mode=chat_mode,
                     )
                 body = completion_body(
                     chat_id=chat_id,
@@ -269,9 +287,16 @@ class QwenWebProvider(Provider):
                     chat_type=chat_type,
                     feature_config=features,
                     extra=extra,
+                    chat_mode=chat_mode,
                 )
                 events, response = self.client.open_completion(account.token, body, account_id=account.id)
+            except UpstreamBlocked:
+                self.pool.note_wall(account.id)
+                self.pool.release(account.id)
+                raise
             except RateLimited as exc:  # the envelope's data.num (hours) is on the error
+                if account.guest:
+                    raise _guest_refused(exc) from exc
                 log.warning("account %s rate limited; trying another", account.id)
                 self.pool.mark_rate_limited(account.id, getattr(exc, "hours", None))
                 self.pool.release(account.id)
@@ -279,6 +304,8 @@ class QwenWebProvider(Provider):
                 last_error = exc
                 continue
             except Unauthorized as exc:
+                if account.guest:
+                    raise _guest_refused(exc) from exc
                 log.warning("account %s unauthorized; trying another", account.id)
                 self.pool.mark_invalid(account.id, exc.message)
                 self.pool.release(account.id)
@@ -298,6 +325,9 @@ class QwenWebProvider(Provider):
                         event = ResponseStarted(chat_id, event.parent_id, event.response_id)
                     yield event
                 self.pool.mark_success(account.id)
+            except UpstreamBlocked:  # a wall inside the stream (2026 §4)
+                self.pool.note_wall(account.id)
+                raise
             finally:
                 response.close()
                 self.pool.release(account.id)
@@ -325,7 +355,10 @@ class QwenWebProvider(Provider):
         return None
 
     def status(self) -> dict[str, Any]:
-        out = {"name": self.name, "accounts": self.pool.status(), "transport": self.client.transport.name}
+        accounts = self.pool.status()
+        out = {"name": self.name, "accounts": accounts, "transport": self.client.transport.name}
+        if self.pool.serves_guests(accounts):
+            out["guest"] = True  # no usable account: chats go out as a guest (QWEN_GUEST=auto)
         pool_status = getattr(self.client.transport, "pool_status", None)
         if pool_status is not None:
             out["browserPool"] = pool_status()
