@@ -65,7 +65,7 @@ def render_table(statuses: list[dict[str, Any]]) -> str:
             str(s["requests"]),
             s.get("email") or "",
             s.get("token") or "",
-            ((s.get("quota") or {}).get("text") or "")[:60],
+            ((s.get("quota") or {}).get("text") or "")[:100],
             (s.get("lastError") or "")[:60],
         )
         for i, s in enumerate(statuses, 1)

@@ -62,9 +62,17 @@ _JWT = re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]{4,}")
 
 
 class RedactTokens(logging.Filter):
-    """Masks anything JWT-shaped in a record: peewee logs SQL parameters at DEBUG level."""
+    """Masks anything JWT-shaped in a record: peewee logs SQL parameters at DEBUG level.
+
+    Refresh tokens have no fixed shape: every long word among the parameters of a statement
+    on the ``account`` table is masked too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        if isinstance(msg, tuple) and len(msg) == 2 and isinstance(msg[0], str) and '"account"' in msg[0]:
+            sql, params = msg
+            hidden = [mask(p) if isinstance(p, str) and len(p) >= 24 and " " not in p else p for p in params or ()]
+            record.msg, record.args = (sql, hidden), None
         text = record.getMessage()
         if _JWT.search(text):
             record.msg, record.args = _JWT.sub(lambda m: mask(m.group()), text), None
@@ -163,8 +171,10 @@ def quota_view(raw: Any) -> dict[str, Any] | None:
             return
         if quota["times_left"] < 0:
             return
-        per = f"{quota.get('time_amount') or 1} {quota.get('time_unit') or 'day'}"
-        limited[name] = f"{int(quota['times_left'])} per {per}"
+        amount, unit = quota.get("time_amount") or 1, quota.get("time_unit") or "day"
+        limited[name] = (
+            f"{int(quota['times_left'])}/{unit}" if amount == 1 else f"{int(quota['times_left'])}/{amount} {unit}"
+        )
 
     for key, value in raw.items():
         if key == "model" and isinstance(value, dict):
