@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import stat
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -110,6 +113,8 @@ def test_v2_signin_stores_the_refresh_token_while_v1_answers_405(make_app, fake_
     assert row.source == "password" and status_of(application)["renewable"] is True
     for text in (result.output, caplog.text, json.dumps(application.extensions["account_pool"].status())):
         assert row.refresh_token not in text and row.token not in text
+    database = Path(application.config["SESSION_DIR"]) / "qwenproxy.db"  # holds tokens: owner only
+    assert stat.S_IMODE(os.stat(database).st_mode) == 0o600
     # a wrong password is refused by v2 itself: no fallback to v1
     bad = application.test_cli_runner().invoke(
         args=["accounts", "add", "--email", "alice@example.com", "--password", "nope"]
