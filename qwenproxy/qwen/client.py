@@ -200,12 +200,13 @@ class QwenClient:
         status, headers, raw = self._send("POST", path, token=None, body=body, accept="application/json")
         if status in (404, 405):
             log.info("the v2 sign-in answered HTTP %s; trying v1", status)
-            path = "/api/v1/auths/signin"
+            path, v2_status = "/api/v1/auths/signin", status
             status, headers, raw = self._send("POST", path, token=None, body=body, accept="application/json")
             if status in (404, 405):
                 raise UpstreamError(
-                    f"Qwen's sign-in API is closed (HTTP {status} on v2 and v1): sign in through the browser "
-                    "instead (`flask accounts add` without --email), or paste a token (`--token -`)",
+                    f"Qwen's sign-in API is closed (v2 answered HTTP {v2_status}, v1 HTTP {status}): sign in "
+                    "through the browser instead (`flask accounts add` without --email), or paste a token "
+                    "(`--token -`)",
                     code="signin_unavailable",
                 )
         refused = _refused(raw)
