@@ -562,9 +562,13 @@ class DatabasePool(AccountPool):
     # ------------------------------------------------------------------ quota (2026 §5)
 
     def _quota_due(self, row: AccountRow, now: float) -> bool:
+        """Never asked, or asked over ``quota_seconds`` ago and used since (an idle account's
+        quota does not move, and asking would open its browser in the pool just for this)."""
         if not self.quota_features or self.quota_seconds <= 0 or state_of(row, now) == INVALID:
             return False
-        return row.quota_at is None or row.quota_at + self.quota_seconds <= now
+        if row.quota_at is None:
+            return True
+        return row.quota_at + self.quota_seconds <= now and (row.last_used_at or 0.0) > row.quota_at
 
     def refresh_quotas(self) -> int:
         """Ask ``entitlement_quota`` for every account whose cached answer is older than
@@ -589,6 +593,11 @@ class DatabasePool(AccountPool):
                 answer = client.entitlement_quota(
                     row.token, self.quota_features, account_id=row.id, timeout=QUOTA_TIMEOUT
                 )
+            except UpstreamUnavailable as exc:  # not reached at all (pool down): not an answer
+                log.info("account %s: quota not asked (%s)", row.id, exc.message)
+                with db.session():
+                    AccountRow.update(quota_at=row.quota_at).where(AccountRow.id == row.id).execute()
+                continue
             except (ApiError, OSError) as exc:  # the site may not answer it: try again next period
                 log.info("account %s: no quota from Qwen (%s)", row.id, getattr(exc, "message", exc))
                 continue

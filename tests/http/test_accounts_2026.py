@@ -278,7 +278,10 @@ def test_quota_is_cached_and_shown_in_list_status_and_page(make_app, fake_qwen, 
     assert quota["tier"] == "free" and quota["limited"]["t2i"] == "50/day"
     assert "t2v 2/day" in application.test_client().get("/").get_data(as_text=True)
     clock.now += 31 * 60
+    assert application.extensions["account_pool"].refresh_quotas() == 0  # not used since: nothing moved
+    assert len(fake_qwen.quota_calls) == 1
     fake_qwen.entitlement_quota = {"t2v": {"times_left": 1}}
+    assert ask(application.test_client()).status_code == 200
     application.test_client().get("/api/status")  # a stale quota is asked for off the request's path
     assert fake_qwen.wait_for(lambda: len(fake_qwen.quota_calls) == 2)
     assert fake_qwen.wait_for(lambda: status_of(application)["quota"]["limited"]["t2v"] == "1/day")
