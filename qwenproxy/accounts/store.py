@@ -523,7 +523,8 @@ class DatabasePool(AccountPool):
             client = self.client
             if client is None:
                 raise RuntimeError("no Qwen client")
-            payload = client.refresh(row.refresh_token, account_id=row.id)
+            # bounded well inside the lease: no second process may start on the same refresh token
+            payload = client.refresh(row.refresh_token, account_id=row.id, timeout=REFRESH_LEASE / 2)
         except Unauthorized as exc:
             log.warning("account %s: Qwen refused its refresh token (%s)", row.id, exc.message)
             with db.session():
@@ -532,7 +533,7 @@ class DatabasePool(AccountPool):
                     refresh_expires_at=None,
                     refresh_lease_until=None,
                     last_error=f"Token refresh refused: {exc.message}"[:500],
-                ).where(AccountRow.id == row.id).execute()
+                ).where((AccountRow.id == row.id) & (AccountRow.refresh_token == row.refresh_token)).execute()
             if self.relogin is not None and self._try_relogin(row, now):
                 fresh = self.get(row.id)
                 return fresh.token if fresh is not None else None

@@ -217,7 +217,9 @@ class QwenClient:
             raise UpstreamError("Qwen sign-in returned no token")
         return _with_refresh_cookie(payload, headers)
 
-    def refresh(self, refresh_token: str, *, account_id: str | None = None) -> dict[str, Any]:
+    def refresh(
+        self, refresh_token: str, *, account_id: str | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
         """``POST /api/v2/auths/refresh {refresh_token}``: a new token (and usually a new
         refresh token: the old one then stops working) (2026 §5)."""
         path = "/api/v2/auths/refresh"
@@ -228,6 +230,7 @@ class QwenClient:
             body={"refresh_token": refresh_token},
             account_id=account_id,
             accept="application/json",
+            timeout=timeout,
         )
         payload = unwrap(self._decode(path, status, headers, raw))
         if not isinstance(payload, dict) or not payload.get("token"):
