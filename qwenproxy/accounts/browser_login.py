@@ -173,6 +173,14 @@ async def browser_login(
         await chrome.close()
 
 
+NO_DISPLAY = "No display: run this on a machine with a screen (or over `ssh -X`), with the same SESSION_DIR"
+
+
+def has_display() -> bool:
+    """Whether a window can be shown here (X11 or Wayland)."""
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def _watch_enter(loop: asyncio.AbstractEventLoop, pressed: asyncio.Event) -> None:
     """Enter on the terminal sets ``pressed`` (a daemon thread: stdin has no asyncio reader
     that works everywhere). End of input is not Enter: nobody confirmed anything."""
@@ -208,6 +216,8 @@ async def solve_in_browser(
     raises ``LoginError`` when Chromium cannot start or nobody answers within ``timeout``."""
     from ..runtime import chromium
 
+    if not headless and not has_display():
+        raise LoginError(NO_DISPLAY)
     try:
         chrome = await chromium.launch(profile_dir, headless=headless, chrome_path=chrome_path)
     except FileNotFoundError as exc:

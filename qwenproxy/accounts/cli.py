@@ -446,9 +446,7 @@ def check_command(accounts: tuple[str, ...]) -> None:
 def solve_command(account: str, headless: bool, timeout: float | None) -> None:
     """The account's own profile (``SESSION_DIR/accounts/<id>/``) in a visible Chromium on
     the chat page; when you press Enter or close the window, it is back in rotation."""
-    import os
-
-    from .browser_login import LoginError, solve_in_browser
+    from .browser_login import NO_DISPLAY, LoginError, has_display, solve_in_browser
 
     pool = _pool()
     config = current_app.config
@@ -457,8 +455,8 @@ def solve_command(account: str, headless: bool, timeout: float | None) -> None:
         _fail(f"No account {account!r}: see `flask accounts list`")
     if state_of(row, pool.clock()) != NEEDS_HUMAN:
         click.echo(f"{row.id} is {mark(state_of(row, pool.clock()))}: no captcha is known; opening it anyway")
-    if not headless and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        _fail("No display: run this on a machine with a screen (or over `ssh -X`), with the same SESSION_DIR")
+    if not headless and not has_display():
+        _fail(f"{NO_DISPLAY} ({row.id} still needs a human)")
     profile = Path(row.profile_dir) if row.profile_dir else account_dir(_session_dir(), row.id)
     _release_profile(profile)
     try:
