@@ -155,6 +155,9 @@ def _keep_private(token: str, account_id: str, keep_memory: bool) -> None:
         )
     finally:
         client.transport.close()
+        # the call may have opened the account's profile in the browser pool: let it go again,
+        # as after the sign-in (the pool reopens it on the next chat)
+        _release_profile(account_id)
 
 
 def _probe(token: str) -> str | None:
@@ -172,13 +175,13 @@ def _probe(token: str) -> str | None:
     return str(info.get("email")) if info.get("email") else None
 
 
-def _release_profile(profile: Path) -> None:
-    """A profile takes one Chromium at a time: the browser pool lets go of this one."""
+def _release_profile(account_id: str) -> None:
+    """A profile takes one Chromium at a time: the browser pool lets go of this account's."""
     config = current_app.config
     if str(config.get("QWEN_TRANSPORT") or "").lower() in ("browser", "auto"):
         from ..qwen.browser_transport import BrowserTransport, pool_address
 
-        BrowserTransport(pool_address(config)).release_profile(profile.name)
+        BrowserTransport(pool_address(config)).release_profile(account_id)
 
 
 def _browser_token(
@@ -187,7 +190,7 @@ def _browser_token(
     from .browser_login import LoginError, browser_login
 
     config = current_app.config
-    _release_profile(profile)
+    _release_profile(profile.name)
     try:
         return asyncio.run(
             browser_login(
@@ -458,7 +461,7 @@ def solve_command(account: str, headless: bool, timeout: float | None) -> None:
     if not headless and not has_display():
         _fail(f"{NO_DISPLAY} ({row.id} still needs a human)")
     profile = Path(row.profile_dir) if row.profile_dir else account_dir(_session_dir(), row.id)
-    _release_profile(profile)
+    _release_profile(profile.name)
     try:
         asyncio.run(
             solve_in_browser(
