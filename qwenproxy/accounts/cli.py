@@ -13,24 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-from flask import current_app
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from ..errors import ApiError, Unauthorized
-from ..jwt import jwt_expiry
-from .credentials import account_dir, save_credentials
+from ..jwt import jwt_expiry, jwt_user_id
+from .credentials import account_dir, load_credentials, save_credentials
 from .pool import LABELS as STATE_LABELS
 from .pool import MARKS, NEEDS_HUMAN, OK, WAIT, mask
-from .store import (
-    DatabasePool,
-    check_account,
-    iso,
-    jwt_user_id,
-    new_account_id,
-    refresh_fields,
-    signin_client,
-    state_of,
-)
+from .store import DatabasePool, check_account, iso, new_account_id, refresh_fields, signin_client, state_of
 
 LABELS = {**STATE_LABELS, "ERROR": "ERROR"}
 
@@ -77,6 +68,11 @@ def render_table(statuses: list[dict[str, Any]]) -> str:
 
 
 accounts_cli = AppGroup("accounts", help="Qwen web accounts: list, add, relogin, remove, import, check, solve.")
+
+
+def init_app(app: Flask) -> None:
+    """Register ``flask accounts`` (the pool itself is ``store.init_app``'s)."""
+    app.cli.add_command(accounts_cli)
 
 
 @accounts_cli.command(
@@ -338,7 +334,6 @@ def relogin_command(
     autofill_password: str | None,
     keep_memory: bool,
 ) -> None:
-    from .credentials import load_credentials
 
     pool = _pool()
     session_dir = _session_dir()

@@ -26,12 +26,17 @@ class ChatRequest:
     conversation_id: str | None = None  # upstream conversation (Qwen chat_id)
     parent_id: str | None = None  # upstream message to continue from (Qwen parent_id)
     account_id: str | None = None  # account the conversation is pinned to, if any
+    # Stateless history (serving/history.py): how many leading ``messages`` the upstream chat
+    # ``conversation_id`` already holds; the provider folds the rest before the new turn into
+    # a transcript (all of it in a new chat). None: only the new turn is sent (chatId clients).
+    upstream_known: int | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    tool_spec: Any = None  # ``tools``/``tool_choice`` parsed once (wire.tools.ToolSpec), when the route did
     options: dict[str, Any] = field(default_factory=dict)  # provider-specific extras; the modes
     # (docs/MODES.md) use thinking, thinking_budget, search, image, image_size, parallel_tool_calls
     request_id: str = ""
@@ -57,7 +62,8 @@ class Provider(ABC):
 
     @abstractmethod
     def owns(self, model: str) -> bool:
-        """Whether a requested model name belongs to this provider."""
+        """Whether a requested model name belongs to this provider. Cheap: from its own names
+        and prefixes only, never a network call (the registry asks it for every request)."""
 
     def resolve_model(self, model: str | None) -> str:
         """Map an alias or a missing name to the id sent upstream."""

@@ -66,7 +66,7 @@ class QwenClient:
         self.config = config
         self.base_url = str(config["QWEN_BASE_URL"]).rstrip("/")
 
-    def _send(
+    def call(
         self,
         method: str,
         path: str,
@@ -78,7 +78,7 @@ class QwenClient:
         referer_path: str = "/",
         timeout: float | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """One request read to its end: (HTTP status, headers, body)."""
+        """One whole (non-stream) request: ``(status, headers, body bytes)``."""
         response = self.transport.request(
             method,
             self.base_url + path,
@@ -88,46 +88,24 @@ class QwenClient:
             timeout=timeout,
         )
         try:
-            raw = response.read()
+            return response.status, response.headers, response.read()
         finally:
             response.close()
-        return response.status, response.headers, raw
 
     @staticmethod
-    def _decode(path: str, status: int, headers: Mapping[str, str], raw: bytes) -> Any:
-        """The JSON of an answer; every failure shape of §3.0 becomes a typed error."""
+    def decode(path: str, status: int, headers: Mapping[str, str], raw: bytes) -> Any:
+        """A JSON answer; every failure shape of §3.0 becomes a typed error."""
         err = error_from_response(status, headers, raw)
         if err is not None:
             raise err
         try:
             return json.loads(raw.decode("utf-8")) if raw.strip() else None
-        except ValueError as exc:
+        except ValueError as exc:  # UnicodeDecodeError included
             raise UpstreamError(f"Qwen answered {path} with something that is not JSON") from exc
 
-    def _json(
-        self,
-        method: str,
-        path: str,
-        *,
-        token: str | None,
-        body: Any = None,
-        account_id: str | None = None,
-        accept: str = "*/*",
-        referer_path: str = "/",
-        timeout: float | None = None,
-    ) -> Any:
-        """One JSON request; every failure shape of §3.0 becomes a typed error."""
-        status, headers, raw = self._send(
-            method,
-            path,
-            token=token,
-            body=body,
-            account_id=account_id,
-            accept=accept,
-            referer_path=referer_path,
-            timeout=timeout,
-        )
-        return self._decode(path, status, headers, raw)
+    def _json(self, method: str, path: str, *, token: str | None, body: Any = None, **kwargs: Any) -> Any:
+        """One JSON request (``call`` + ``decode``)."""
+        return self.decode(path, *self.call(method, path, token=token, body=body, **kwargs))
 
     def create_chat(
         self,
@@ -197,11 +175,11 @@ class QwenClient:
         digest = password.lower() if prehashed else hashlib.sha256(password.encode("utf-8")).hexdigest()
         body = {"email": email, "password": digest}
         path = "/api/v2/auths/signin"
-        status, headers, raw = self._send("POST", path, token=None, body=body, accept="application/json")
+        status, headers, raw = self.call("POST", path, token=None, body=body, accept="application/json")
         if status in (404, 405):
             log.info("the v2 sign-in answered HTTP %s; trying v1", status)
             path, v2_status = "/api/v1/auths/signin", status
-            status, headers, raw = self._send("POST", path, token=None, body=body, accept="application/json")
+            status, headers, raw = self.call("POST", path, token=None, body=body, accept="application/json")
             if status in (404, 405):
                 raise UpstreamError(
                     f"Qwen's sign-in API is closed (v2 answered HTTP {v2_status}, v1 HTTP {status}): sign in "
@@ -212,7 +190,7 @@ class QwenClient:
         refused = _refused(raw)
         if refused is not None:
             raise Unauthorized(f"Qwen refused the sign-in: {refused}", code="signin_refused")
-        payload = unwrap(self._decode(path, status, headers, raw))
+        payload = unwrap(self.decode(path, status, headers, raw))
         if not isinstance(payload, dict) or not payload.get("token"):
             raise UpstreamError("Qwen sign-in returned no token")
         return _with_refresh_cookie(payload, headers)
@@ -223,7 +201,7 @@ class QwenClient:
         """``POST /api/v2/auths/refresh {refresh_token}``: a new token (and usually a new
         refresh token: the old one then stops working) (2026 §5)."""
         path = "/api/v2/auths/refresh"
-        status, headers, raw = self._send(
+        status, headers, raw = self.call(
             "POST",
             path,
             token=None,
@@ -232,7 +210,7 @@ class QwenClient:
             accept="application/json",
             timeout=timeout,
         )
-        payload = unwrap(self._decode(path, status, headers, raw))
+        payload = unwrap(self.decode(path, status, headers, raw))
         if not isinstance(payload, dict) or not payload.get("token"):
             raise UpstreamError("Qwen's token refresh returned no token")
         return _with_refresh_cookie(payload, headers)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from peewee import ModelSelect
 
 from .. import db
 from ..db.models import Chat, Message, now_ms
@@ -59,13 +62,26 @@ def open_chat(
     return Chat.create(name=name or default_chat_name(), provider=provider, model=model), True
 
 
-def stored_history(chat: Chat, limit: int | None = None) -> list[dict[str, Any]]:
-    """The chat's messages as OpenAI messages, oldest first (the last ``limit`` if given)."""
-    query = Message.select().where((Message.chat == chat) & (Message.status != "error")).order_by(Message.id.desc())
+def kept_messages(chat: Chat, bot: str | None = None) -> ModelSelect:
+    """The chat's messages without failed exchanges (``status = error``), oldest first;
+    only one Dual AI Chat bot's when ``bot`` is given."""
+    query = Message.select().where((Message.chat == chat) & (Message.status != "error"))
+    if bot:
+        query = query.where(Message.bot == bot)
+    return query.order_by(Message.id)
+
+
+def last_messages(chat: Chat, limit: int | None = None) -> list[Message]:
+    """The last ``limit`` kept messages (all when ``None`` or 0), oldest first."""
+    query = kept_messages(chat).order_by(Message.id.desc())
     if limit:
         query = query.limit(limit)
-    rows = list(query)[::-1]
-    return [{"role": m.role, "content": m.content_value} for m in rows]
+    return list(query)[::-1]
+
+
+def stored_history(chat: Chat, limit: int | None = None) -> list[dict[str, Any]]:
+    """The chat's messages as OpenAI messages, oldest first (the last ``limit`` if given)."""
+    return [{"role": m.role, "content": m.content_value} for m in last_messages(chat, limit)]
 
 
 def save_message(chat: Chat, role: str, content: Any, **fields: Any) -> Message:
@@ -83,6 +99,9 @@ class Turn:
     collected: Collected = field(default_factory=Collected)
     info: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
+    # called with the answer and the stream's info after a complete answer is saved, in the
+    # same database session (serving/history.py remembers the conversation point there)
+    on_complete: Callable[[Collected, dict[str, Any]], None] | None = None
 
     def begin(self, new_messages: list[dict[str, Any]]) -> None:
         with db.session():
@@ -137,5 +156,7 @@ class Turn:
                 if started is not None and started.response_id and status == "complete":
                     updates["last_response_id"] = started.response_id
                 Chat.update(**updates).where(Chat.id == self.chat.id).execute()
+                if status == "complete" and self.on_complete is not None:
+                    self.on_complete(c, self.info)
         except Exception:
             log.exception("could not save the answer of chat %s", self.chat.id)
