@@ -9,6 +9,7 @@ Asyncio only — never import this from a gevent web process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import shutil
@@ -72,10 +73,8 @@ class Chromium:
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close the CDP connection, then make sure the whole process group is gone."""
-        try:
+        with contextlib.suppress(Exception):
             await asyncio.wait_for(self.browser.disconnect(), timeout=2)
-        except Exception:
-            pass
         # waiting for the process blocks: not on the event loop's thread
         await asyncio.get_running_loop().run_in_executor(None, kill_process_group, self.process, timeout)
         if self.temporary_profile:
@@ -84,22 +83,16 @@ class Chromium:
 
 def kill_process_group(process: subprocess.Popen, timeout: float = 5.0) -> None:
     if process.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
     try:
         os.killpg(process.pid, signal.SIGKILL)  # renderers and zygotes left in the group
     except (ProcessLookupError, PermissionError):
         pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=2)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 async def launch(
@@ -129,7 +122,7 @@ async def launch(
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
+        preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl(PDEATHSIG), async-signal-safe
     )
     deadline = time.monotonic() + timeout
     endpoint = None
