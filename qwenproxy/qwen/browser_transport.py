@@ -1,6 +1,6 @@
 """The ``browser`` and ``auto`` transports: Qwen calls through the browser pool worker.
 
-The pool (``workers/browser_pool.py``) makes each call as a ``fetch()`` inside a chat.qwen.ai
+The pool (``workers/browser_pool/``) makes each call as a ``fetch()`` inside a chat.qwen.ai
 page and streams the raw body back over a local socket. This side runs in the gevent web
 processes: plain ``http.client`` over a stdlib ``socket`` (which gevent patches), so a
 waiting stream never blocks the hub. Nothing here imports asyncio or pyppeteer.
@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit
 from ..errors import UpstreamBlocked, UpstreamError, UpstreamUnavailable
 from ..netutil import UnixHTTPConnection, shutdown
 from .protocol import error_from_response
-from .transport import DirectTransport, Transport, UpstreamResponse
+from .transport import DirectTransport, Transport, UpstreamResponse, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,8 @@ class BrowserTransport(Transport):
             "method": method,
             "url": url,
             "headers": dict(headers),
-            "body": json_body,
+            # as a string: the page sends exactly these bytes, the size uploads/context measured
+            "body": None if json_body is None else json_bytes(json_body).decode("utf-8"),
             "account_id": account_id,
             "timeout": job_timeout,
         }

@@ -6,6 +6,7 @@ the same interface, so neither the protocol module nor the routes change with th
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -107,6 +108,12 @@ def browser_headers(
     return headers
 
 
+def json_bytes(body: Any) -> bytes:
+    """A JSON body as the front end's ``JSON.stringify`` sends it: compact, raw UTF-8 (the
+    size the upstream's body wall counts; ``uploads/context.json_size`` measures the same)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 class _RequestsResponse(UpstreamResponse):
     def __init__(self, response: requests.Response) -> None:
         self._response = response
@@ -166,7 +173,7 @@ class DirectTransport(Transport):
                 method,
                 url,
                 headers=dict(headers),
-                json=json_body,
+                data=None if json_body is None else json_bytes(json_body),
                 stream=stream,
                 timeout=(self._timeout[0], timeout or self._timeout[1]),
                 proxies=settings["proxies"],

@@ -237,6 +237,9 @@ def _sse_answer(run: _Run, headers: dict[str, str], renderer: ChunkRenderer, pin
             if failed is None:
                 yield from map(sse, renderer.finish(turn.collected.finish_reason or "stop"))
                 status = "complete"
+                # saved before [DONE]: a client may send its next turn the moment it reads it,
+                # and that request must find this answer (serving/history.py's point)
+                turn.close(status)
             yield DONE
         finally:
             if status != "complete":
