@@ -325,8 +325,9 @@ class QwenWebProvider(Provider):
         try:
             for event in events:
                 if isinstance(event, ResponseStarted) and not event.chat_id:
-                    event = ResponseStarted(chat_id, event.parent_id, event.response_id)
-                yield event
+                    yield ResponseStarted(chat_id, event.parent_id, event.response_id)
+                else:
+                    yield event
             self.pool.mark_success(account.id)
         except UpstreamBlocked:  # a wall inside the stream (2026 §4)
             self.pool.note_wall(account.id)
