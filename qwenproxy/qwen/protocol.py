@@ -77,11 +77,13 @@ def completion_body(
     chat_type: str = "t2t",
     feature_config: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
-    chat_mode: str = "normal",
     now: float | None = None,
+    chat_mode: str = "normal",
 ) -> dict[str, Any]:
     """Body of ``POST /api/v2/chat/completions?chat_id=`` as the 2026 front end sends it
     (2026 §2, §3.5): ``version`` "2.1", exactly one message, both id spellings.
+
+    ``chat_mode``: ``"guest"`` for a chat without an account (2026 §5).
 
     ``parent_id`` is the previous assistant ``response_id``; it goes at the top level and
     into the message, each as ``parentId`` and ``parent_id`` (§4.8). The top-level
@@ -184,9 +186,8 @@ def error_from_response(status: int, headers: Mapping[str, str], body: bytes) ->
     actual = lower.get("x-actual-status-code")
     if actual and actual.strip() not in ("200", ""):
         return UpstreamError(f"Qwen gateway answered {actual.strip()} inside HTTP 200", code="upstream_status")
-    ctype = lower.get("content-type", "")
     text = body.decode("utf-8", "replace")
-    if "html" in ctype or text.lstrip().lower().startswith(("<!doctype", "<html")):
+    if "html" in lower.get("content-type", "") or text.lstrip().lower().startswith(("<!doctype", "<html")):
         signature = walls.signature_in(text)
         if signature is not None:
             return walls.blocked(f"{signature} page")
@@ -197,25 +198,9 @@ def error_from_response(status: int, headers: Mapping[str, str], body: bytes) ->
     except ValueError:
         payload = None
     if isinstance(payload, dict):
-        ret = payload.get("ret")
-        if isinstance(ret, list) and ret and payload.get("success") is not True:
-            signature = walls.signature_in(" ".join(str(r) for r in ret))
-            if signature is not None:
-                return walls.blocked(f"{signature} slider captcha")
-        if payload.get("success") is False or (
-            isinstance(payload.get("data"), dict) and "code" in payload["data"] and "details" in payload["data"]
-        ):
-            data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
-            return _error_from_code(str(data.get("code", "")), str(data.get("details", "")), data)
-        if "detail" in payload and status >= 400:  # legacy Open WebUI style
-            detail = str(payload["detail"])
-            if status in (401, 403):  # an account problem: the caller tries another account
-                return Unauthorized(f"Qwen answered HTTP {status}: {detail}")
-            if status == 429:
-                return RateLimited(f"Qwen answered HTTP 429: {detail}")
-            if "model" in detail.lower():
-                return ModelNotFound(f"Qwen: {detail}", param="model")
-            return UpstreamError(f"Qwen: {detail}")
+        err = _json_error(status, payload)
+        if err is not None:
+            return err
     elif payload is None and text.strip() and status == 200:
         signature = walls.signature_in(text)  # a captcha page served as text/plain
         if signature is not None:
@@ -226,6 +211,29 @@ def error_from_response(status: int, headers: Mapping[str, str], body: bytes) ->
         return RateLimited("Qwen answered HTTP 429")
     if status >= 400:
         return UpstreamError(f"Qwen answered HTTP {status}")
+    return None
+
+
+def _json_error(status: int, payload: Mapping[str, Any]) -> ApiError | None:
+    """The error a JSON answer stands for: the slider captcha, an envelope, a FastAPI detail."""
+    ret = payload.get("ret")
+    if isinstance(ret, list) and ret and payload.get("success") is not True:
+        signature = walls.signature_in(" ".join(str(r) for r in ret))
+        if signature is not None:
+            return walls.blocked(f"{signature} slider captcha")
+    data = payload.get("data")
+    if payload.get("success") is False or (isinstance(data, dict) and "code" in data and "details" in data):
+        data = data if isinstance(data, dict) else {}
+        return _error_from_code(str(data.get("code", "")), str(data.get("details", "")), data)
+    if "detail" in payload and status >= 400:  # legacy Open WebUI style
+        detail = str(payload["detail"])
+        if status in (401, 403):  # an account problem: the caller tries another account
+            return Unauthorized(f"Qwen answered HTTP {status}: {detail}")
+        if status == 429:
+            return RateLimited(f"Qwen answered HTTP 429: {detail}")
+        if "model" in detail.lower():
+            return ModelNotFound(f"Qwen: {detail}", param="model")
+        return UpstreamError(f"Qwen: {detail}")
     return None
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from typing_extensions import override
 
 from ..errors import UpstreamError, UpstreamUnavailable
 from ..netutil import abort_response
@@ -89,7 +90,7 @@ def browser_headers(
     The account authenticates with the ``token`` cookie, as the real front end does;
     ``QWEN_AUTH_HEADER`` adds the older ``Authorization: Bearer``. ``bx-v`` goes out only
     when ``QWEN_BX_V`` is set: without the page's ``bx-ua``/``bx-umidtoken`` pair it does
-    more harm than good. ``stream`` is kept for callers; ``x-accel-buffering`` goes always.
+    more harm than good. ``stream``: the call reads an event stream (``x-accel-buffering``).
     """
     base = str(config["QWEN_BASE_URL"]).rstrip("/")
     headers = {
@@ -103,8 +104,9 @@ def browser_headers(
         "version": str(config["QWEN_FRONTEND_VERSION"]),
         "timezone": js_date_string(),
         "x-request-id": str(uuid.uuid4()),
-        "x-accel-buffering": "no",
     }
+    if stream:
+        headers["x-accel-buffering"] = "no"
     bx_v = str(config.get("QWEN_BX_V") or "").strip()
     if bx_v:
         headers["bx-v"] = bx_v
@@ -149,9 +151,7 @@ class _RequestsResponse(UpstreamResponse):
             # chunk_size=None: hand over each piece as soon as the socket yields it
             yield from self._response.iter_content(chunk_size=None)
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, AttributeError) as exc:
-            raise UpstreamError(
-                f"Qwen's answer broke off ({type(exc).__name__})", code="upstream_truncated"
-            ) from exc
+            raise UpstreamError(f"Qwen's answer broke off ({type(exc).__name__})", code="upstream_truncated") from exc
         finally:
             self._response.close()
 
@@ -180,6 +180,7 @@ class DirectTransport(Transport):
             self._session.trust_env = False
         return settings
 
+    @override
     def request(
         self,
         method: str,
@@ -205,7 +206,9 @@ class DirectTransport(Transport):
                 cert=settings["cert"],
             )
         except requests.RequestException as exc:
-            raise UpstreamUnavailable(f"Cannot reach Qwen at {url.split('?')[0]}: {type(exc).__name__}") from exc
+            raise UpstreamUnavailable(
+                f"Cannot reach Qwen at {url.split('?', maxsplit=1)[0]}: {type(exc).__name__}"
+            ) from exc
         return _RequestsResponse(response)
 
     def close(self) -> None:

@@ -25,8 +25,9 @@ def _history(chat: Any) -> list[dict[str, Any]]:
     for message in stored:
         content = message.get("content")
         if isinstance(content, dict):  # an assistant turn saved with its tool calls
-            message = {**message, "content": content.get("content"), "tool_calls": content.get("tool_calls")}
-        out.append(message)
+            out.append({**message, "content": content.get("content"), "tool_calls": content.get("tool_calls")})
+        else:
+            out.append(message)
     return out
 
 
@@ -87,7 +88,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
     reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
     turn.begin(new_messages)
 
-    def extras(collected: Collected, info: dict[str, Any]) -> dict[str, Any]:
+    def extras(collected: Collected, _info: dict[str, Any]) -> dict[str, Any]:
         rid = collected.started.response_id if collected.started else None
         return {"chatId": chat.id, "parentId": rid}
 

@@ -192,7 +192,7 @@ def test_bodies_and_headers_are_the_2026_front_ends(client, fake_qwen) -> None:
     headers = body["headers"]
     assert "authorization" not in headers and sent_token(headers)
     assert headers["version"] == "0.2.87" and headers["source"] == "web" and "bx-v" not in headers
-    assert headers["accept"] == "application/json" and headers["x-accel-buffering"] == "no"
+    assert headers["accept"] == "application/json" and headers["x-accel-buffering"] == "no"  # a stream
     assert re.fullmatch(r"[0-9a-f-]{36}", headers["x-request-id"]) and "GMT" in headers["timezone"]
     assert headers["referer"].endswith(f"/c/{sent['chat_id']}")
 
