@@ -60,11 +60,13 @@ def without_reasoning(events: Iterator[Event]) -> Iterator[Event]:
 
 
 class StopGuard:
-    """Stops the upstream generation when its stream is left before ``finished``.
+    """Stops the upstream generation when its stream is left before ``finished``: the client
+    went away (the cancel hook) or the reader stopped early (the relay closed).
 
     ``observe`` sees every event; ``abandon`` (from the cancel hook or the relay's
     ``finally``, any thread, any number of times) fires one stop call in a background
-    thread (a greenlet under gevent), so the client's request never waits for it.
+    thread (a greenlet under gevent), so the client's request never waits for it. ``done``
+    (finished, a wall, a broken upstream) means there is nothing to stop.
     """
 
     def __init__(

@@ -212,12 +212,12 @@ class QwenWebProvider(Provider):
         current: dict[str, Any] = {}
 
         def cancel() -> None:
-            response = current.get("response")
-            if response is not None:
-                response.close()
             guard = current.get("guard")
             if guard is not None:
                 guard.abandon()  # the site would keep the chat "in progress" (2026 §3)
+            response = current.get("response")
+            if response is not None:
+                response.close()
 
         spec = request.tool_spec or tools.ToolSpec.parse(
             request.tools, request.tool_choice, request.options.get("parallel_tool_calls")
@@ -382,6 +382,11 @@ class QwenWebProvider(Provider):
         except UpstreamBlocked:  # a wall inside the stream (2026 §4)
             guard.done = True  # nothing is generating
             self.pool.note_wall(account.id)
+            raise
+        except ApiError:
+            # the upstream or the pool broke, not the client: no stop call into a failing
+            # transport; a chat left "in progress" is met on the next turn (qwen_turns)
+            guard.done = True
             raise
         finally:
             response.close()
