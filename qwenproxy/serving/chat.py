@@ -13,6 +13,8 @@ from ..wire.openai import ChatCompletionRequest, Collected, completion_response
 from . import history
 from .conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from .streaming import serve
+from .structured import OPTION as RESPONSE_FORMAT
+from .structured import open_stream
 
 
 def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -> Response:
@@ -22,6 +24,8 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
     chat_id, parent_id = req.conversation
     upstream_model, model, options = provider.resolve_request(req.model)
     options.update(req.mode_options())
+    if req.response_format is not None:
+        options[RESPONSE_FORMAT] = req.response_format
     # a stateless client (no chatId) re-sends its history: continue the upstream chat that
     # holds it, or fold it into a new one (serving/history.py)
     plan = None
@@ -89,7 +93,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         return body_out
 
     return serve(
-        lambda: provider.open_stream(chat_request),
+        lambda: open_stream(provider, chat_request),
         turn,
         stream=req.stream,
         model=model,

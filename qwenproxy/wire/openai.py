@@ -38,6 +38,7 @@ from ..events import (
     ToolCallDelta,
     Usage,
 )
+from .structured import ResponseFormat
 from .tools import ToolSpec
 
 DONE = "data: [DONE]\n\n"
@@ -449,6 +450,35 @@ def _size(value: Any) -> str | None:
         raise BadRequest(str(exc), param="size") from None
 
 
+def _response_format(value: Any) -> Any:
+    ResponseFormat.parse(value)  # 400 when malformed; the dict itself travels on (serving/structured.py)
+    return value
+
+
+_JSON_SCHEMA_FORMAT = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+        "description": {"type": "string"},
+        "schema": {"type": "object", "description": "a JSON Schema"},
+        "strict": {"type": "boolean"},
+    },
+}
+RESPONSE_FORMAT_SCHEMA = {
+    "oneOf": [
+        {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "enum": ["text"]}}},
+        {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "enum": ["json_object"]}}},
+        {
+            "type": "object",
+            "required": ["type", "json_schema"],
+            "properties": {"type": {"type": "string", "enum": ["json_schema"]}, "json_schema": _JSON_SCHEMA_FORMAT},
+        },
+    ],
+    "description": "JSON mode or structured outputs: the answer is checked and repaired once (extension: any provider)",
+}
+
+
 class ChatOptions(BaseModel):
     """Everything of a chat request but its messages, in the order it is checked."""
 
@@ -499,6 +529,9 @@ class ChatOptions(BaseModel):
     ] = None
     enable_search: Annotated[bool | None, _boolean("enable_search")] = None
     size: Annotated[str | None, BeforeValidator(_size), WithJsonSchema({"type": "string"})] = None
+    response_format: Annotated[
+        dict[str, Any] | None, BeforeValidator(_response_format), WithJsonSchema(RESPONSE_FORMAT_SCHEMA)
+    ] = None
 
     @model_validator(mode="before")
     @classmethod
