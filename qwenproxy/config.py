@@ -14,6 +14,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parent.parent
+VERSION = "0.1.0"  # qwenproxy.__version__
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 

@@ -300,8 +300,9 @@ class QwenWebProvider(Provider):
         try:
             for event in events:
                 if isinstance(event, ResponseStarted) and not event.chat_id:
-                    event = ResponseStarted(chat_id, event.parent_id, event.response_id)
-                yield event
+                    yield ResponseStarted(chat_id, event.parent_id, event.response_id)
+                else:
+                    yield event
             self.pool.mark_success(account.id)
         finally:
             response.close()

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from typing_extensions import override
 
 from ..errors import UpstreamError, UpstreamUnavailable
 from ..netutil import abort_response
@@ -125,9 +126,7 @@ class _RequestsResponse(UpstreamResponse):
             # chunk_size=None: hand over each piece as soon as the socket yields it
             yield from self._response.iter_content(chunk_size=None)
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, AttributeError) as exc:
-            raise UpstreamError(
-                f"Qwen's answer broke off ({type(exc).__name__})", code="upstream_truncated"
-            ) from exc
+            raise UpstreamError(f"Qwen's answer broke off ({type(exc).__name__})", code="upstream_truncated") from exc
         finally:
             self._response.close()
 
@@ -156,6 +155,7 @@ class DirectTransport(Transport):
             self._session.trust_env = False
         return settings
 
+    @override
     def request(
         self,
         method: str,
@@ -181,7 +181,9 @@ class DirectTransport(Transport):
                 cert=settings["cert"],
             )
         except requests.RequestException as exc:
-            raise UpstreamUnavailable(f"Cannot reach Qwen at {url.split('?')[0]}: {type(exc).__name__}") from exc
+            raise UpstreamUnavailable(
+                f"Cannot reach Qwen at {url.split('?', maxsplit=1)[0]}: {type(exc).__name__}"
+            ) from exc
         return _RequestsResponse(response)
 
     def close(self) -> None:

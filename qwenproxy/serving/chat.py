@@ -75,7 +75,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
     reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
     turn.begin(new_messages)
 
-    def extras(collected: Collected, info: dict[str, Any]) -> dict[str, Any]:
+    def extras(collected: Collected, _info: dict[str, Any]) -> dict[str, Any]:
         rid = collected.started.response_id if collected.started else None
         return {"chatId": chat.id, "parentId": rid}
 

@@ -117,7 +117,7 @@ class Turn:
     def observe(self, event: Event) -> None:
         self.collected.add(event)
 
-    def close(self, status: str, error: str | None = None) -> None:
+    def close(self, status: str, error: str | None = None) -> None:  # noqa: ARG002 - callers report it; DualTurn's
         """Save the answer (``complete``, ``partial`` or ``error``) and the chat's upstream ids."""
         if self.closed:
             return

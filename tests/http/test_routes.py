@@ -65,7 +65,7 @@ def test_two_turns_continue_the_upstream_conversation(client, fake_qwen) -> None
         ("user", "two"),
         ("assistant", "Echo: two"),
     ]
-    assistant = [m for m in stored if m.role == "assistant"][0]
+    assistant = next(m for m in stored if m.role == "assistant")
     assert assistant.response_id == first["parentId"] and assistant.completion_tokens > 0
     assert assistant.model == "qwen3-max" and assistant.provider == "qwen"
 
