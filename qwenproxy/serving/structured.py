@@ -45,8 +45,11 @@ def open_stream(provider: Provider, request: ChatRequest, response_format: Any =
         yield from stream
         outer.info.update(stream.info)
 
+    def cancel() -> None:  # whichever round is running now
+        current["stream"].cancel()
+
     outer.events = StructuredFilter(inner, fmt, retry)
-    outer.on_cancel = lambda: current["stream"].cancel()
+    outer.on_cancel = cancel
     return outer
 
 

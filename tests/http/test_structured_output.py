@@ -200,12 +200,14 @@ def test_streamed_structured_output_is_sent_once_checked(tmp_path, fake_qwen) ->
 
 def test_a_streamed_strict_failure_is_an_in_band_error(sdk, fake_qwen) -> None:
     fake_qwen.answer = scripted("no", "still no")
-    with pytest.raises(openai.APIError) as caught:
-        with sdk.chat.completions.stream(
+    with (
+        pytest.raises(openai.APIError) as caught,
+        sdk.chat.completions.stream(
             model="qwen3-max", messages=[{"role": "user", "content": "x"}], response_format=Person
-        ) as stream:
-            for _ in stream:
-                pass
+        ) as stream,
+    ):
+        for _ in stream:
+            pass
     assert "does not match response_format" in str(caught.value.message)
 
 
