@@ -1,9 +1,11 @@
-"""OpenAI-compatible routes: chat completions and the model list."""
+"""OpenAI-compatible routes: chat completions, legacy completions and the model list."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from ..serving.completions import completion_turn
+from ..wire.openai import CompletionRequest, parse_request
 from .common import json_body, registry, run_chat
 
 bp = Blueprint("openai", __name__)
@@ -13,6 +15,12 @@ bp = Blueprint("openai", __name__)
 def chat_completions() -> Response:
     body = json_body()
     return run_chat(body, body.get("messages"), simple=False)
+
+
+@bp.post("/api/completions")
+def completions() -> Response:
+    req = parse_request(CompletionRequest.model_validate, json_body())
+    return completion_turn(registry().for_model(req.model), req)
 
 
 @bp.get("/api/models")

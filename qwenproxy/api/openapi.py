@@ -79,6 +79,16 @@ OPERATIONS: dict[str, Operation] = {
         ok=CHAT_OK,
         errors=CHAT_ERRORS,
     ),
+    "openai.completions": Operation(
+        "createCompletion",
+        "OpenAI legacy completions (text_completion), streamed (SSE) or not; each prompt a chat turn",
+        body=openai.CompletionRequest,
+        ok={
+            "description": "OK",
+            "content": {**_json(_ref(openai.TextCompletion)), "text/event-stream": {"schema": STRING}},
+        },
+        errors=CHAT_ERRORS,
+    ),
     "chat.chat": Operation(
         "simpleChat",
         "The seed's chat format: message or messages",
@@ -182,7 +192,7 @@ def document(app: Flask) -> dict[str, Any]:
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = _operation(op)
         models += [m for m in (op.body, op.query) if m is not None and m not in models]
-    models += [m for m in (openai.ChatCompletion, openai.ModelList) if m not in models]
+    models += [m for m in (openai.ChatCompletion, openai.TextCompletion, openai.ModelList) if m not in models]
     return {
         "openapi": "3.0.3",
         "info": {

@@ -30,7 +30,7 @@ from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from ..errors import BadRequest, UpstreamError
-from ..events import Event, Finished, ResponseStarted, TextDelta, ToolCallDelta, Usage
+from ..events import Event, Finished, ResponseStarted, TextDelta, ToolCallDelta, Usage, add_usage
 from .transcript import strip_think
 
 log = logging.getLogger(__name__)
@@ -286,18 +286,6 @@ def json_candidates(text: str) -> Iterator[tuple[str, Any]]:
 
 
 # --------------------------------------------------------------------------- the answer stream
-
-
-def add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
-    """Two rounds' usage added up (the raw upstream figures of the later one kept)."""
-    if a is None or b is None:
-        return a or b
-    return Usage(
-        a.prompt_tokens + b.prompt_tokens,
-        a.completion_tokens + b.completion_tokens,
-        a.total_tokens + b.total_tokens,
-        b.raw,
-    )
 
 
 Retry = Callable[[ResponseStarted | None, str, Checked], Iterable[Event]]
