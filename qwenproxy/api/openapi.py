@@ -201,7 +201,7 @@ def document(app: Flask) -> dict[str, Any]:
             "description": (
                 "OpenAI-compatible gateway to Qwen web, GigaChat and a local Qwen2.5-Coder. Every error is "
                 'OpenAI\'s {"error": {message, type, param, code}}. Paths under /api also answer under '
-                "/api/v1 and /v1."
+                "/api/v1 and /v1, and every path with a trailing slash too."
             ),
         },
         "servers": [{"url": "/"}],
