@@ -251,7 +251,7 @@ def test_early_error_in_a_stream_is_a_plain_json_error(client, fake_qwen) -> Non
 
 def test_api_keys(client, app, tmp_path) -> None:
     keys = tmp_path / "Authorization.txt"
-    assert client.get("/api/models").status_code == 200  # no file: auth disabled
+    assert client.get("/api/models").status_code == 200  # only the commented template: auth disabled
     keys.write_text("# comment\n\n  key-one  \nkey-two\n", encoding="utf-8")
     for header in (None, "key-one", "Bearer nope", "Basic key-one"):
         r = client.get("/api/models", headers={"Authorization": header} if header else {})
