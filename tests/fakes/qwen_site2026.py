@@ -130,10 +130,10 @@ class Site2026Mixin:
         response.set_cookie("refresh_token", refresh, expires=int(refresh_exp), httponly=True, samesite="Lax", path="/")
 
     def _ep_signin_v2(self, request: Request, body: Any) -> Response:
-        if not self.signin_v2:
-            return _json({"detail": "Not Found"}, status=404)
         with self._lock:
             self.signin_calls.append("v2")
+        if not self.signin_v2:
+            return _json({"detail": "Not Found"}, status=404)
         if not (
             isinstance(body, dict) and isinstance(body.get("email"), str) and isinstance(body.get("password"), str)
         ):

@@ -21,7 +21,7 @@ Auth (§2)
   password with SHA-256, posts it to the sign-in API and keeps the token in
   ``localStorage.token`` (unless ``signin_page_local_storage`` is off) and, from the
   response, in the ``token`` cookie: what ``flask accounts add`` waits for in a browser.
-  Guest mode (no JWT, ``bx-umidtoken``) is not reproduced: every v2 route needs a token.
+  Guest mode (no JWT) only with the ``guest_mode`` switch (see the 2026 table below).
 
 Envelopes and errors (§3.0)
 - Success ``{"success":true,"request_id":…,"data":…}``, errors the same with
@@ -54,8 +54,10 @@ Chats (§3.4, §3.7)
 
 Completions (§3.5, Appendix A) — checks in this order, all HTTP 200 envelopes:
   hostile/WAF → auth → JSON body → ``chat_id`` in query and body equal (``Bad_Request``) →
-  exactly one message (``Bad_Request`` "Invalid input too many messages.") → known model
-  (``Not_Found`` "Model not found") → chat exists and belongs to the user (``Not_Found``
+  exactly one message (``Bad_Request`` "Invalid input too many messages.") → [2026 body
+  check, switch] → known model (``Not_Found`` "Model not found") → thinking lock
+  (``invalid_input``) → chat type; image_edit needs an image in ``files``; document files
+  [switch] → chat exists and belongs to the user (``Not_Found``
   "Chat not found") → not generating (``Bad_Request`` "The chat is in progress!") →
   ``parent_id`` null on the first turn, else the ``response_id`` of an assistant message of
   that chat (``Bad_Request`` "The parent message does not exist." *[choice: text
@@ -124,9 +126,76 @@ Files (§5.1, §5.3)
   ``parse_polls`` polls, then ``parse_result`` (``success`` by default); unknown files →
   ``Not_Found``.
 
-Not reproduced: ``files/confirm``, task polling (§3.6), t2v/image_edit phases, parallel
-answers (``response_index`` "1"), ``response.stopped``, the header-based WAF heuristics
-(``bx-*``), ``/api/v2/models``.
+2026 site (``/work/shared/specs/qwen-web-2026.md``, sources in ``docs/QWEN_2026.md``)
+Always on (harmless to 2025-style clients): ``GET /api/v2/models/`` (also without the slash;
+``{"success","request_id","data":{"data":[…]}}``, every ``info.meta`` with ``think_skip``
+and ``supports_non_streaming:false``); a model in ``thinking_locked_models`` (qwen3.8-max)
+refuses ``feature_config.thinking_enabled`` other than ``true`` with
+``{"success":false,…,"data":{"code":"invalid_input","details":…}}``; the v2 account routes;
+``POST /api/v2/chat/completions/stop``; t2v tasks, image_edit, deep_research; the site page
+sets a ``cna`` cookie. Switches (attributes; ``use_2026_site()`` sets the first four marked *):
+
+==============================  =========  ====================================================
+switch                          default    when set
+==============================  =========  ====================================================
+``models`` = ``MODELS_2026`` *  2025 list  qwen3.7-plus, qwen3.8-max, qwen3.7-max, qwen3.6-plus
+``require_2026_body`` *         False      completions need ``version "2.1"``, ``chatId`` =
+                                           ``chat_id``, both ``parentId``/``parent_id`` ("" =
+                                           null), ms ``timestamp``, message ``user_action
+                                           "chat"``, ``files[]``, ``timestamp``, ``models
+                                           [model]``, ``chat_type``, ``sub_chat_type``,
+                                           ``childrenIds[]``, ``extra.meta.subChatType``,
+                                           ``feature_config.thinking_enabled`` (bool); chats/new
+                                           has no ``title`` and ``chat_mode`` normal|guest.
+                                           Else ``Bad_Request`` "Invalid input: <field>", the
+                                           field appended to ``body_errors``. (Without
+                                           ``output_schema:"phase"`` deltas lose ``phase``:
+                                           always, as before.)
+``delta_response_ids`` *        False      every delta carries top-level ``response_id`` and
+                                           ``timestamp`` (s)
+``thinking_style`` = summary *  "think"    ``thinking_summary`` phases
+``models_v2``                   True       False: ``/api/v2/models/`` → 404 ``{"detail":…}``
+``require_token_cookie``        False      only the ``token`` cookie authenticates
+``captcha_body_limit``          131072     chats/new or completions body longer (bytes) → the
+                                           slider-captcha JSON; None = no limit
+``hostile`` = ``captcha_frame`` None       HTTP 200 ``text/event-stream`` whose frame number
+                                           ``wall_after_frames`` (0 = first, before
+                                           ``response.created``) is ``data: {"ret":
+                                           stream_wall_ret, "data":{"url": …punish?x5secdata=…}}``,
+                                           then the body ends (no ``finished``)
+``hostile`` = ``html_frame``    None       same, the wall is ``data: <!doctypehtml>…`` (not JSON)
+``hostile`` = ``html_line``     None       same, a bare ``<!doctypehtml>…`` line (no ``data:``)
+``hostile`` = ``actual_status_403`` (/404) HTTP 200, ``x-actual-status-code: 403``, tiny JSON
+``abandon_keeps_generating``    False      a client that leaves mid-stream leaves the chat
+                                           busy: next completion → ``Bad_Request`` "The chat is
+                                           in progress!" until stop (or ``abandon_seconds``)
+``parallel_answers``            None       "interleave": two ``response.created`` (index "0",
+                                           "1"), deltas alternate (branch 1 first), each with
+                                           its ``response_id``; "empty_primary": branch 0 has
+                                           no content. ``parallel_alt_answer`` = branch 1 text
+``keep_open_after_finished``    False      after ``finished`` the body stays open for
+                                           ``keep_open_seconds`` (30) or until the client closes
+``guest_mode``                  False      no token + ``chat_mode:"guest"`` is served (owner =
+                                           ``cna`` cookie), models = ``guest_models`` (None:
+                                           qwen3.7-plus, qwen3.6-plus ∩ models)
+``signin_v1_status``            None       405: ``/api/v1/auths/signin`` answers HTTP 405
+``signin_v2``                   True       False: ``/api/v2/auths/signin`` answers 404
+``token_lifetime``              604800     seconds, tokens from sign-in (v1, v2) and refresh
+``refresh_rotates``             True       a refresh issues a new refresh token, old one dies
+``entitlement_quota``           {}         model id / feature → quota overrides
+``task_queued_polls``,          1, 2,      t2v task: queued for N polls, running for M
+``task_running_polls``,         "success"  (progress 33, 66 …), then success (``content`` =
+``task_outcome``                           video URL) or "failed" (``message``)
+``check_documents``             False      ``file_class:"document"`` files must be this user's
+                                           uploads with parse status success, else
+                                           ``Bad_Request`` "Invalid input: files"
+==============================  =========  ====================================================
+
+Records: ``walls``, ``body_errors``, ``stop_calls``, ``parallel_turns``, ``held_open``,
+``documents`` (with the uploaded text), ``image_edits``, ``tasks``, ``signin_calls``,
+``refresh_calls``, ``settings_updates``, ``quota_calls``; ``last_request(path)``.
+
+Not reproduced: ``files/confirm``, the header-based WAF heuristics (``bx-*``, ``version``).
 """
 
 from __future__ import annotations
@@ -1202,7 +1271,11 @@ class FakeQwen(Site2026Mixin):
             creds = (grant.access_key_id, grant.secret, grant.token)
             file_url = self.oss.presign(file_path)
         else:
-            creds = ("STS." + secrets.token_urlsafe(18), secrets.token_urlsafe(30), "CAIS" + secrets.token_urlsafe(90))
+            creds = (
+                "STS." + secrets.token_urlsafe(18),
+                issued(secrets.token_urlsafe(30)),
+                issued("CAIS" + secrets.token_urlsafe(90)),
+            )
             file_url = f"https://{bucket}.oss-accelerate.aliyuncs.com/{file_path}?x-oss-expires=300"
         with self._lock:
             self.files[file_id] = {
@@ -2068,8 +2141,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8899)
     parser.add_argument("--chunk-delay", type=float, default=0.02)
     parser.add_argument("--user", action="append", default=[], metavar="EMAIL:PASSWORD")
+    parser.add_argument("--site-2026", action="store_true", help="the 2026 front end's defaults (use_2026_site)")
     args = parser.parse_args(argv)
-    fake = FakeQwen(chunk_delay=args.chunk_delay).start(port=args.port)
+    fake = FakeQwen(chunk_delay=args.chunk_delay)
+    if args.site_2026:
+        fake.use_2026_site()
+    fake.start(port=args.port)
     print(f"fake chat.qwen.ai at {fake.url}", flush=True)
     print(f"token: {fake.make_token()}", flush=True)
     for spec in args.user:
