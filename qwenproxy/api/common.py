@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
-from flask import Response, current_app, g, request
+from flask import Response, current_app, request
 
 from ..errors import BadRequest
-from ..providers import ChatRequest, ProviderRegistry
-from ..qwen.modes import aspect_ratio
-from ..serving.conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
-from ..serving.streaming import serve
-from ..wire.openai import Collected, completion_response
+from ..providers import ProviderRegistry
+from ..serving.chat import chat_turn
+from ..wire.openai import aspect_ratio
 from ..wire.tools import ToolSpec
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -162,75 +159,7 @@ def _mode_fields(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_chat(body: dict[str, Any], messages: list[dict[str, Any]], *, simple: bool) -> Response:
-    """Serve one chat turn. ``simple`` is the seed's ``/api/chat``: the local history of the
-    chat is replayed to providers that do not keep it upstream."""
+    """Validate a chat request and serve its turn (``simple``: the seed's ``/api/chat``)."""
     messages = _check_messages(messages)
     opts = _options(body)
-    provider = registry().for_model(opts["model"])
-    upstream_model, model, options = provider.resolve_request(opts["model"])
-    options.update(opts["modes"])
-    chat, is_new = open_chat(
-        opts["chat_id"],
-        provider=provider.name,
-        model=model,
-        name=None if simple else OPENAI_CHAT_NAME,
-        adopt_upstream=provider.server_side_history,
-    )
-    # a new chat stores everything the client sent; a continuing one only the new turn
-    last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
-    last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
-    if last_user < last_assistant < len(messages) - 1:
-        last_user = last_assistant + 1  # a tool loop: the new turn is the results after the call
-    new_messages = messages if is_new else messages[last_user:]
-    send = messages
-    if simple and not provider.server_side_history and not is_new:
-        send = stored_history(chat) + messages[last_user:]
-    chat_request = ChatRequest(
-        model=upstream_model,
-        messages=send,
-        stream=opts["stream"],
-        requested_model=opts["model"],
-        conversation_id=chat.upstream_chat_id if provider.server_side_history else chat.id,
-        parent_id=opts["parent_id"] or (chat.last_response_id if not is_new else None),
-        account_id=chat.account_id,
-        max_tokens=opts["max_tokens"],
-        temperature=opts["temperature"],
-        top_p=opts["top_p"],
-        stop=opts["stop"],
-        tools=opts["tools"],
-        tool_choice=opts["tool_choice"],
-        options=options,
-        request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
-    )
-    turn = Turn(chat=chat, provider=provider.name, model=model)
-    reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
-    turn.begin(new_messages)
-
-    def extras(collected: Collected, info: dict[str, Any]) -> dict[str, Any]:
-        rid = collected.started.response_id if collected.started else None
-        return {"chatId": chat.id, "parentId": rid}
-
-    def shape(collected: Collected, fields: dict[str, Any]) -> dict[str, Any]:
-        rid = collected.started.response_id if collected.started else None
-        body_out = completion_response(
-            collected,
-            id=rid or f"chatcmpl-{uuid.uuid4().hex}",
-            model=model,
-            extras=fields,
-            reasoning_in_content=reasoning_in_content,
-        )
-        if simple:
-            body_out["response_id"] = rid
-        return body_out
-
-    return serve(
-        lambda: provider.open_stream(chat_request),
-        turn,
-        stream=opts["stream"],
-        model=model,
-        extras=extras,
-        include_usage=opts["include_usage"],
-        ping_interval=float(current_app.config["PING_INTERVAL"]),
-        shape=shape,
-        reasoning_in_content=reasoning_in_content,
-    )
+    return chat_turn(registry().for_model(opts["model"]), opts, messages, simple=simple)

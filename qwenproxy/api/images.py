@@ -12,9 +12,8 @@ from flask import Blueprint, Response, current_app, g, jsonify
 
 from ..errors import BadRequest, UpstreamError
 from ..providers import ChatRequest
-from ..qwen.modes import aspect_ratio
 from ..serving.streaming import as_api_error
-from ..wire.openai import collect
+from ..wire.openai import aspect_ratio, collect
 from .common import json_body, registry
 
 bp = Blueprint("images", __name__)

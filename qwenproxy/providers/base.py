@@ -57,7 +57,8 @@ class Provider(ABC):
 
     @abstractmethod
     def owns(self, model: str) -> bool:
-        """Whether a requested model name belongs to this provider."""
+        """Whether a requested model name belongs to this provider. Cheap: from its own names
+        and prefixes only, never a network call (the registry asks it for every request)."""
 
     def resolve_model(self, model: str | None) -> str:
         """Map an alias or a missing name to the id sent upstream."""

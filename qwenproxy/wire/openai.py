@@ -279,3 +279,31 @@ class ChunkRenderer:
     def error(err: ApiError) -> dict[str, Any]:
         """An in-band error after the stream has begun."""
         return err.to_dict()
+
+
+# OpenAI image sizes → aspect ratios, the ``image_size`` option (Qwen's §3.5 ``size``)
+ASPECT_RATIOS: dict[str, float] = {"1:1": 1.0, "16:9": 16 / 9, "9:16": 9 / 16, "4:3": 4 / 3, "3:4": 3 / 4}
+_EXACT_SIZES = {"1024x1024": "1:1", "1792x1024": "16:9", "1024x1792": "9:16"}
+
+
+def aspect_ratio(size: Any) -> str | None:
+    """``1024x1024`` → ``1:1``; ``1792x1024`` → ``16:9``; other ``WxH`` → the nearest ratio;
+    a ratio such as ``4:3`` is kept; ``None``/``auto`` → ``None`` (Qwen's default)."""
+    if size is None:
+        return None
+    text = str(size).strip().lower()
+    if not text or text == "auto":
+        return None
+    if text in ASPECT_RATIOS:
+        return text
+    if text in _EXACT_SIZES:
+        return _EXACT_SIZES[text]
+    sep = "x" if "x" in text else ("*" if "*" in text else ":")
+    try:
+        width, height = (float(p) for p in text.split(sep))
+    except ValueError:
+        raise ValueError(f"size must look like 1024x1024 or 16:9, not {size!r}") from None
+    if width <= 0 or height <= 0:
+        raise ValueError(f"size must be positive, not {size!r}")
+    ratio = width / height
+    return min(ASPECT_RATIOS, key=lambda r: abs(ASPECT_RATIOS[r] - ratio) / ASPECT_RATIOS[r])
