@@ -45,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
     "MODELS_FILE": "./AvailableModels.txt",
     "DEFAULT_MODEL": "qwen-max-latest",
     "MODELS_CACHE_SECONDS": 600,
+    # Anthropic Messages API (docs/AGENTS.md): claude-* names -> served models; "name=target|fallback,…",
+    # a target may be auto:max (newest coder/max model) or auto:fast (newest flash/turbo/plus)
+    "ANTHROPIC_MODEL_MAP": "opus=auto:max,sonnet=auto:max,haiku=auto:fast",
     # streaming
     "PING_INTERVAL": 15.0,  # seconds of upstream silence before a ": ping" comment
     # Qwen web modes (docs/MODES.md)

@@ -10,20 +10,29 @@ from flask import Response, current_app, g
 
 from ..providers import ChatRequest, Provider
 from ..wire.openai import Collected, completion_response
+from .client_api import ClientApi
 from .conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from .streaming import serve
 
 
-def chat_turn(provider: Provider, opts: dict[str, Any], messages: list[dict[str, Any]], *, simple: bool) -> Response:
+def chat_turn(
+    provider: Provider,
+    opts: dict[str, Any],
+    messages: list[dict[str, Any]],
+    *,
+    simple: bool,
+    api: ClientApi | None = None,
+) -> Response:
     """Serve one validated chat turn with ``provider``. ``simple`` is the seed's ``/api/chat``:
-    the local history of the chat is replayed to providers that do not keep it upstream."""
+    the local history of the chat is replayed to providers that do not keep it upstream.
+    ``api`` answers in another client API's shape (Anthropic Messages, Responses)."""
     upstream_model, model, options = provider.resolve_request(opts["model"])
     options.update(opts["modes"])
     chat, is_new = open_chat(
         opts["chat_id"],
         provider=provider.name,
         model=model,
-        name=None if simple else OPENAI_CHAT_NAME,
+        name=None if simple else api.chat_name if api else OPENAI_CHAT_NAME,
         adopt_upstream=provider.server_side_history,
     )
     # a new chat stores everything the client sent; a continuing one only the new turn
@@ -52,7 +61,7 @@ def chat_turn(provider: Provider, opts: dict[str, Any], messages: list[dict[str,
         options=options,
         request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
     )
-    turn = Turn(chat=chat, provider=provider.name, model=model)
+    turn = Turn(chat=chat, provider=provider.name, model=model, on_close=api.on_close if api else None)
     reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
     turn.begin(new_messages)
 
@@ -83,4 +92,5 @@ def chat_turn(provider: Provider, opts: dict[str, Any], messages: list[dict[str,
         ping_interval=float(current_app.config["PING_INTERVAL"]),
         shape=shape,
         reasoning_in_content=reasoning_in_content,
+        answer=api.answer(model, chat_request) if api else None,
     )

@@ -427,8 +427,8 @@ def convert(request: MessagesRequest) -> Converted:
     if request.top_k is not None:
         options["top_k"] = request.top_k
     messages = to_messages(request)
-    if not any(m["role"] == "user" for m in messages) and not any(m["role"] == "tool" for m in messages):
-        raise BadRequest("messages: no user message", param="messages")
+    if not any(m["role"] == "user" for m in messages):
+        raise BadRequest("messages: the conversation needs a user message with text", param="messages")
     return Converted(
         messages=messages,
         tools=tools,
@@ -490,18 +490,18 @@ def _version(model: str) -> tuple[float, ...]:
     return tuple(float(n) for n in numbers[:1])
 
 
+# mode variants and models made for something else than text and code
+_NOT_FOR_AGENTS = re.compile(r"-(thinking|search|image|video|research)$|omni|-vl|qvq|vl-", re.IGNORECASE)
+
+
 def pick(rule: str, served: list[str]) -> str | None:
     """A model for ``auto:max`` (the newest coder/max model) or ``auto:fast`` (the newest
-    flash/turbo/plus model) among the served Qwen ids."""
-    qwen = [
-        m
-        for m in served
-        if m.lower().startswith(("qwen", "qwq")) and not re.search(r"-(thinking|search|image|video|research)$", m)
-    ]
+    small coder, else flash/turbo/plus model) among the served Qwen ids."""
+    qwen = [m for m in served if m.lower().startswith(("qwen", "qwq")) and not _NOT_FOR_AGENTS.search(m)]
     if rule == "auto:max":
         preferences = [("coder", "plus"), ("coder", "max"), ("max",), ("plus",), ()]
     else:
-        preferences = [("coder", "flash"), ("flash",), ("turbo",), ("plus",), ()]
+        preferences = [("coder", "flash"), ("coder", "a3b"), ("flash",), ("turbo",), ("plus",), ()]
     for words in preferences:
         found = [m for m in qwen if all(w in m.lower() for w in words)]
         if found:
@@ -614,7 +614,9 @@ class MessageRenderer:
         }
 
     def replay(self, collected: Collected) -> dict[str, Any]:
-        """The non-streamed message of a collected answer."""
+        """The non-streamed message of a collected answer (once; then the same message)."""
+        if self.finished:
+            return self.message()
         events: list[Event] = []
         if collected.reasoning:
             events.append(ReasoningDelta(collected.reasoning))

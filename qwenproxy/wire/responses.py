@@ -479,6 +479,7 @@ class ResponseRenderer:
         self._open: str | None = None  # "reasoning" | "message" | "call:<index>"
         self._calls: dict[int, int] = {}  # internal call index -> output index
         self._seq = 0
+        self.started = False  # streamed: start() was called
         self.finished = False
         self.completed_at: int | None = None
 
@@ -533,7 +534,9 @@ class ResponseRenderer:
         return body
 
     def replay(self, collected: Collected) -> dict[str, Any]:
-        """The non-streamed object of a collected answer."""
+        """The non-streamed object of a collected answer (once; then the same object)."""
+        if self.finished:
+            return self.response()
         events: list[Event] = []
         if collected.reasoning:
             events.append(ReasoningDelta(collected.reasoning))
@@ -558,6 +561,7 @@ class ResponseRenderer:
         return frame(data)
 
     def start(self) -> list[str]:
+        self.started = True
         return [
             self._event("response.created", response=self.response()),
             self._event("response.in_progress", response=self.response()),

@@ -1,0 +1,38 @@
+"""OpenAI's Responses API (Codex CLI, newer OpenAI clients): ``/v1/responses``."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from ..errors import BadRequest
+from ..serving import responses
+from .common import json_body, registry
+
+bp = Blueprint("responses", __name__)
+
+
+@bp.post("/api/responses")
+def create() -> Response:
+    return responses.responses_turn(registry(), json_body())
+
+
+@bp.get("/api/responses/<response_id>")
+def retrieve(response_id: str) -> Response:
+    return jsonify(responses.retrieve(response_id))
+
+
+@bp.delete("/api/responses/<response_id>")
+def delete(response_id: str) -> Response:
+    return jsonify(responses.delete(response_id))
+
+
+@bp.get("/api/responses/<response_id>/input_items")
+def input_items(response_id: str) -> Response:
+    try:
+        limit = int(request.args.get("limit", 20))
+    except ValueError:
+        raise BadRequest("limit must be an integer", param="limit") from None
+    page = responses.list_input_items(
+        response_id, order=request.args.get("order", "desc"), after=request.args.get("after"), limit=limit
+    )
+    return jsonify(page)

@@ -1,0 +1,80 @@
+"""One turn of the Anthropic Messages API: the request as a chat turn (same providers, tool
+emulation, stream loop and local history as chat completions), answered in Anthropic's shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response
+
+from ..providers import ChatRequest, ProviderRegistry
+from ..wire import anthropic
+from ..wire.render import ReplayAnswer
+from ..wire.tools import ToolSpec
+from .chat import chat_turn
+from .client_api import ClientApi
+
+ANTHROPIC_CHAT_NAME = "Anthropic API Chat"
+
+
+def served_model(registry: ProviderRegistry, requested: str, model_map: str | None) -> str | None:
+    """The model that answers a requested name: ``claude-*`` through ``ANTHROPIC_MODEL_MAP``
+    (``None``: the gateway's default model), any other name as it is."""
+    if not requested.lower().startswith("claude"):
+        return requested
+    served = [card.id for card in registry.list_models()]
+    return anthropic.resolve_model(requested, model_map, served)
+
+
+def opts_for(
+    converted: Any, *, model: str | None, stream: bool, chat_id: str | None = None, parent_id: str | None = None
+) -> dict[str, Any]:
+    """The validated options of a chat turn (what ``api/common._options`` gives for chat
+    completions) for a request another API converted."""
+    ToolSpec.parse(converted.tools, converted.tool_choice, converted.options.get("parallel_tool_calls"))
+    return {
+        "stream": stream,
+        "model": model,
+        "max_tokens": converted.max_tokens,
+        "temperature": converted.temperature,
+        "top_p": converted.top_p,
+        "stop": getattr(converted, "stop", None),
+        "include_usage": False,
+        "chat_id": chat_id,
+        "parent_id": parent_id,
+        "tools": converted.tools,
+        "tool_choice": converted.tool_choice,
+        "modes": dict(converted.options),
+    }
+
+
+def messages_turn(registry: ProviderRegistry, body: dict[str, Any], *, model_map: str | None) -> Response:
+    """``POST /v1/messages``."""
+    request = anthropic.parse(anthropic.MessagesRequest, body)
+    converted = anthropic.convert(request)
+    model = served_model(registry, request.model, model_map)
+    provider = registry.for_model(model)
+    opts = opts_for(converted, model=model, stream=request.stream)
+    input_tokens = anthropic.estimate_tokens(request)
+    shown: dict[str, str] = {}
+
+    def answer(model_shown: str, chat_request: ChatRequest) -> ReplayAnswer:
+        shown["model"] = model_shown
+        renderer = anthropic.MessageRenderer(
+            id=anthropic.message_id(),
+            model=request.model,  # clients look their model up by the name they asked for
+            input_tokens=input_tokens,
+            thinking=bool(chat_request.options.get("thinking")),
+        )
+        return ReplayAnswer(renderer)
+
+    response = chat_turn(provider, opts, converted.messages, simple=False, api=ClientApi(ANTHROPIC_CHAT_NAME, answer))
+    if shown.get("model"):
+        response.headers["X-Served-Model"] = shown["model"]
+    return response
+
+
+def count_tokens(body: dict[str, Any]) -> dict[str, Any]:
+    """``POST /v1/messages/count_tokens``: an estimate (``anthropic.TOKEN_RULE``)."""
+    request = anthropic.parse(anthropic.CountTokensRequest, body)
+    return {"input_tokens": anthropic.estimate_tokens(request)}
