@@ -3,11 +3,12 @@ emulation, stream loop and local history as chat completions), answered in Anthr
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from flask import Response
 
-from ..providers import ChatRequest, ProviderRegistry
+from ..providers import ChatRequest, ModelCard, ProviderRegistry
 from ..wire import anthropic
 from ..wire.render import ReplayAnswer
 from ..wire.tools import ToolSpec
@@ -78,3 +79,26 @@ def count_tokens(body: dict[str, Any]) -> dict[str, Any]:
     """``POST /v1/messages/count_tokens``: an estimate (``anthropic.TOKEN_RULE``)."""
     request = anthropic.parse(anthropic.CountTokensRequest, body)
     return {"input_tokens": anthropic.estimate_tokens(request)}
+
+
+def model_list(cards: list[ModelCard], model_map: str | None) -> dict[str, Any]:
+    """``GET /v1/models`` in Anthropic's shape: the ``claude-*`` families first (Claude Code's
+    picker shows only those), each naming the model it maps to, then every served model."""
+    served = [card.id for card in cards]
+
+    def entry(model_id: str, name: str, created: int) -> dict[str, Any]:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+        return {"type": "model", "id": model_id, "display_name": name, "created_at": stamp}
+
+    data = []
+    for family in ("opus", "sonnet", "haiku"):
+        target = anthropic.resolve_model(f"claude-{family}", model_map, served)
+        if target:
+            data.append(entry(f"claude-{family}", f"Claude {family.title()} → {target}", 0))
+    data += [entry(card.id, card.id, card.created) for card in cards]
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }

@@ -344,3 +344,12 @@ def test_agent_loop_big_system_prompt_ten_tools_three_rounds_streamed(claude, fa
             assert message.content[-1].text == "All three steps are done: the tests pass."
     last = completions(fake_qwen)[-1]["messages"][0]["content"]
     assert all(f"output of step {n}" in last for n in (1, 2, 3))
+
+
+def test_model_list_in_anthropic_shape_for_anthropic_clients(claude, server) -> None:
+    models = list(claude.models.list())
+    assert [m.id for m in models[:3]] == ["claude-opus", "claude-sonnet", "claude-haiku"]
+    assert models[0].display_name == "Claude Opus → qwen3-coder-plus" and models[0].type == "model"
+    assert "qwen3-max" in [m.id for m in models]
+    plain = requests.get(server.url + "/v1/models", timeout=10).json()  # OpenAI clients: unchanged
+    assert plain["object"] == "list" and plain["data"][0]["object"] == "model"
