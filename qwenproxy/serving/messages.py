@@ -66,6 +66,7 @@ def messages_turn(registry: ProviderRegistry, body: dict[str, Any], *, model_map
             model=request.model,  # clients look their model up by the name they asked for
             input_tokens=input_tokens,
             thinking=bool(chat_request.options.get("thinking")),
+            stop_sequences=converted.stop,
         )
         return ReplayAnswer(renderer)
 

@@ -567,11 +567,23 @@ class MessageRenderer:
     Blocks open and close in order (thinking, text, tool_use…); a thinking block ends with
     its ``signature_delta``. Reasoning is shown only when the request enabled thinking.
     The same instance builds the non-streamed message (``message``), so both agree.
+
+    ``stop_sequences`` are applied here, since most upstreams ignore them: text that may
+    begin one is held back, and the answer ends at the first one (``stop_sequence``); what
+    the upstream writes after it is not shown.
     """
 
     keepalive = frame("ping", {"type": "ping"})
 
-    def __init__(self, *, id: str, model: str, input_tokens: int = 0, thinking: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        id: str,
+        model: str,
+        input_tokens: int = 0,
+        thinking: bool = False,
+        stop_sequences: list[str] | None = None,
+    ) -> None:
         self.id = id
         self.model = model
         self.input_tokens = input_tokens
@@ -582,6 +594,9 @@ class MessageRenderer:
         self._arguments: dict[int, str] = {}
         self.usage: Usage | None = None
         self.stop_reason: str | None = None
+        self.stops = [s for s in stop_sequences or [] if s]
+        self.stop_sequence: str | None = None
+        self._held = ""  # text that may be the start of a stop sequence
         self.finished = False
 
     # --- the message object
@@ -609,7 +624,7 @@ class MessageRenderer:
             "model": self.model,
             "content": content,
             "stop_reason": self.stop_reason,
-            "stop_sequence": None,
+            "stop_sequence": self.stop_sequence,
             "usage": self._usage(),
         }
 
@@ -683,19 +698,42 @@ class MessageRenderer:
             self.blocks[-1]["thinking"] += event.text
             return [*out, self._delta(len(self.blocks) - 1, {"type": "thinking_delta", "thinking": event.text})]
         if isinstance(event, TextDelta):
-            if not event.text:
-                return []
-            out = [] if self._open == "text" else self._begin("text", {"type": "text", "text": ""})
-            self.blocks[-1]["text"] += event.text
-            return [*out, self._delta(len(self.blocks) - 1, {"type": "text_delta", "text": event.text})]
+            return self._text(event.text)
         if isinstance(event, ToolCallDelta):
-            return self._tool(event)
+            return [*self._release(), *self._tool(event)]
         if isinstance(event, Usage):
             self.usage = event
             return []
         if isinstance(event, Finished):
             return self.finish(event.reason)
         return []  # search sources and image results have no place in this API
+
+    def _emit(self, text: str) -> list[str]:
+        if not text:
+            return []
+        out = [] if self._open == "text" else self._begin("text", {"type": "text", "text": ""})
+        self.blocks[-1]["text"] += text
+        return [*out, self._delta(len(self.blocks) - 1, {"type": "text_delta", "text": text})]
+
+    def _release(self) -> list[str]:
+        """Held-back text that turned out not to start a stop sequence."""
+        held, self._held = self._held, ""
+        return self._emit(held)
+
+    def _text(self, text: str) -> list[str]:
+        if not self.stops:
+            return self._emit(text)
+        text = self._held + text
+        hits = [(text.find(s), s) for s in self.stops if s in text]
+        if hits:
+            at, sequence = min(hits)
+            self._held = ""
+            out = self._emit(text[:at])
+            self.stop_sequence = sequence
+            return [*out, *self.finish("stop")]
+        keep = max((n for s in self.stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+        self._held = text[len(text) - keep :] if keep else ""
+        return self._emit(text[: len(text) - keep])
 
     def _tool(self, event: ToolCallDelta) -> list[str]:
         out: list[str] = []
@@ -724,16 +762,22 @@ class MessageRenderer:
     def finish(self, reason: str = "stop") -> list[str]:
         if self.finished:
             return []
+        out = self._release()
         self.finished = True
-        out = self._close()
-        self.stop_reason = "tool_use" if self._tool_blocks and reason in ("stop", "tool_calls") else stop_reason(reason)
+        out += self._close()
+        if self.stop_sequence is not None:
+            self.stop_reason = "stop_sequence"
+        elif self._tool_blocks and reason in ("stop", "tool_calls"):
+            self.stop_reason = "tool_use"
+        else:
+            self.stop_reason = stop_reason(reason)
         usage = self._usage()
         out.append(
             frame(
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
+                    "delta": {"stop_reason": self.stop_reason, "stop_sequence": self.stop_sequence},
                     "usage": usage,
                 },
             )

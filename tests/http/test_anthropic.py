@@ -353,3 +353,16 @@ def test_model_list_in_anthropic_shape_for_anthropic_clients(claude, server) -> 
     assert "qwen3-max" in [m.id for m in models]
     plain = requests.get(server.url + "/v1/models", timeout=10).json()  # OpenAI clients: unchanged
     assert plain["object"] == "list" and plain["data"][0]["object"] == "model"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_sequences(claude, fake_qwen, stream) -> None:
+    fake_qwen.answer = lambda text: "alpha beta STOP gamma delta"
+    kw = {"model": MODEL, "max_tokens": 50, "stop_sequences": ["STOP"], "messages": [{"role": "user", "content": "x"}]}
+    if stream:
+        with claude.messages.stream(**kw) as s:
+            message = s.get_final_message()
+    else:
+        message = claude.messages.create(**kw)
+    assert message.content[0].text == "alpha beta " and message.stop_reason == "stop_sequence"
+    assert message.stop_sequence == "STOP"

@@ -325,3 +325,20 @@ def test_token_estimate_rule() -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "A" * 100000}}
     with_image = A.parse(A.CountTokensRequest, {"model": "m", "messages": [{"role": "user", "content": [image]}]})
     assert 1600 < A.estimate_tokens(with_image) < 1650
+
+
+def test_stop_sequences_end_the_answer_even_across_deltas() -> None:
+    r = A.MessageRenderer(id="m", model="m", stop_sequences=["END", "\n\nHuman:"])
+    frames = r.start()
+    for piece in ["Hello wor", "ld E", "N", "D and more", " text"]:
+        frames += r.render(TextDelta(piece))
+    frames += r.render(Finished("stop"))
+    texts = [d["delta"]["text"] for n, d in parsed(frames) if n == "content_block_delta"]
+    assert texts == ["Hello wor", "ld "]  # "E", then "EN", were held back
+    delta = next(d for n, d in parsed(frames) if n == "message_delta")
+    assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
+    assert [n for n, _ in parsed(frames)][-1] == "message_stop" and r.message()["stop_sequence"] == "END"
+    # a held-back prefix that never completes is released at the end
+    r = A.MessageRenderer(id="m", model="m", stop_sequences=["END"])
+    body = r.replay(collect([TextDelta("it ends with E"), Finished("stop")]))
+    assert body["content"][0]["text"] == "it ends with E" and body["stop_reason"] == "end_turn"
