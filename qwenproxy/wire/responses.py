@@ -280,6 +280,11 @@ def _tools(tools: list[FunctionTool] | None) -> list[dict[str, Any]] | None:
         return None
     out = []
     for i, tool in enumerate(tools):
+        if tool.type == "custom":
+            raise BadRequest(
+                f"tools[{i}]: custom (freeform) tools are not available through this gateway; only function tools are",
+                param=f"tools[{i}].type",
+            )
         if tool.type != "function":
             raise BadRequest(
                 f"tools[{i}]: the built-in tool {tool.type!r} is not available through this gateway; "

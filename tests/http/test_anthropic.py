@@ -335,7 +335,8 @@ def test_agent_loop_big_system_prompt_ten_tools_three_rounds_streamed(claude, fa
                 {
                     "role": "user",
                     "content": [
-                        {"type": "tool_result", "tool_use_id": call.id, "content": f"output of step {round_ + 1}"}
+                        {"type": "tool_result", "tool_use_id": call.id, "content": f"output of step {round_ + 1}"},
+                        {"type": "text", "text": "<system-reminder>Keep going.</system-reminder>"},
                     ],
                 },
             ]
@@ -343,6 +344,7 @@ def test_agent_loop_big_system_prompt_ten_tools_three_rounds_streamed(claude, fa
             assert message.stop_reason == "end_turn"
             assert message.content[-1].text == "All three steps are done: the tests pass."
     last = completions(fake_qwen)[-1]["messages"][0]["content"]
+    assert "Fix the TODO in app.py" in last  # reminders beside the results do not cut the task off
     assert all(f"output of step {n}" in last for n in (1, 2, 3))
 
 
