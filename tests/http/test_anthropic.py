@@ -86,7 +86,7 @@ def test_raw_stream_bytes(server, fake_qwen) -> None:
     """``event:`` names equal the data's ``type``; a ping follows message_start."""
     fake_qwen.answer = lambda text: "hi there"
     r = requests.post(
-        server.url + "/v1/messages",
+        server.url + "/v1/messages?beta=true",
         json={"model": MODEL, "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "x"}]},
         headers={"anthropic-version": "2023-06-01", "anthropic-beta": "interleaved-thinking-2025-05-14"},
         timeout=20,
@@ -198,7 +198,7 @@ def test_bad_requests_are_anthropic_400s(claude, server) -> None:
         "error": {"type": "invalid_request_error", "message": info.value.body["error"]["message"]},
     }
     assert info.value.body["error"]["message"].startswith("max_tokens")
-    r = requests.post(server.url + "/v1/messages", data="{nope", timeout=10)
+    r = requests.post(server.url + "/v1/messages?beta=true", data="{nope", timeout=10)
     assert r.status_code == 400 and r.json()["type"] == "error" and r.json()["error"]["type"] == "invalid_request_error"
     with pytest.raises(anthropic.BadRequestError, match="server tool"):
         claude.messages.create(
@@ -215,7 +215,7 @@ def test_unknown_paths_and_methods_in_anthropic_shape(server) -> None:
         "type": "error",
         "error": {"type": "not_found_error", "message": "Unknown endpoint (Эндпоинт не найден)"},
     }
-    r = requests.get(server.url + "/v1/messages", timeout=10)
+    r = requests.get(server.url + "/v1/messages?beta=true", timeout=10)
     assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
     r = requests.get(server.url + "/v1/nothing", timeout=10)
     assert "type" not in r.json() and r.json()["error"]["code"] == "not_found"  # OpenAI paths keep OpenAI's shape
