@@ -10,10 +10,7 @@ from flask import Response, current_app, request
 from ..errors import BadRequest
 from ..providers import ProviderRegistry
 from ..serving.chat import chat_turn
-from ..wire.openai import aspect_ratio
-from ..wire.tools import ToolSpec
-
-ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+from ..wire.openai import ChatCompletionRequest, parse_request
 
 
 def json_body() -> dict[str, Any]:
@@ -38,128 +35,8 @@ def registry() -> ProviderRegistry:
     return current_app.extensions["providers"]
 
 
-def _check_messages(messages: Any) -> list[dict[str, Any]]:
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("`messages` must be a non-empty array (Сообщения не указаны)", param="messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise BadRequest(f"messages[{i}] must be an object", param=f"messages[{i}]")
-        if message.get("role") not in ROLES:
-            raise BadRequest(f"messages[{i}].role must be one of {sorted(ROLES)}", param=f"messages[{i}].role")
-        content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise BadRequest(f"messages[{i}].content must be a string or an array", param=f"messages[{i}].content")
-        if isinstance(content, list) and not all(
-            isinstance(p, dict) and isinstance(p.get("type"), str) for p in content
-        ):
-            raise BadRequest(
-                f"messages[{i}].content parts must be objects with a `type`", param=f"messages[{i}].content"
-            )
-    if not any(m.get("role") == "user" for m in messages):
-        raise BadRequest("No user message in `messages` (В запросе нет сообщений от пользователя)", param="messages")
-    return messages
-
-
-def _number(body: dict[str, Any], key: str, lo: float, hi: float) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise BadRequest(f"`{key}` must be a number between {lo} and {hi}", param=key)
-    return float(value)
-
-
-def _options(body: dict[str, Any]) -> dict[str, Any]:
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest("`stream` must be a boolean", param="stream")
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest("`model` must be a string", param="model")
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise BadRequest("`max_tokens` must be a positive integer", param="max_tokens")
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise BadRequest("`stop` must be a string or an array of strings", param="stop")
-    stream_options = body.get("stream_options")
-    stream_options = {} if stream_options is None else stream_options
-    if not isinstance(stream_options, dict):
-        raise BadRequest("`stream_options` must be an object", param="stream_options")
-    for key in ("chatId", "parentId", "chat_id", "parent_id"):
-        if body.get(key) is not None and not isinstance(body.get(key), str):
-            raise BadRequest(f"`{key}` must be a string", param=key)
-    tools = body.get("tools")
-    if tools is None and isinstance(body.get("functions"), list):  # legacy OpenAI field (seed §7.3)
-        tools = [{"type": "function", "function": fn} for fn in body["functions"]]
-    if tools is not None and not isinstance(tools, list):
-        raise BadRequest("`tools` must be an array", param="tools")
-    tool_choice = body.get("tool_choice")
-    if tool_choice is None and body.get("function_call") is not None:  # legacy
-        legacy = body["function_call"]
-        tool_choice = {"type": "function", "function": legacy} if isinstance(legacy, dict) else legacy
-    ToolSpec.parse(tools, tool_choice, body.get("parallel_tool_calls"))  # 400 on malformed tools
-    return {
-        "stream": stream,
-        "model": model,
-        "max_tokens": max_tokens,
-        "temperature": _number(body, "temperature", 0, 2),
-        "top_p": _number(body, "top_p", 0, 1),
-        "stop": stop,
-        "include_usage": bool(stream_options.get("include_usage")),
-        "chat_id": body.get("chatId") or body.get("chat_id"),
-        "parent_id": body.get("parentId") or body.get("parent_id"),
-        "tools": tools,
-        "tool_choice": tool_choice,
-        "modes": _mode_fields(body),
-    }
-
-
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
-
-
-def _mode_fields(body: dict[str, Any]) -> dict[str, Any]:
-    """Request fields that pick a mode (docs/MODES.md), as ``ChatRequest.options`` flags;
-    they win over a model-name suffix."""
-    out: dict[str, Any] = {}
-    effort = body.get("reasoning_effort")
-    if effort is not None:
-        if effort not in REASONING_EFFORTS:
-            raise BadRequest(f"`reasoning_effort` must be one of {list(REASONING_EFFORTS)}", param="reasoning_effort")
-        out["thinking"] = effort != "none"
-    thinking = body.get("enable_thinking")
-    if thinking is not None:
-        if not isinstance(thinking, bool):
-            raise BadRequest("`enable_thinking` must be a boolean", param="enable_thinking")
-        out["thinking"] = thinking
-    budget = body.get("thinking_budget")
-    if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise BadRequest("`thinking_budget` must be a positive integer", param="thinking_budget")
-        out["thinking_budget"] = budget
-    search = body.get("web_search_options")
-    if search is not None:
-        if not isinstance(search, dict):
-            raise BadRequest("`web_search_options` must be an object", param="web_search_options")
-        out["search"] = True
-    if body.get("enable_search") is not None:
-        if not isinstance(body["enable_search"], bool):
-            raise BadRequest("`enable_search` must be a boolean", param="enable_search")
-        out["search"] = body["enable_search"]
-    if body.get("size") is not None:
-        try:
-            out["image_size"] = aspect_ratio(body["size"])
-        except ValueError as exc:
-            raise BadRequest(str(exc), param="size") from None
-    if body.get("parallel_tool_calls") is not None:
-        out["parallel_tool_calls"] = bool(body["parallel_tool_calls"])
-    return out
-
-
-def run_chat(body: dict[str, Any], messages: list[dict[str, Any]], *, simple: bool) -> Response:
-    """Validate a chat request and serve its turn (``simple``: the seed's ``/api/chat``)."""
-    messages = _check_messages(messages)
-    opts = _options(body)
-    return chat_turn(registry().for_model(opts["model"]), opts, messages, simple=simple)
+def run_chat(body: dict[str, Any], messages: Any, *, simple: bool) -> Response:
+    """Validate a chat request (``wire.openai.ChatCompletionRequest``) and serve its turn
+    (``simple``: the seed's ``/api/chat``)."""
+    req = parse_request(ChatCompletionRequest.parse, body, messages)
+    return chat_turn(registry().for_model(req.model), req, simple=simple)

@@ -15,7 +15,8 @@ from ..db.models import UploadedFile
 from ..errors import BadRequest, NotFound, UpstreamUnavailable
 from ..uploads.spool import Spool
 from ..uploads.uploader import Uploader, file_object
-from ..uploads.validation import OPENAI_PURPOSES, FileTooLarge
+from ..uploads.validation import FileTooLarge
+from ..wire.openai import OPENAI_PURPOSES
 from .common import json_body
 
 bp = Blueprint("files", __name__)
@@ -111,6 +112,8 @@ def sts_token() -> Response:
         raise BadRequest("`filename`, `filesize` and `filetype` are required (Некорректные данные о файле)")
     if not (isinstance(filename, str) and isinstance(filetype, str)):
         raise BadRequest("`filename` and `filetype` must be strings (Некорректные данные о файле)")
+    if "/" in filename or "\\" in filename:
+        raise BadRequest("`filename` must be a file name, not a path", param="filename")
     if isinstance(filesize, str) and filesize.strip().isdigit():
         filesize = int(filesize)
     if isinstance(filesize, bool) or not isinstance(filesize, int) or filesize <= 0:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from ..errors import BadRequest
 from ..serving import responses
+from ..wire import responses as wire
 from .common import json_body, registry
 
 bp = Blueprint("responses", __name__)
@@ -28,11 +28,5 @@ def delete(response_id: str) -> Response:
 
 @bp.get("/api/responses/<response_id>/input_items")
 def input_items(response_id: str) -> Response:
-    try:
-        limit = int(request.args.get("limit", 20))
-    except ValueError:
-        raise BadRequest("limit must be an integer", param="limit") from None
-    page = responses.list_input_items(
-        response_id, order=request.args.get("order", "desc"), after=request.args.get("after"), limit=limit
-    )
-    return jsonify(page)
+    query = wire.parse(wire.InputItemsQuery, request.args.to_dict())
+    return jsonify(responses.list_input_items(response_id, order=query.order, after=query.after, limit=query.limit))

@@ -32,6 +32,7 @@ class ChatRequest:
     stop: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    tool_spec: Any = None  # ``tools``/``tool_choice`` parsed once (wire.tools.ToolSpec), when the route did
     options: dict[str, Any] = field(default_factory=dict)  # provider-specific extras; the modes
     # (docs/MODES.md) use thinking, thinking_budget, search, image, image_size, parallel_tool_calls
     request_id: str = ""

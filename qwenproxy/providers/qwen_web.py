@@ -186,7 +186,9 @@ class QwenWebProvider(Provider):
             if response is not None:
                 response.close()
 
-        spec = tools.ToolSpec.parse(request.tools, request.tool_choice, request.options.get("parallel_tool_calls"))
+        spec = request.tool_spec or tools.ToolSpec.parse(
+            request.tools, request.tool_choice, request.options.get("parallel_tool_calls")
+        )
         stream.events = self._events(request, spec, stream, current)
         if spec.active:
 

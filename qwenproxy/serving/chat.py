@@ -9,27 +9,26 @@ from typing import Any
 from flask import Response, current_app, g
 
 from ..providers import ChatRequest, Provider
-from ..wire.openai import Collected, completion_response
+from ..wire.openai import ChatCompletionRequest, Collected, completion_response
 from .client_api import ClientApi
 from .conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from .streaming import serve
 
 
 def chat_turn(
-    provider: Provider,
-    opts: dict[str, Any],
-    messages: list[dict[str, Any]],
-    *,
-    simple: bool,
-    api: ClientApi | None = None,
+    provider: Provider, req: ChatCompletionRequest, *, simple: bool, api: ClientApi | None = None
 ) -> Response:
     """Serve one validated chat turn with ``provider``. ``simple`` is the seed's ``/api/chat``:
     the local history of the chat is replayed to providers that do not keep it upstream.
     ``api`` answers in another client API's shape (Anthropic Messages, Responses)."""
-    upstream_model, model, options = provider.resolve_request(opts["model"])
-    options.update(opts["modes"])
+    messages = req.messages
+    chat_id, parent_id = req.conversation
+    upstream_model, model, options = provider.resolve_request(req.model)
+    options.update(req.mode_options())
+    if api is not None:
+        options.update(api.options)
     chat, is_new = open_chat(
-        opts["chat_id"],
+        chat_id,
         provider=provider.name,
         model=model,
         name=None if simple else api.chat_name if api else OPENAI_CHAT_NAME,
@@ -47,17 +46,18 @@ def chat_turn(
     chat_request = ChatRequest(
         model=upstream_model,
         messages=send,
-        stream=opts["stream"],
-        requested_model=opts["model"],
+        stream=req.stream,
+        requested_model=req.model,
         conversation_id=chat.upstream_chat_id if provider.server_side_history else chat.id,
-        parent_id=opts["parent_id"] or (chat.last_response_id if not is_new else None),
+        parent_id=parent_id or (chat.last_response_id if not is_new else None),
         account_id=chat.account_id,
-        max_tokens=opts["max_tokens"],
-        temperature=opts["temperature"],
-        top_p=opts["top_p"],
-        stop=opts["stop"],
-        tools=opts["tools"],
-        tool_choice=opts["tool_choice"],
+        max_tokens=req.max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        stop=req.stop,
+        tools=req.tools,
+        tool_choice=req.tool_choice,
+        tool_spec=req.tool_spec,
         options=options,
         request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
     )
@@ -85,10 +85,10 @@ def chat_turn(
     return serve(
         lambda: provider.open_stream(chat_request),
         turn,
-        stream=opts["stream"],
+        stream=req.stream,
         model=model,
         extras=extras,
-        include_usage=opts["include_usage"],
+        include_usage=req.include_usage,
         ping_interval=float(current_app.config["PING_INTERVAL"]),
         shape=shape,
         reasoning_in_content=reasoning_in_content,

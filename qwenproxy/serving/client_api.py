@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..providers import ChatRequest
 from ..wire.render import Answer
@@ -13,8 +14,10 @@ from .conversations import Turn
 @dataclass
 class ClientApi:
     """How the Anthropic and Responses routes differ from chat completions in a turn: the
-    name of a new local chat, their answer (body and stream), and what happens at its end."""
+    name of a new local chat, their answer (body and stream), what happens at its end, and
+    provider options their requests set that chat completions has no field for."""
 
     chat_name: str
     answer: Callable[[str, ChatRequest], Answer]  # (model shown, the provider request)
     on_close: Callable[[Turn, str], None] | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # ChatRequest.options (thinking, response_format…)

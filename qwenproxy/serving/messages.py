@@ -10,8 +10,8 @@ from flask import Response
 
 from ..providers import ChatRequest, ModelCard, ProviderRegistry
 from ..wire import anthropic
+from ..wire.openai import ChatCompletionRequest, parse_request
 from ..wire.render import ReplayAnswer
-from ..wire.tools import ToolSpec
 from .chat import chat_turn
 from .client_api import ClientApi
 
@@ -27,26 +27,32 @@ def served_model(registry: ProviderRegistry, requested: str, model_map: str | No
     return anthropic.resolve_model(requested, model_map, served)
 
 
-def opts_for(
-    converted: Any, *, model: str | None, stream: bool, chat_id: str | None = None, parent_id: str | None = None
-) -> dict[str, Any]:
-    """The validated options of a chat turn (what ``api/common._options`` gives for chat
-    completions) for a request another API converted."""
-    ToolSpec.parse(converted.tools, converted.tool_choice, converted.options.get("parallel_tool_calls"))
-    return {
-        "stream": stream,
+def chat_request(
+    converted: Any,
+    messages: list[dict[str, Any]],
+    *,
+    model: str | None,
+    stream: bool,
+    chat_id: str | None = None,
+    parent_id: str | None = None,
+) -> ChatCompletionRequest:
+    """The chat completions request a converted Messages or Responses request amounts to
+    (validated like one; the options chat completions has no field for go in ``ClientApi``)."""
+    body = {
         "model": model,
+        "stream": stream,
         "max_tokens": converted.max_tokens,
         "temperature": converted.temperature,
         "top_p": converted.top_p,
         "stop": getattr(converted, "stop", None),
-        "include_usage": False,
-        "chat_id": chat_id,
-        "parent_id": parent_id,
         "tools": converted.tools,
         "tool_choice": converted.tool_choice,
-        "modes": dict(converted.options),
+        "parallel_tool_calls": converted.options.get("parallel_tool_calls"),
+        "chatId": chat_id,
+        "parentId": parent_id,
     }
+    body = {k: v for k, v in body.items() if v is not None}
+    return parse_request(ChatCompletionRequest.parse, body, messages)
 
 
 def messages_turn(registry: ProviderRegistry, body: dict[str, Any], *, model_map: str | None) -> Response:
@@ -55,7 +61,7 @@ def messages_turn(registry: ProviderRegistry, body: dict[str, Any], *, model_map
     converted = anthropic.convert(request)
     model = served_model(registry, request.model, model_map)
     provider = registry.for_model(model)
-    opts = opts_for(converted, model=model, stream=request.stream)
+    req = chat_request(converted, converted.messages, model=model, stream=request.stream)
     input_tokens = anthropic.estimate_tokens(request)
     shown: dict[str, str] = {}
 
@@ -70,7 +76,8 @@ def messages_turn(registry: ProviderRegistry, body: dict[str, Any], *, model_map
         )
         return ReplayAnswer(renderer)
 
-    response = chat_turn(provider, opts, converted.messages, simple=False, api=ClientApi(ANTHROPIC_CHAT_NAME, answer))
+    api = ClientApi(ANTHROPIC_CHAT_NAME, answer, options=converted.options)
+    response = chat_turn(provider, req, simple=False, api=api)
     if shown.get("model"):
         response.headers["X-Served-Model"] = shown["model"]
     return response

@@ -24,7 +24,7 @@ from ..wire.render import ReplayAnswer
 from .chat import chat_turn
 from .client_api import ClientApi
 from .conversations import Turn
-from .messages import opts_for
+from .messages import chat_request
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,9 @@ def responses_turn(registry: ProviderRegistry, body: dict[str, Any]) -> Response
     if not any(m["role"] == "user" for m in messages):
         raise BadRequest("input: the conversation needs a user message", param="input")
     provider = registry.for_model(request.model)
-    opts = opts_for(converted, model=request.model, stream=request.stream, chat_id=chat_id, parent_id=parent_id)
+    req = chat_request(
+        converted, messages, model=request.model, stream=request.stream, chat_id=chat_id, parent_id=parent_id
+    )
     rid = wire.response_id()
     items = wire.input_items(request.input)
     renderers: list[wire.ResponseRenderer] = []
@@ -117,8 +119,8 @@ def responses_turn(registry: ProviderRegistry, body: dict[str, Any]) -> Response
             history=json.dumps(history + converted.messages + wire.output_messages(response), ensure_ascii=False),
         )
 
-    api = ClientApi(RESPONSES_CHAT_NAME, answer, on_close)
-    return chat_turn(provider, opts, messages, simple=False, api=api)
+    api = ClientApi(RESPONSES_CHAT_NAME, answer, on_close, options=converted.options)
+    return chat_turn(provider, req, simple=False, api=api)
 
 
 def _stored(response_id: str) -> ApiResponse:

@@ -178,6 +178,16 @@ class ResponsesRequest(_Model):
     background: bool | None = None
 
 
+class InputItemsQuery(BaseModel):
+    """``GET /v1/responses/{id}/input_items``: a cursor page."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    order: Literal["asc", "desc"] = "desc"
+    after: str | None = None
+    limit: int = Field(20, ge=1, le=100)
+
+
 # --------------------------------------------------------------------------- to the internal shape
 
 

@@ -181,6 +181,7 @@ CORPUS: list[tuple[str, str, dict]] = [
     ("POST", "/api/chats/cleanup", {"json": {"olderThan": "x"}}),
     ("POST", "/api/chats/cleanup", {"json": {"maxChats": -3}}),
     ("POST", "/api/chats/cleanup", {"json": {}}),
+    ("POST", "/api/files/getstsToken", {"json": {"filename": "a/b.png", "filesize": 1, "filetype": "image"}}),
     ("GET", "/gigachat", {"query_string": {"session_id": "s"}}),
     ("GET", "/gigachat", {"query_string": {"query": "q", "session_id": "s" * 500}}),
     ("GET", "/gigachat", {"query_string": {"query": "q", "session_id": "s", "stream": "maybe"}}),
