@@ -368,3 +368,43 @@ def test_stop_sequences(claude, fake_qwen, stream) -> None:
         message = claude.messages.create(**kw)
     assert message.content[0].text == "alpha beta " and message.stop_reason == "stop_sequence"
     assert message.stop_sequence == "STOP"
+
+
+def test_a_gigachat_model_by_its_own_name_with_the_whole_history(tmp_path, fake_qwen) -> None:
+    """Providers without server-side history get the whole conversation, in both APIs."""
+    import openai
+
+    from qwenproxy import create_app
+    from tests.conftest import app_config
+    from tests.fakes.gigachat import FakeGigaChat
+
+    with FakeGigaChat(reply=lambda messages, model: f"{len(messages)} messages") as giga:
+        app = create_app(
+            app_config(
+                tmp_path,
+                fake_qwen,
+                GIGACHAT_CREDENTIALS=giga.credentials,
+                GIGACHAT_BASE_URL=giga.url,
+                GIGACHAT_AUTH_URL=giga.auth_url,
+                GIGACHAT_VERIFY_SSL_CERTS=False,
+                GIGACHAT_TIMEOUT=5.0,
+            )
+        )
+        server = BackgroundServer(app, name="app")
+        try:
+            claude = anthropic.Anthropic(base_url=server.url, api_key="x", max_retries=0, timeout=20)
+            history = [
+                {"role": "user", "content": "one"},
+                {"role": "assistant", "content": "two"},
+                {"role": "user", "content": "three"},
+            ]
+            message = claude.messages.create(model="GigaChat-2-Max", max_tokens=50, system="sys", messages=history)
+            assert message.content[0].text == "4 messages" and message.model == "GigaChat-2-Max"
+            oai = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=20)
+            first = oai.responses.create(model="GigaChat-2-Max", input="one")
+            second = oai.responses.create(model="GigaChat-2-Max", input="three", previous_response_id=first.id)
+            assert second.output_text == "3 messages"  # one, its answer, three
+            assert not [r for r in fake_qwen.requests if r["path"] == "/api/v2/chat/completions"]
+        finally:
+            server.stop()
+            app.extensions["providers"].close()
