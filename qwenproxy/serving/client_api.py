@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..providers import ChatRequest
+from ..wire.openai import ChatCompletionRequest, parse_request
 from ..wire.render import Answer
 from .conversations import Turn
 
@@ -21,3 +22,31 @@ class ClientApi:
     answer: Callable[[str, ChatRequest], Answer]  # (model shown, the provider request)
     on_close: Callable[[Turn, str], None] | None = None
     options: dict[str, Any] = field(default_factory=dict)  # ChatRequest.options (thinking, response_format…)
+
+
+def chat_completion_request(
+    converted: Any,
+    messages: list[dict[str, Any]],
+    *,
+    model: str | None,
+    stream: bool,
+    chat_id: str | None = None,
+    parent_id: str | None = None,
+) -> ChatCompletionRequest:
+    """The chat completions request a converted Messages or Responses request amounts to
+    (validated like one; the options chat completions has no field for go in ``ClientApi``)."""
+    body = {
+        "model": model,
+        "stream": stream,
+        "max_tokens": converted.max_tokens,
+        "temperature": converted.temperature,
+        "top_p": converted.top_p,
+        "stop": getattr(converted, "stop", None),
+        "tools": converted.tools,
+        "tool_choice": converted.tool_choice,
+        "parallel_tool_calls": converted.options.get("parallel_tool_calls"),
+        "chatId": chat_id,
+        "parentId": parent_id,
+    }
+    body = {k: v for k, v in body.items() if v is not None}
+    return parse_request(ChatCompletionRequest.parse, body, messages)

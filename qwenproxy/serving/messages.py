@@ -10,10 +10,9 @@ from flask import Response
 
 from ..providers import ChatRequest, ModelCard, ProviderRegistry
 from ..wire import anthropic
-from ..wire.openai import ChatCompletionRequest, parse_request
 from ..wire.render import ReplayAnswer
 from .chat import chat_turn
-from .client_api import ClientApi
+from .client_api import ClientApi, chat_completion_request
 
 ANTHROPIC_CHAT_NAME = "Anthropic API Chat"
 
@@ -27,51 +26,23 @@ def served_model(registry: ProviderRegistry, requested: str, model_map: str | No
     return anthropic.resolve_model(requested, model_map, served)
 
 
-def chat_request(
-    converted: Any,
-    messages: list[dict[str, Any]],
-    *,
-    model: str | None,
-    stream: bool,
-    chat_id: str | None = None,
-    parent_id: str | None = None,
-) -> ChatCompletionRequest:
-    """The chat completions request a converted Messages or Responses request amounts to
-    (validated like one; the options chat completions has no field for go in ``ClientApi``)."""
-    body = {
-        "model": model,
-        "stream": stream,
-        "max_tokens": converted.max_tokens,
-        "temperature": converted.temperature,
-        "top_p": converted.top_p,
-        "stop": getattr(converted, "stop", None),
-        "tools": converted.tools,
-        "tool_choice": converted.tool_choice,
-        "parallel_tool_calls": converted.options.get("parallel_tool_calls"),
-        "chatId": chat_id,
-        "parentId": parent_id,
-    }
-    body = {k: v for k, v in body.items() if v is not None}
-    return parse_request(ChatCompletionRequest.parse, body, messages)
-
-
 def messages_turn(registry: ProviderRegistry, body: dict[str, Any], *, model_map: str | None) -> Response:
     """``POST /v1/messages``."""
     request = anthropic.parse(anthropic.MessagesRequest, body)
     converted = anthropic.convert(request)
     model = served_model(registry, request.model, model_map)
     provider = registry.for_model(model)
-    req = chat_request(converted, converted.messages, model=model, stream=request.stream)
+    req = chat_completion_request(converted, converted.messages, model=model, stream=request.stream)
     input_tokens = anthropic.estimate_tokens(request)
     shown: dict[str, str] = {}
 
-    def answer(model_shown: str, chat_request: ChatRequest) -> ReplayAnswer:
+    def answer(model_shown: str, provider_request: ChatRequest) -> ReplayAnswer:
         shown["model"] = model_shown
         renderer = anthropic.MessageRenderer(
             id=anthropic.message_id(),
             model=request.model,  # clients look their model up by the name they asked for
             input_tokens=input_tokens,
-            thinking=bool(chat_request.options.get("thinking")),
+            thinking=bool(provider_request.options.get("thinking")),
             stop_sequences=converted.stop,
         )
         return ReplayAnswer(renderer)

@@ -22,9 +22,8 @@ from ..providers import ChatRequest, ProviderRegistry
 from ..wire import responses as wire
 from ..wire.render import ReplayAnswer
 from .chat import chat_turn
-from .client_api import ClientApi
+from .client_api import ClientApi, chat_completion_request
 from .conversations import Turn
-from .messages import chat_request
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +82,14 @@ def responses_turn(registry: ProviderRegistry, body: dict[str, Any]) -> Response
     if not any(m["role"] == "user" for m in messages):
         raise BadRequest("input: the conversation needs a user message", param="input")
     provider = registry.for_model(request.model)
-    req = chat_request(
+    req = chat_completion_request(
         converted, messages, model=request.model, stream=request.stream, chat_id=chat_id, parent_id=parent_id
     )
     rid = wire.response_id()
     items = wire.input_items(request.input)
     renderers: list[wire.ResponseRenderer] = []
 
-    def answer(model_shown: str, chat_request: ChatRequest) -> ReplayAnswer:
+    def answer(model_shown: str, provider_request: ChatRequest) -> ReplayAnswer:
         renderer = wire.ResponseRenderer(id=rid, model=model_shown, echo=_echo(request), summary=converted.summary)
         renderers.append(renderer)
         return ReplayAnswer(renderer)
