@@ -50,7 +50,7 @@ def init_app(app: Flask) -> None:
         return response
 
     @app.errorhandler(Exception)
-    def _crash(exc: Exception) -> Response:
+    def _crash(_exc: Exception) -> Response:
         log.exception("unhandled error")
         if request.path.startswith(ANTHROPIC_PATHS):
             return _anthropic(ApiError("Internal server error", status=500))

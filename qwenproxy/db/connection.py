@@ -57,7 +57,7 @@ def session() -> Iterator[None]:
             database.close()
 
 
-def keep_wal_open(db) -> None:  # noqa: ANN001 - any Peewee database
+def keep_wal_open(db) -> None:
     """Hold one idle SQLite connection for the life of the process.
 
     SQLite checkpoints and deletes the WAL whenever the *last* connection closes; with a

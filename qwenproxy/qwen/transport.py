@@ -6,6 +6,7 @@ the same interface, so neither the protocol module nor the routes change with th
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -14,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from typing_extensions import override
 
 from ..errors import UpstreamError, UpstreamUnavailable
 from ..netutil import abort_response
@@ -106,6 +108,12 @@ def browser_headers(
     return headers
 
 
+def json_bytes(body: Any) -> bytes:
+    """A JSON body as the front end's ``JSON.stringify`` sends it: compact, raw UTF-8 (the
+    size the upstream's body wall counts; ``uploads/context.json_size`` measures the same)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 class _RequestsResponse(UpstreamResponse):
     def __init__(self, response: requests.Response) -> None:
         self._response = response
@@ -118,9 +126,7 @@ class _RequestsResponse(UpstreamResponse):
             # chunk_size=None: hand over each piece as soon as the socket yields it
             yield from self._response.iter_content(chunk_size=None)
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, AttributeError) as exc:
-            raise UpstreamError(
-                f"Qwen's answer broke off ({type(exc).__name__})", code="upstream_truncated"
-            ) from exc
+            raise UpstreamError(f"Qwen's answer broke off ({type(exc).__name__})", code="upstream_truncated") from exc
         finally:
             self._response.close()
 
@@ -149,6 +155,7 @@ class DirectTransport(Transport):
             self._session.trust_env = False
         return settings
 
+    @override
     def request(
         self,
         method: str,
@@ -166,7 +173,7 @@ class DirectTransport(Transport):
                 method,
                 url,
                 headers=dict(headers),
-                json=json_body,
+                data=None if json_body is None else json_bytes(json_body),
                 stream=stream,
                 timeout=(self._timeout[0], timeout or self._timeout[1]),
                 proxies=settings["proxies"],
@@ -174,7 +181,9 @@ class DirectTransport(Transport):
                 cert=settings["cert"],
             )
         except requests.RequestException as exc:
-            raise UpstreamUnavailable(f"Cannot reach Qwen at {url.split('?')[0]}: {type(exc).__name__}") from exc
+            raise UpstreamUnavailable(
+                f"Cannot reach Qwen at {url.split('?', maxsplit=1)[0]}: {type(exc).__name__}"
+            ) from exc
         return _RequestsResponse(response)
 
     def close(self) -> None:

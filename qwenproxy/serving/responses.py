@@ -89,7 +89,7 @@ def responses_turn(registry: ProviderRegistry, body: dict[str, Any]) -> Response
     items = wire.input_items(request.input)
     renderers: list[wire.ResponseRenderer] = []
 
-    def answer(model_shown: str, provider_request: ChatRequest) -> ReplayAnswer:
+    def answer(model_shown: str, _request: ChatRequest) -> ReplayAnswer:
         renderer = wire.ResponseRenderer(id=rid, model=model_shown, echo=_echo(request), summary=converted.summary)
         renderers.append(renderer)
         return ReplayAnswer(renderer)

@@ -244,6 +244,9 @@ def _sse_answer(run: _Run, headers: dict[str, str], renderer: Renderer, ping_int
             if failed is None:
                 yield from renderer.finish(turn.collected.finish_reason or "stop")
                 status = "complete"
+                # saved before the end: a client may send its next turn the moment it reads it,
+                # and that request must find this answer (serving/history.py's point)
+                turn.close(status)
             yield from renderer.close()
         finally:
             if status != "complete":

@@ -456,10 +456,11 @@ def estimate_tokens(request: CountTokensRequest) -> int:
     def strip(value: Any) -> Any:
         nonlocal images
         if isinstance(value, dict):
-            if value.get("type") in ("image", "document") and isinstance(value.get("source"), dict):
-                if value["source"].get("type") in ("base64", "url", "file"):
-                    images += 1
-                    return None
+            source = value.get("source")
+            media = value.get("type") in ("image", "document") and isinstance(source, dict)
+            if media and source.get("type") in ("base64", "url", "file"):
+                images += 1
+                return None
             return {k: strip(v) for k, v in value.items()}
         if isinstance(value, list):
             return [strip(v) for v in value]
@@ -598,6 +599,7 @@ class MessageRenderer:
         self.stop_sequence: str | None = None
         self._held = ""  # text that may be the start of a stop sequence
         self.finished = False
+        self.failed = False
 
     # --- the message object
     def _usage(self) -> dict[str, Any]:
@@ -613,10 +615,10 @@ class MessageRenderer:
         """The ``message`` object as it stands (complete after ``finish``)."""
         content = []
         for block in self.blocks:
-            block = dict(block)
-            if block["type"] == "tool_use":
-                block["input"] = _parse_input(self._arguments.get(block.pop("_index"), ""))
-            content.append(block)
+            shown = dict(block)
+            if shown["type"] == "tool_use":
+                shown["input"] = _parse_input(self._arguments.get(shown.pop("_index"), ""))
+            content.append(shown)
         return {
             "id": self.id,
             "type": "message",
@@ -782,14 +784,16 @@ class MessageRenderer:
                 },
             )
         )
-        out.append(frame("message_stop", {"type": "message_stop"}))
         return out
 
     def error(self, err: ApiError) -> list[str]:
+        self.failed = True
         return [frame("error", error_body(err))]
 
     def close(self) -> list[str]:
-        return []
+        """``message_stop``, once the answer is saved (a client's next turn may follow it at
+        once); an answer that failed ends with its ``error`` event instead."""
+        return [frame("message_stop", {"type": "message_stop"})] if self.finished and not self.failed else []
 
 
 def _parse_input(arguments: str) -> dict[str, Any]:

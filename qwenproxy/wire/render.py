@@ -78,8 +78,8 @@ class ReplayAnswer:
     def __init__(self, renderer: Any) -> None:
         self._renderer = renderer
 
-    def body(self, collected: Collected, fields: dict[str, Any]) -> dict[str, Any]:
+    def body(self, collected: Collected, fields: dict[str, Any]) -> dict[str, Any]:  # noqa: ARG002 - Answer's
         return self._renderer.replay(collected)
 
-    def renderer(self, collected: Collected, fields: dict[str, Any]) -> Renderer:
+    def renderer(self, collected: Collected, fields: dict[str, Any]) -> Renderer:  # noqa: ARG002 - Answer's
         return self._renderer

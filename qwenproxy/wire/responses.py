@@ -23,7 +23,7 @@ from ..events import Annotation, Event, Finished, ReasoningDelta, TextDelta, Too
 from .anthropic import parse
 from .openai import Collected, url_citations
 
-__all__ = ["ResponsesRequest", "ResponseRenderer", "convert", "input_items", "parse"]
+__all__ = ["ResponseRenderer", "ResponsesRequest", "convert", "input_items", "parse"]
 
 
 class _Model(BaseModel):
@@ -705,9 +705,9 @@ class ResponseRenderer:
         if reason == "length":
             self.status = "incomplete"
             self.incomplete = {"reason": "max_output_tokens"}
-            return [*out, self._event("response.incomplete", response=self.response())]
-        self.status = "completed"
-        return [*out, self._event("response.completed", response=self.response())]
+        else:
+            self.status = "completed"
+        return out
 
     def error(self, err: ApiError) -> list[str]:
         """An ``error`` event, then ``response.failed``."""
@@ -728,6 +728,10 @@ class ResponseRenderer:
         return self.response()
 
     def close(self) -> list[str]:
+        """``response.completed`` (or ``.incomplete``), once the answer is saved: a client's
+        next turn may follow it at once. A failed answer ended with ``response.failed``."""
+        if self.status in ("completed", "incomplete"):
+            return [self._event(f"response.{self.status}", response=self.response())]
         return []
 
 

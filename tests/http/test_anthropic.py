@@ -4,6 +4,7 @@ socket) → the fake chat.qwen.ai, which the tests script with its ``answer`` kn
 from __future__ import annotations
 
 import json
+import re
 
 import anthropic
 import pytest
@@ -42,7 +43,8 @@ def completions(fake) -> list[dict]:
 def weather_script(text: str) -> str:
     """The scripted model: call the tool, then answer from its result."""
     if "Result of get_weather" in text:
-        temp = json.loads(text.split("<tool_response>\n")[-1].split("\n</tool_response>")[0])["temp"]
+        result = text.rsplit("<tool_response>\n", maxsplit=1)[-1]
+        temp = json.loads(result.split("\n</tool_response>", maxsplit=1)[0])["temp"]
         return f"It is {temp} degrees in Paris."
     return 'I will look it up.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 
@@ -177,6 +179,8 @@ def test_thinking_blocks_only_when_asked(claude, fake_qwen) -> None:
         ],
     )
     assert [b.type for b in again.content] == ["text"]
+    first_turn, second_turn = completions(fake_qwen)[-2:]  # the thinking sent back still matches
+    assert second_turn["chat_id"] == first_turn["chat_id"] and second_turn["messages"][0]["content"] == "and?"
 
 
 def test_count_tokens(claude) -> None:
@@ -253,12 +257,12 @@ def test_no_usable_account_is_529_overloaded(claude, fake_qwen, app) -> None:
 def test_error_after_the_start_is_an_error_event(claude, fake_qwen) -> None:
     fake_qwen.hostile = "stream_error"
     got = []
-    with pytest.raises(anthropic.APIStatusError) as info:
-        with claude.messages.stream(
-            model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "words:10"}]
-        ) as s:
-            for event in s:
-                got.append(event.type)
+    with (
+        pytest.raises(anthropic.APIStatusError) as info,
+        claude.messages.stream(model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "words:10"}]) as s,
+    ):
+        for event in s:
+            got.append(event.type)
     assert got[0] == "message_start" and "message_stop" not in got
     assert info.value.body["type"] == "error" and info.value.body["error"]["type"] == "api_error"
 
@@ -306,7 +310,8 @@ def test_agent_loop_big_system_prompt_ten_tools_three_rounds_streamed(claude, fa
     plan = [("Read", "app.py"), ("Grep", "TODO"), ("Bash", "pytest -q")]
 
     def agent(text: str) -> str:
-        done = text.count("</tool_response>")  # the results written into this turn
+        steps = [int(n) for n in re.findall(r"output of step (\d)", text)]  # the results it was sent
+        done = max(steps, default=0)
         if done < len(plan):
             name, arg = plan[done]
             return (
@@ -343,9 +348,13 @@ def test_agent_loop_big_system_prompt_ten_tools_three_rounds_streamed(claude, fa
         else:
             assert message.stop_reason == "end_turn"
             assert message.content[-1].text == "All three steps are done: the tests pass."
-    last = completions(fake_qwen)[-1]["messages"][0]["content"]
-    assert "Fix the TODO in app.py" in last  # reminders beside the results do not cut the task off
-    assert all(f"output of step {n}" in last for n in (1, 2, 3))
+    sent = completions(fake_qwen)[-4:]
+    assert "Fix the TODO in app.py" in sent[0]["messages"][0]["content"]
+    # Claude Code re-sends everything; the upstream chat holds it, so each round continues that
+    # chat with only the new result (and the reminder beside it)
+    assert len({s["chat_id"] for s in sent}) == 1 and all(s["parent_id"] for s in sent[1:])
+    last = sent[-1]["messages"][0]["content"]
+    assert "output of step 3" in last and "Keep going." in last and "output of step 2" not in last
 
 
 def test_model_list_in_anthropic_shape_for_anthropic_clients(claude, server) -> None:

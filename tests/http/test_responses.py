@@ -40,7 +40,8 @@ def completions(fake) -> list[dict]:
 
 def weather_script(text: str) -> str:
     if "Result of get_weather" in text:
-        temp = json.loads(text.split("<tool_response>\n")[-1].split("\n</tool_response>")[0])["temp"]
+        result = text.rsplit("<tool_response>\n", maxsplit=1)[-1]
+        temp = json.loads(result.split("\n</tool_response>", maxsplit=1)[0])["temp"]
         return f"It is {temp} degrees in Paris."
     return '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 

@@ -287,8 +287,10 @@ def test_errors_in_anthropic_shape_and_status() -> None:
     for err, status, kind in cases:
         assert A.error_status(err) == status
         assert A.error_body(err) == {"type": "error", "error": {"type": kind, "message": err.message}}
-    ((name, data),) = parsed(A.MessageRenderer(id="m", model="m").error(RateLimited("slow")))
+    r = A.MessageRenderer(id="m", model="m")
+    ((name, data),) = parsed(r.error(RateLimited("slow")))
     assert name == "error" and data["error"]["type"] == "rate_limit_error"
+    assert r.close() == []  # no message_stop after an error
 
 
 # --------------------------------------------------------------------------- names and tokens
@@ -332,7 +334,7 @@ def test_stop_sequences_end_the_answer_even_across_deltas() -> None:
     frames = r.start()
     for piece in ["Hello wor", "ld E", "N", "D and more", " text"]:
         frames += r.render(TextDelta(piece))
-    frames += r.render(Finished("stop"))
+    frames += r.render(Finished("stop")) + r.close()
     texts = [d["delta"]["text"] for n, d in parsed(frames) if n == "content_block_delta"]
     assert texts == ["Hello wor", "ld "]  # "E", then "EN", were held back
     delta = next(d for n, d in parsed(frames) if n == "message_delta")

@@ -177,6 +177,7 @@ def test_stream_is_the_typed_event_sequence() -> None:
     frames = r.start()
     for event in EVENTS:
         frames += r.render(event)
+    frames += r.close()  # response.completed comes last, after the answer is saved
     events = parsed(frames)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     assert [e["type"] for e in events] == [
@@ -241,7 +242,7 @@ def test_error_event_then_failed() -> None:
     r = R.ResponseRenderer(id="r", model="m")
     r.start()
     r.render(TextDelta("part"))
-    error, failed = parsed(r.error(RateLimited("slow down")))
+    error, failed = parsed(r.error(RateLimited("slow down")) + r.close())
     assert error["type"] == "error" and error["message"] == "slow down" and error["code"] == "rate_limited"
     assert failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
     assert failed["response"]["error"] == {"code": "rate_limit_exceeded", "message": "slow down"}
