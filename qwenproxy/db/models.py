@@ -109,6 +109,15 @@ class Account(BaseModel):
     created_at = DoubleField(default=time.time)
     source = CharField(max_length=20, null=True)  # env | import | browser | password | token
     profile_dir = TextField(null=True)  # Chromium profile (cookies) for the browser pool
+    # 0007_account_refresh
+    refresh_token = TextField(null=True)  # renews ``token`` (POST /api/v2/auths/refresh); never logged
+    refresh_expires_at = DoubleField(null=True)
+    token_at = DoubleField(null=True)  # when the current token was stored
+    refresh_lease_until = DoubleField(null=True)  # a process is refreshing the token until then
+    quota = TextField(null=True)  # the last entitlement_quota answer (JSON)
+    quota_at = DoubleField(null=True)
+    walls = IntegerField(default=0)  # captcha/WAF walls in a row
+    needs_human = BooleanField(default=False)  # walls persisted: `flask accounts solve ID`
 
     class Meta:
         table_name = "account"
