@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..serving.completions import completion_turn
+from ..serving.messages import model_list
 from ..wire.openai import CompletionRequest, parse_request
 from .common import json_body, registry, run_chat
 
@@ -26,6 +27,8 @@ def completions() -> Response:
 @bp.get("/api/models")
 def models() -> Response:
     cards = registry().list_models()
+    if request.headers.get("anthropic-version"):  # Anthropic clients: Claude Code's model picker
+        return jsonify(model_list(cards, current_app.config.get("ANTHROPIC_MODEL_MAP")))
     return jsonify(
         {
             "object": "list",
