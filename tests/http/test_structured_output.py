@@ -278,3 +278,12 @@ def test_a_stateless_provider_repairs_with_the_whole_conversation(tmp_path, fake
         assert r.get_json()["usage"]["prompt_tokens"] == sum(prompts)  # both rounds counted
     finally:
         app.extensions["providers"].close()
+
+
+def test_responses_api_text_format_takes_the_same_path(sdk, fake_qwen) -> None:
+    """The Responses API's ``text.format`` reaches ``serving/structured.py`` as the same dict."""
+    fake_qwen.answer = scripted('```json\n{"name": "Ann", "age": 5}\n```')
+    parsed = sdk.responses.parse(model="qwen3-max", input="Ann is five.", text_format=Person)
+    assert parsed.output_parsed == Person(name="Ann", age=5)
+    assert parsed.output_text == '{"name": "Ann", "age": 5}'
+    assert "`Person`" in completions(fake_qwen)[0]["system_message"]
