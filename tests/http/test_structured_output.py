@@ -287,3 +287,14 @@ def test_responses_api_text_format_takes_the_same_path(sdk, fake_qwen) -> None:
     assert parsed.output_parsed == Person(name="Ann", age=5)
     assert parsed.output_text == '{"name": "Ann", "age": 5}'
     assert "`Person`" in completions(fake_qwen)[0]["system_message"]
+
+
+def test_reasoning_never_mixes_into_the_json(app, sdk, fake_qwen) -> None:
+    app.config["REASONING_IN_CONTENT"] = True  # would put <think>…</think> in front of the content
+    fake_qwen.answer = scripted('{"name": "Ann", "age": 2}')
+    done = sdk.chat.completions.parse(
+        model="qwen3-max-thinking", messages=[{"role": "user", "content": "Ann is two."}], response_format=Person
+    )
+    message = done.choices[0].message
+    assert message.parsed == Person(name="Ann", age=2) and message.content == '{"name": "Ann", "age": 2}'
+    assert "I will answer it." in message.model_extra["reasoning_content"]
