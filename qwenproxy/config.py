@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "GRACEFUL_TIMEOUT": 60,
     "MAX_CONTENT_LENGTH_MB": 150,
     "WORKER_CONNECTIONS": 4000,  # gunicorn: connections (open streams included) one gevent worker holds
-    "KEEPALIVE": 2,  # seconds an idle keep-alive connection stays open (gunicorn's default)
+    "KEEPALIVE": 10,  # seconds an idle keep-alive connection stays open (sent as Keep-Alive: timeout=N)
     # operations (docs/OPERATIONS.md)
     "CORS_ORIGINS": "*",  # browser origins allowed to call the API: "*", a comma-separated list, or "" for none
     "RATE_LIMIT_PER_MINUTE": 0,  # requests per API key (per client address without keys) a minute; 0 = off
@@ -47,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
     "DEFAULT_MODEL": None,  # unset or gone upstream: the first model of chat.qwen.ai's live list (2026 §1)
     "MODEL_ALIASES": None,  # extra legacy/foreign names, "name=target,gpt-4*=qwen3.7-max" (globs; docs/MODES.md)
     "MODELS_CACHE_SECONDS": 600,
+    # Anthropic Messages API (docs/AGENTS.md): claude-* names -> served models; "name=target|fallback,…",
+    # a target may be auto:max (newest coder/max model) or auto:fast (newest flash/turbo/plus)
+    "ANTHROPIC_MODEL_MAP": "opus=auto:max,sonnet=auto:max,haiku=auto:fast",
     # streaming
     "PING_INTERVAL": 15.0,  # seconds of upstream silence before a ": ping" comment
     # Qwen web modes (docs/MODES.md)

@@ -149,6 +149,25 @@ class UploadedFile(BaseModel):
         table_name = "uploaded_file"
 
 
+class ApiResponse(BaseModel):
+    """A stored answer of the Responses API (``resp_…``): what ``previous_response_id``
+    continues and ``GET /v1/responses/{id}`` shows."""
+
+    id = CharField(primary_key=True, max_length=64)
+    chat = ForeignKeyField(Chat, backref="api_responses", on_delete="CASCADE", null=True, index=True)
+    created = DoubleField(default=time.time, index=True)  # unix seconds
+    model = CharField(max_length=200, null=True)
+    status = CharField(max_length=20)  # completed | incomplete | failed
+    previous_response_id = CharField(max_length=64, null=True)
+    upstream_response_id = CharField(max_length=100, null=True)  # the next turn's parent_id
+    body = TextField()  # the response object, JSON
+    input_items = TextField()  # the request's input items with ids, JSON
+    history = TextField()  # the chat messages up to and including this answer, JSON
+
+    class Meta:
+        table_name = "api_response"
+
+
 class ConversationPoint(BaseModel):
     """A conversation held upstream, after one complete answer: the hash of the history up to
     and including that answer, and where to continue it (serving/history.py)."""

@@ -12,8 +12,11 @@ from .. import db
 from ..providers import ChatRequest, Provider
 from ..wire.openai import ChatCompletionRequest, Collected, completion_response
 from . import history
+from .client_api import ClientApi
 from .conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from .streaming import serve
+from .structured import OPTION as RESPONSE_FORMAT
+from .structured import open_stream
 
 
 def _history(chat: Any) -> list[dict[str, Any]]:
@@ -31,13 +34,20 @@ def _history(chat: Any) -> list[dict[str, Any]]:
     return out
 
 
-def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -> Response:
+def chat_turn(
+    provider: Provider, req: ChatCompletionRequest, *, simple: bool, api: ClientApi | None = None
+) -> Response:
     """Serve one validated chat turn with ``provider``. ``simple`` is the seed's ``/api/chat``:
-    the local history of the chat is replayed to providers that do not keep it upstream."""
+    the local history of the chat is replayed to providers that do not keep it upstream.
+    ``api`` answers in another client API's shape (Anthropic Messages, Responses)."""
     messages = req.messages
     chat_id, parent_id = req.conversation
     upstream_model, model, options = provider.resolve_request(req.model)
     options.update(req.mode_options())
+    if api is not None:
+        options.update(api.options)
+    if req.response_format is not None:
+        options[RESPONSE_FORMAT] = req.response_format
     # a stateless client (no chatId) re-sends its history: continue the upstream chat that
     # holds it, or fold it into a new one (serving/history.py)
     plan = None
@@ -47,7 +57,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         plan.local_chat_id if plan else chat_id,
         provider=provider.name,
         model=model,
-        name=None if simple else OPENAI_CHAT_NAME,
+        name=None if simple else api.chat_name if api else OPENAI_CHAT_NAME,
         adopt_upstream=provider.server_side_history,
     )
     # a new chat stores everything the client sent; a continuing one only the new turn
@@ -78,14 +88,15 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
         history=lambda: _history(chat),
     )
-    turn = Turn(chat=chat, provider=provider.name, model=model)
+    turn = Turn(chat=chat, provider=provider.name, model=model, on_close=api.on_close if api else None)
     if plan is not None:
         chat_request.conversation_id = plan.upstream_chat_id
         chat_request.parent_id = plan.parent_id
         chat_request.account_id = plan.account_id
         chat_request.upstream_known = plan.known
         turn.on_complete = history.recorder(messages, chat.id)
-    reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
+    # structured output: the content is the JSON alone, so reasoning stays in its own field
+    reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT")) and RESPONSE_FORMAT not in options
     turn.begin(new_messages)
 
     def extras(collected: Collected, _info: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +117,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         return body_out
 
     return serve(
-        lambda: provider.open_stream(chat_request),
+        lambda: open_stream(provider, chat_request),
         turn,
         stream=req.stream,
         model=model,
@@ -115,4 +126,5 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         ping_interval=float(current_app.config["PING_INTERVAL"]),
         shape=shape,
         reasoning_in_content=reasoning_in_content,
+        answer=api.answer(model, chat_request) if api else None,
     )
