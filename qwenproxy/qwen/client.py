@@ -14,7 +14,7 @@ from ..errors import ApiError, Unauthorized, UpstreamBlocked, UpstreamError
 from ..events import Event
 from . import walls
 from .protocol import error_from_response, new_chat_body, parse_stream, unwrap
-from .transport import Transport, UpstreamResponse, browser_headers
+from .transport import Transport, UpstreamResponse, browser_headers, json_bytes
 
 MODEL_LIST_PATHS = ("/api/v2/models/", "/api/models")  # 2026 §1: the front end's first, then the old one
 
@@ -141,7 +141,7 @@ class QwenClient:
         do for the transport that met it (2026 §4).
         """
         chat_id = body["chat_id"]
-        size = len(json.dumps(body, ensure_ascii=False).encode("utf-8"))
+        size = len(json_bytes(body))  # what the body wall counts
         referer = GUEST_REFERER if body.get("chat_mode") == "guest" else f"/c/{quote(str(chat_id))}"
         response = self.transport.request(
             "POST",
