@@ -50,6 +50,13 @@ DEFAULTS: dict[str, Any] = {
     "PING_INTERVAL": 15.0,  # seconds of upstream silence before a ": ping" comment
     # Qwen web modes (docs/MODES.md)
     "REASONING_IN_CONTENT": False,  # reasoning as <think>…</think> in content, not reasoning_content
+    # media (docs/MODES.md): downloads for b64_json and /v1/videos/{id}/content, video tasks
+    "MEDIA_HOSTS": "*.qwenlm.ai,qwen-webui-prod.oss-accelerate.aliyuncs.com",  # + QWEN_BASE_URL's host
+    "MEDIA_MAX_MB": 100.0,  # largest image or video the gateway downloads
+    "VIDEO_POLL_INTERVAL": 2.0,  # seconds before the first upstream task poll; grows 1.5x per poll
+    "VIDEO_POLL_MAX_INTERVAL": 15.0,
+    "VIDEO_CHAT_TIMEOUT": 900.0,  # seconds a -video chat waits for its task
+    "VIDEO_CONTENT": "stream",  # GET /v1/videos/{id}/content: stream (through the gateway) | redirect
     # Qwen web (chat.qwen.ai)
     "QWEN_BASE_URL": "https://chat.qwen.ai",
     "QWEN_TRANSPORT": "browser",  # browser (fetch inside a Chromium page) | direct | auto (direct, browser on captcha)

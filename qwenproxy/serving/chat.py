@@ -8,9 +8,10 @@ from typing import Any
 
 from flask import Response, current_app, g
 
+from ..events import EventStream
 from ..providers import ChatRequest, Provider
 from ..wire.openai import ChatCompletionRequest, Collected, completion_response
-from . import history
+from . import history, videos
 from .conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from .streaming import serve
 
@@ -88,8 +89,15 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
             body_out["response_id"] = rid
         return body_out
 
+    def open_stream() -> EventStream:
+        if options.get("video"):  # a t2v task: polled, not streamed (serving/videos.py)
+            polling = videos.Polling.from_config(current_app.config)
+            registry = current_app.extensions["providers"]
+            return videos.chat_stream(provider, chat_request, registry, polling, model=model)
+        return provider.open_stream(chat_request)
+
     return serve(
-        lambda: provider.open_stream(chat_request),
+        open_stream,
         turn,
         stream=req.stream,
         model=model,
