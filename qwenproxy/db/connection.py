@@ -7,6 +7,7 @@ SQLite (WAL, foreign keys) by default; ``DATABASE_URL=postgresql://...`` works t
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -28,6 +29,7 @@ def make_database(url: str):
         path = url.split(":///", 1)[1] if ":///" in url else parsed.path
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            owner_only(path)
             import sqlite3
 
             with contextlib.closing(sqlite3.connect(path, timeout=15)) as conn:
@@ -35,6 +37,18 @@ def make_database(url: str):
             return connect(url, pragmas=SQLITE_PRAGMAS, timeout=15, check_same_thread=False)
         return connect(url, pragmas={**SQLITE_PRAGMAS, "journal_mode": "wal"}, timeout=15, check_same_thread=False)
     return connect(url)
+
+
+def owner_only(path: str | os.PathLike) -> None:
+    """The database holds account tokens and refresh tokens: readable by its owner only
+    (mode 0600, as ``credentials.json``). SQLite gives its -wal and -shm files the same mode."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError:  # a read-only mount, someone else's file: SQLite will say what is wrong
+        pass
 
 
 def bind(url: str):

@@ -45,7 +45,7 @@ class ApiKeys:
             return
         if not header or not header.startswith("Bearer "):
             raise AuthenticationError(
-                "Authorization required: send `Authorization: Bearer <key>` (Требуется авторизация)"
+                "Authorization required: send `Authorization: Bearer <key>` or `x-api-key` (Требуется авторизация)"
             )
         given = header[len("Bearer ") :].strip().encode()
         match = False
@@ -63,4 +63,13 @@ def init_app(app: Flask) -> None:
     def _require_key() -> None:
         if request.method == "OPTIONS" or request.path == "/" or request.path.startswith(PUBLIC_PREFIXES):
             return
-        keys.check(request.headers.get("Authorization"))
+        keys.check(bearer())
+
+
+def bearer() -> str | None:
+    """The client's key as ``Bearer <key>``: ``Authorization``, or Anthropic's ``x-api-key``."""
+    header = request.headers.get("Authorization")
+    if header:
+        return header
+    key = request.headers.get("x-api-key", "").strip()
+    return f"Bearer {key}" if key else None

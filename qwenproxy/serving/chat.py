@@ -12,17 +12,23 @@ from ..events import EventStream
 from ..providers import ChatRequest, Provider
 from ..wire.openai import ChatCompletionRequest, Collected, completion_response
 from . import history, videos
+from .client_api import ClientApi
 from .conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from .streaming import serve
 
 
-def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -> Response:
+def chat_turn(
+    provider: Provider, req: ChatCompletionRequest, *, simple: bool, api: ClientApi | None = None
+) -> Response:
     """Serve one validated chat turn with ``provider``. ``simple`` is the seed's ``/api/chat``:
-    the local history of the chat is replayed to providers that do not keep it upstream."""
+    the local history of the chat is replayed to providers that do not keep it upstream.
+    ``api`` answers in another client API's shape (Anthropic Messages, Responses)."""
     messages = req.messages
     chat_id, parent_id = req.conversation
     upstream_model, model, options = provider.resolve_request(req.model)
     options.update(req.mode_options())
+    if api is not None:
+        options.update(api.options)
     # a stateless client (no chatId) re-sends its history: continue the upstream chat that
     # holds it, or fold it into a new one (serving/history.py)
     plan = None
@@ -32,7 +38,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         plan.local_chat_id if plan else chat_id,
         provider=provider.name,
         model=model,
-        name=None if simple else OPENAI_CHAT_NAME,
+        name=None if simple else api.chat_name if api else OPENAI_CHAT_NAME,
         adopt_upstream=provider.server_side_history,
     )
     # a new chat stores everything the client sent; a continuing one only the new turn
@@ -62,7 +68,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         options=options,
         request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
     )
-    turn = Turn(chat=chat, provider=provider.name, model=model)
+    turn = Turn(chat=chat, provider=provider.name, model=model, on_close=api.on_close if api else None)
     if plan is not None:
         chat_request.conversation_id = plan.upstream_chat_id
         chat_request.parent_id = plan.parent_id
@@ -106,4 +112,5 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         ping_interval=float(current_app.config["PING_INTERVAL"]),
         shape=shape,
         reasoning_in_content=reasoning_in_content,
+        answer=api.answer(model, chat_request) if api else None,
     )
