@@ -293,10 +293,17 @@ def test_image_to_video_sends_the_image(oai, client, fake_qwen) -> None:
     assert completions(fake_qwen)[-1]["messages"][0]["files"][0]["type"] == "image"
 
 
-def test_polls_back_off_and_any_worker_answers(tmp_path, fake_qwen, fake_oss) -> None:
+@pytest.fixture
+def database_url(tmp_path) -> str:
+    """The database the two-worker test shares (tests/process/test_postgres.py: PostgreSQL)."""
+    return f"sqlite:///{tmp_path / 'shared.db'}"
+
+
+def test_polls_back_off_and_any_worker_answers(tmp_path, fake_qwen, fake_oss, database_url) -> None:
     """Two apps on one database (two workers): one starts, the other answers; polls are spaced."""
     fake_qwen.image_base_url = fake_qwen.url
-    config = media_config(tmp_path, fake_qwen, fake_oss, VIDEO_POLL_INTERVAL=60.0, VIDEO_POLL_MAX_INTERVAL=600.0)
+    timing = {"VIDEO_POLL_INTERVAL": 60.0, "VIDEO_POLL_MAX_INTERVAL": 600.0}
+    config = media_config(tmp_path, fake_qwen, fake_oss, DATABASE_URL=database_url, **timing)
     first, second = create_app(config), create_app(config)
     try:
         video = first.test_client().post("/v1/videos", json={"prompt": "slow"}).get_json()
@@ -312,6 +319,12 @@ def test_polls_back_off_and_any_worker_answers(tmp_path, fake_qwen, fake_oss) ->
         assert task["polls"] == 1 and int(again.headers["openai-poll-after-ms"]) > 85_000  # 60 s x 1.5
         listed = other.get("/v1/videos").get_json()
         assert [v["id"] for v in listed["data"]] == [video["id"]] and listed["has_more"] is False
+        while again.get_json()["status"] != "completed":  # each poll made due at once
+            with first.app_context():
+                VideoTask.update(next_poll_at=0).where(VideoTask.id == video["id"]).execute()
+            again = other.get(f"/v1/videos/{video['id']}")
+        assert task["polls"] == 4
+        assert first.test_client().get(f"/v1/videos/{video['id']}/content").data == TINY_MP4
     finally:
         for application in (first, second):
             application.extensions["providers"].close()
