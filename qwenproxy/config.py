@@ -34,7 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "GRACEFUL_TIMEOUT": 60,
     "MAX_CONTENT_LENGTH_MB": 150,
     "WORKER_CONNECTIONS": 4000,  # gunicorn: connections (open streams included) one gevent worker holds
-    "KEEPALIVE": 2,  # seconds an idle keep-alive connection stays open (gunicorn's default)
+    "KEEPALIVE": 10,  # seconds an idle keep-alive connection stays open (sent as Keep-Alive: timeout=N)
     # operations (docs/OPERATIONS.md)
     "CORS_ORIGINS": "*",  # browser origins allowed to call the API: "*", a comma-separated list, or "" for none
     "RATE_LIMIT_PER_MINUTE": 0,  # requests per API key (per client address without keys) a minute; 0 = off

@@ -113,6 +113,16 @@ OPERATIONS: dict[str, Operation] = {
         ok=CHAT_OK,
         errors=CHAT_ERRORS,
     ),
+    "openai.completions": Operation(
+        "createCompletion",
+        "OpenAI legacy completions (text_completion), streamed (SSE) or not; each prompt a chat turn",
+        body=openai.CompletionRequest,
+        ok={
+            "description": "OK",
+            "content": {**_json(_ref(openai.TextCompletion)), "text/event-stream": {"schema": STRING}},
+        },
+        errors=CHAT_ERRORS,
+    ),
     "chat.chat": Operation(
         "simpleChat",
         "The seed's chat format: message or messages",
@@ -295,7 +305,8 @@ def document(app: Flask) -> dict[str, Any]:
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = _operation(op)
         models += [m for m in (op.body, op.query) if m is not None and m not in models]
-    models += [m for m in (openai.ChatCompletion, openai.ModelList, media.Video, media.VideoList) if m not in models]
+    shapes = (openai.ChatCompletion, openai.TextCompletion, openai.ModelList, media.Video, media.VideoList)
+    models += [m for m in shapes if m not in models]
     anthropic_error = _obj(
         "type",
         "error",
@@ -311,7 +322,8 @@ def document(app: Flask) -> dict[str, Any]:
                 "OpenAI-compatible gateway to Qwen web, GigaChat and a local Qwen2.5-Coder. Every error is "
                 'OpenAI\'s {"error": {message, type, param, code}}, but on the Anthropic Messages routes '
                 "(/v1/messages, also under /anthropic/v1), which answer and fail in Anthropic's shape "
-                '{"type": "error", "error": {type, message}}. Paths under /api also answer under /api/v1 and /v1.'
+                '{"type": "error", "error": {type, message}}. Paths under /api also answer under /api/v1 and /v1, '
+                "and every path with a trailing slash too."
             ),
         },
         "servers": [{"url": "/"}],

@@ -15,6 +15,8 @@ from . import history, videos
 from .client_api import ClientApi
 from .conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from .streaming import serve
+from .structured import OPTION as RESPONSE_FORMAT
+from .structured import open_stream
 
 
 def chat_turn(
@@ -29,6 +31,8 @@ def chat_turn(
     options.update(req.mode_options())
     if api is not None:
         options.update(api.options)
+    if req.response_format is not None:
+        options[RESPONSE_FORMAT] = req.response_format
     # a stateless client (no chatId) re-sends its history: continue the upstream chat that
     # holds it, or fold it into a new one (serving/history.py)
     plan = None
@@ -75,7 +79,8 @@ def chat_turn(
         chat_request.account_id = plan.account_id
         chat_request.upstream_known = plan.known
         turn.on_complete = history.recorder(messages, chat.id)
-    reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
+    # structured output: the content is the JSON alone, so reasoning stays in its own field
+    reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT")) and RESPONSE_FORMAT not in options
     turn.begin(new_messages)
 
     def extras(collected: Collected, _info: dict[str, Any]) -> dict[str, Any]:
@@ -95,15 +100,15 @@ def chat_turn(
             body_out["response_id"] = rid
         return body_out
 
-    def open_stream() -> EventStream:
+    def stream_factory() -> EventStream:
         if options.get("video"):  # a t2v task: polled, not streamed (serving/videos.py)
             polling = videos.Polling.from_config(current_app.config)
             registry = current_app.extensions["providers"]
             return videos.chat_stream(provider, chat_request, registry, polling, model=model)
-        return provider.open_stream(chat_request)
+        return open_stream(provider, chat_request)
 
     return serve(
-        open_stream,
+        stream_factory,
         turn,
         stream=req.stream,
         model=model,
