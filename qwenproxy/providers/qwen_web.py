@@ -139,11 +139,16 @@ def research_notes(events: Iterator[Event]) -> Iterator[Event]:
     """Deep research: each source also goes out as a line of reasoning when it is found
     (the annotations themselves come with the answer's end)."""
     count = 0
-    for event in events:
-        yield event
-        if isinstance(event, Annotation):
-            count += 1
-            yield ReasoningDelta(f"\n\nSource [{count}]: {event.title or event.url} ({event.url})")
+    try:
+        for event in events:
+            yield event
+            if isinstance(event, Annotation):
+                count += 1
+                yield ReasoningDelta(f"\n\nSource [{count}]: {event.title or event.url} ({event.url})")
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:  # the relay releases the account when it is closed
+            close()
 
 
 def needs_vision(content: Any, files: list[dict[str, Any]]) -> bool:

@@ -155,10 +155,11 @@ def test_an_image_without_a_name_is_recognised_by_its_bytes(client, fake_qwen) -
 # --------------------------------------------------------------------------- b64_json downloads
 
 
-def test_b64_json_downloads_only_from_the_upstreams_hosts(app, client, fake_qwen) -> None:
+def test_b64_json_downloads_only_from_the_upstreams_hosts(app, oai, client, fake_qwen) -> None:
+    r = oai.images.generate(prompt="p", response_format="b64_json", size="1024x1792")
+    validate("ImagesResponse", r.model_dump(exclude_unset=True))
+    assert base64.b64decode(r.data[0].b64_json) == TINY_PNG and completions(fake_qwen)[-1]["size"] == "9:16"
     body = {"prompt": "p", "response_format": "b64_json"}
-    ok = client.post("/v1/images/generations", json=body)
-    assert base64.b64decode(ok.get_json()["data"][0]["b64_json"]) == TINY_PNG
     # the same server under another name is not the upstream's host (QWEN_BASE_URL says 127.0.0.1)
     fake_qwen.image_base_url = fake_qwen.url.replace("127.0.0.1", "localhost")
     fetched = len(outputs(fake_qwen))
