@@ -58,6 +58,13 @@ DEFAULTS: dict[str, Any] = {
     # reasoning reaches a client that did not ask for thinking only when this is on
     "QWEN_SHOW_FORCED_REASONING": False,
     "QWEN_THINKING_LOCKED_MODELS": "qwen3.8-*",  # globs, used when the live list does not say
+    # media (docs/MODES.md): downloads for b64_json and /v1/videos/{id}/content, video tasks
+    "MEDIA_HOSTS": "*.qwenlm.ai,qwen-webui-prod.oss-accelerate.aliyuncs.com",  # + QWEN_BASE_URL's host
+    "MEDIA_MAX_MB": 100.0,  # largest image or video the gateway downloads
+    "VIDEO_POLL_INTERVAL": 2.0,  # seconds before the first upstream task poll; grows 1.5x per poll
+    "VIDEO_POLL_MAX_INTERVAL": 15.0,
+    "VIDEO_CHAT_TIMEOUT": 900.0,  # seconds a -video chat waits for its task
+    "VIDEO_CONTENT": "stream",  # GET /v1/videos/{id}/content: stream (through the gateway) | redirect
     # Qwen web (chat.qwen.ai)
     "QWEN_BASE_URL": "https://chat.qwen.ai",
     "QWEN_TRANSPORT": "browser",  # browser (fetch inside a Chromium page) | direct | auto (direct, browser on captcha)

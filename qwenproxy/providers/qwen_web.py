@@ -13,8 +13,8 @@ from flask import Flask
 from ..accounts.pool import GUEST_ID, Account, AccountPool, Rotation
 from ..content import is_text_part, part_text, text_of
 from ..errors import ApiError, BadRequest, Conflict, RateLimited, Unauthorized, UpstreamBlocked, UpstreamUnavailable
-from ..events import Event, EventStream, ResponseStarted
-from ..qwen import modes
+from ..events import Annotation, Event, EventStream, ReasoningDelta, ResponseStarted, TaskState
+from ..qwen import modes, tasks
 from ..qwen.aliases import AliasMap
 from ..qwen.catalog import ModelCatalog
 from ..qwen.client import QwenClient
@@ -26,7 +26,7 @@ from ..uploads.context import CHAT_ID_PLACEHOLDER, Context, ContextFitter
 from ..uploads.uploader import Uploader
 from ..wire import tools, transcript
 from . import qwen_turns
-from .base import ChatRequest, ModelCard, Provider
+from .base import ChatRequest, MediaTask, ModelCard, Provider
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,38 @@ def to_qwen_message(
     if all(i["type"] == "text" for i in items):
         return "".join(i["text"] for i in items), files
     return items, files
+
+
+def images_to_files(content: Any, files: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
+    """An image edit (and image-to-video) takes its images from ``files[]`` only (2026 §6):
+    images left inline (URLs that are not Qwen's storage) move there as ``{type, url}``."""
+    if not isinstance(content, list):
+        return content, files
+    moved = [{"type": "image", "url": i["image"]} for i in content if i.get("type") == "image" and i.get("image")]
+    rest = [i for i in content if i.get("type") != "image"]
+    if all(i.get("type") == "text" for i in rest):
+        return "".join(i.get("text") or "" for i in rest), [*files, *moved]
+    return rest, [*files, *moved]
+
+
+def has_image(files: list[dict[str, Any]]) -> bool:
+    return any(f.get("type") == "image" and f.get("url") for f in files)
+
+
+def research_notes(events: Iterator[Event]) -> Iterator[Event]:
+    """Deep research: each source also goes out as a line of reasoning when it is found
+    (the annotations themselves come with the answer's end)."""
+    count = 0
+    try:
+        for event in events:
+            yield event
+            if isinstance(event, Annotation):
+                count += 1
+                yield ReasoningDelta(f"\n\nSource [{count}]: {event.title or event.url} ({event.url})")
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:  # the relay releases the account when it is closed
+            close()
 
 
 def needs_vision(content: Any, files: list[dict[str, Any]]) -> bool:
@@ -299,7 +331,8 @@ class QwenWebProvider(Provider):
             guard = current["guard"] = qwen_turns.StopGuard(
                 self.client, account.token, account.id, chat_id, self.stop_timeout
             )
-            yield from self._relay(events, response, account, chat_id, guard)
+            relayed = self._relay(events, response, account, chat_id, guard)
+            yield from research_notes(relayed) if mode[0] == "deep_research" else relayed
             return
         raise rotation.exhausted("No Qwen account could serve the request")
 
@@ -323,6 +356,9 @@ class QwenWebProvider(Provider):
         history = self._history(request, spec, known=(request.upstream_known or 0) if chat_id else 0)
         attach = self.attachments.resolver(account) if self.attachments else None
         qwen_content, files = to_qwen_message(content, attach)
+        if chat_type in modes.IMAGE_TYPES:  # with an image it is an edit, else a new picture
+            qwen_content, files = images_to_files(qwen_content, files)
+            chat_type, features, extra = modes.upstream_mode(request.options, has_image=has_image(files))
         model = self._vision_model(request.model, qwen_content, files, stream)
         # a model that cannot think off thinks; unasked-for reasoning is dropped (2026 §1)
         features, hide_reasoning = qwen_turns.forced_thinking(
@@ -420,6 +456,58 @@ class QwenWebProvider(Provider):
             files=[*context.documents, *(request.options.get("files") or []), *files],
             **fields,
         )
+
+    # --- video tasks (2026 §6)
+    def start_video(self, request: ChatRequest) -> MediaTask:
+        """A ``t2v`` turn (``stream:false``) as some account; its answer names the task."""
+        content, _system = last_user_turn(request.messages)
+        if content is None:
+            raise BadRequest("No user message to send", param="messages")
+        prefer = request.account_id or (self.attachments.owner_hint(content) if self.attachments else None)
+        rotation = Rotation(self.pool, attempts=self.max_attempts, prefer=prefer, reuse_tried=True)
+        for account in rotation:
+            try:
+                task = self._start_video(request, content, account)
+            except UpstreamBlocked:
+                self.pool.note_wall(account.id)
+                raise
+            except (RateLimited, Unauthorized) as exc:
+                log.warning("account %s refused a video task; trying another", account.id)
+                rotation.refused(account, exc)
+                continue
+            finally:
+                self.pool.release(account.id)
+            self.pool.mark_success(account.id)
+            return task
+        raise rotation.exhausted("No Qwen account could start the video")
+
+    def _start_video(self, request: ChatRequest, content: Any, account: Account) -> MediaTask:
+        attach = self.attachments.resolver(account) if self.attachments else None
+        qwen_content, files = images_to_files(*to_qwen_message(content, attach))
+        chat_type, features, extra = modes.upstream_mode({**request.options, "video": True})
+        chat_id = self.client.create_chat(account.token, request.model, chat_type=chat_type, account_id=account.id)
+        body = completion_body(
+            chat_id=chat_id,
+            model=request.model,
+            content=qwen_content,
+            files=files,
+            chat_type=chat_type,
+            feature_config=features,
+            extra=extra,
+        )
+        payload = self.client.start_task(account.token, body, account_id=account.id)
+        task_id, parent_id, response_id = tasks.task_reference(payload)
+        log.info("video task %s started in chat %s as account %s", task_id, chat_id, account.id)
+        return MediaTask(task_id, account.id, chat_id, parent_id, response_id)
+
+    def video_status(self, task: MediaTask) -> TaskState:
+        """One ``tasks/status`` call, as the account that owns the task."""
+        account = self.pool.lookup(task.account_id) if task.account_id else None
+        if account is None:
+            raise UpstreamUnavailable(
+                "The account that started this video is no longer registered", code="video_account_gone"
+            )
+        return tasks.task_state(self.client.task_status(account.token, task.task_id, account_id=account.id))
 
     def _vision_model(self, model: str, content: Any, files: list[dict[str, Any]], stream: EventStream) -> str:
         """``VISION_MODEL`` instead of a model known to lack vision when images are sent;

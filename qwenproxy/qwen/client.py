@@ -197,6 +197,30 @@ class QwenClient:
         current = payload.get("currentId") or (history.get("currentId") if isinstance(history, dict) else None)
         return str(current) if current else None
 
+    def start_task(self, token: str, body: Mapping[str, Any], *, account_id: str | None = None) -> Any:
+        """A ``stream:false`` completion (a ``t2v`` turn, 2026 §6): its envelope's ``data``."""
+        chat_id = str(body["chat_id"])
+        path = f"/api/v2/chat/completions?chat_id={quote(chat_id)}"
+        response = self.transport.request(
+            "POST",
+            self.base_url + path,
+            headers=browser_headers(
+                self.config, token=token, accept="application/json", referer_path=f"/c/{quote(chat_id)}"
+            ),
+            json_body={**body, "stream": False},
+            account_id=account_id,
+        )
+        try:
+            status, headers, raw = response.status, response.headers, response.read()
+        finally:
+            response.close()
+        return unwrap(self.decode(path, status, headers, raw))
+
+    def task_status(self, token: str, task_id: str, *, account_id: str | None = None) -> Any:
+        """``GET /api/v1/tasks/status/<task_id>`` (2026 §6): the raw status answer."""
+        path = f"/api/v1/tasks/status/{quote(task_id, safe='')}"
+        return self._json("GET", path, token=token, account_id=account_id, accept="application/json")
+
     def list_models(self, token: str | None, *, account_id: str | None = None) -> list[dict[str, Any]]:
         """The raw model objects: ``GET /api/v2/models/`` as the 2026 front end asks, then
         ``GET /api/models`` (§3.3, 2026 §1) when that fails or lists nothing."""
