@@ -53,6 +53,20 @@ class BadRequest(ApiError):
     type = "invalid_request_error"
 
 
+class UnsupportedMediaType(ApiError):
+    """A body in a format the route does not take (a JSON route sent text/plain, a form)."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class Forbidden(ApiError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
 class AuthenticationError(ApiError):
     status = 401
     type = "invalid_request_error"
