@@ -20,7 +20,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # a test's mapping is the whole truth: neither the environment nor .env leak into it
     settings = load_config(config, environ={} if testing else None, env_file="" if testing else None)
     app.config.update(settings)
-    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_CONTENT_LENGTH_MB"]) * 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = int(float(app.config["MAX_REQUEST_MB"]) * 1024 * 1024)
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
     Path(app.config["SESSION_DIR"]).mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,22 @@ class UpstreamError(ApiError):
     code = "upstream_error"
 
 
+class UpstreamTimeout(UpstreamError):
+    """The upstream stopped sending for longer than the read timeout."""
+
+    status = 504
+    type = "timeout"
+    code = "upstream_timeout"
+
+
+class ServerShutdown(ApiError):
+    """This process is shutting down and ended the request before its deadline."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "server_shutdown"
+
+
 class UpstreamUnavailable(UpstreamError):
     """The upstream (or a worker) could not be reached, or nothing can serve right now."""
 

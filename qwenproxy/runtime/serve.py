@@ -22,7 +22,9 @@ def main(app: Flask) -> None:
     from gevent.pywsgi import WSGIHandler, WSGIServer
 
     from ..accounts.menu import run_menu, should_show
+    from ..ops.exposure import banner, exposure_warning
     from ..ops.lifecycle import start_draining
+    from ..ops.middleware import keys_configured
     from .supervisor import start_configured
 
     if should_show(app.config):  # the seed's account menu; never under gunicorn or Docker
@@ -55,6 +57,9 @@ def main(app: Flask) -> None:
         pass
     supervisor = start_configured(app.config)
     log.info("qwenproxy listening on http://%s:%s/api", host, port)
+    warning = exposure_warning([host], keys_configured(app))
+    if warning:
+        log.warning(banner(warning))
     try:
         server.serve_forever(stop_timeout=graceful)
     except KeyboardInterrupt:
