@@ -63,12 +63,30 @@ def on_starting(server):  # noqa: ANN001 - gunicorn hook signature
 
 
 def when_ready(server):  # noqa: ANN001
-    """Start the long-running workers (browser pool, local model) from the master, never in a
-    gevent worker."""
+    """Warn loudly when anyone on the network can use the gateway; start the long-running
+    workers (browser pool, local model) from the master, never in a gevent worker."""
     global _supervisor
+    from qwenproxy.ops.apikeys import ApiKeys
+    from qwenproxy.ops.exposure import banner, exposure_warning
+
+    hosts = [a if isinstance(a, str) else str(a[0]) for a in server.cfg.address]
+    warning = exposure_warning(hosts, bool(ApiKeys(_config["API_KEYS_FILE"]).keys()))
+    if warning:
+        server.log.warning(banner(warning))
     from qwenproxy.runtime.supervisor import start_configured
 
     _supervisor = start_configured(_config)
+    if _supervisor is not None:
+        # the master's reaper waits for any child: let the supervisor take its own children's
+        # exit status first (the real signal of a SIGKILLed pool, not "exit code 0")
+        reap_workers = server.reap_workers
+        supervisor = _supervisor
+
+        def reap_supervised_first() -> None:
+            supervisor.reap()
+            reap_workers()
+
+        server.reap_workers = reap_supervised_first
 
 
 def post_worker_init(worker):  # noqa: ANN001
