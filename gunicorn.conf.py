@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from qwenproxy.config import load_config
+from qwenproxy.ops.private import private_dir
 
 _config = load_config()
 
@@ -45,6 +46,7 @@ _metrics_dir = _config.get("PROMETHEUS_MULTIPROC_DIR") or str(
     Path(_config["SESSION_DIR"]).resolve() / "metrics" / str(os.getpid())
 )
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+private_dir(_config["SESSION_DIR"])  # owner only (qwenproxy/ops/private.py)
 Path(_metrics_dir).mkdir(parents=True, exist_ok=True)  # --check-config loads the app right here
 
 _supervisor = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -23,7 +22,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(float(app.config["MAX_REQUEST_MB"]) * 1024 * 1024)
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    Path(app.config["SESSION_DIR"]).mkdir(parents=True, exist_ok=True)
+    from .ops.private import private_dir
+
+    private_dir(app.config["SESSION_DIR"])  # accounts, browser profiles, the database: owner only
+    private_dir(app.config["UPLOADS_DIR"])
 
     from . import db
     from .accounts import store as account_store

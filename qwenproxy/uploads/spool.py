@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 from typing import IO, Any
 
+from ..ops.private import private_dir
 from .validation import FileTooLarge
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class Spool:
     def factory(
         self, total_content_length: int | None, content_type: str | None, filename: str | None, content_length=None
     ) -> _CappedFile:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         path = self.directory / f"upload-{secrets.token_hex(16)}.part"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
         capped = _CappedFile(path, os.fdopen(fd, "w+b"), self.limit)

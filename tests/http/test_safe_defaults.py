@@ -5,6 +5,8 @@ browser are in tests/process/test_safe_gunicorn.py and tests/browser/test_cross_
 from __future__ import annotations
 
 import base64
+import logging
+import os
 import re
 
 import pytest
@@ -292,3 +294,34 @@ def test_a_direct_read_timeout_is_a_timeout(tmp_path, fake_qwen) -> None:
     streamed = client.post("/api/chat/completions", json={"messages": USER, "stream": True})
     text = streamed.get_data(as_text=True)
     assert '"code":"upstream_timeout"' in text and text.endswith("data: [DONE]\n\n")
+
+
+# --- 4. file modes ---------------------------------------------------------------------------
+
+
+def test_files_and_folders_are_owner_only_under_umask_022(tmp_path, fake_qwen) -> None:
+    session = tmp_path / "session"
+    session.mkdir(mode=0o755)
+    old_db = session / "qwenproxy.db"
+    old_db.touch(mode=0o644)  # what an older version left behind
+    os.chmod(old_db, 0o644)
+    previous = os.umask(0o022)
+    try:
+        app, client = _make(tmp_path, fake_qwen, LOG_LEVEL="INFO")
+        assert client.post("/api/chat/completions", json={"messages": USER}).status_code == 200
+        logging.getLogger("qwenproxy.test").warning("a line for the log file")
+        with app.extensions["uploader"].spool() as spool:
+            spooled = spool.factory(None, None, None)
+            spooled.write(b"x")
+            assert _mode(spooled.path) == 0o600
+    finally:
+        os.umask(previous)
+    for folder in ("session", "logs", "uploads"):
+        assert _mode(tmp_path / folder) == 0o700, folder
+    for name in ("qwenproxy.db", "qwenproxy.db-wal", "qwenproxy.db-shm"):
+        assert (session / name).exists() and _mode(session / name) == 0o600, name
+    assert _mode(tmp_path / "logs" / "qwenproxy.log") == 0o600
+
+
+def _mode(path) -> int:
+    return os.stat(path).st_mode & 0o777

@@ -74,7 +74,9 @@ def test_dockerfile_and_scripts() -> None:
     assert "chromium" in dockerfile and "SKIP_ACCOUNT_MENU=true" in dockerfile
     assert "EXPOSE 3264" in dockerfile and "HEALTHCHECK" in dockerfile
     assert 'CMD ["sh", "scripts/boot.sh"]' in dockerfile
+    assert "useradd" in dockerfile and "QWENPROXY_USER=qwenproxy" in dockerfile and "chmod 700" in dockerfile
     boot = (ROOT / "scripts" / "boot.sh").read_text()
+    assert "setpriv --reuid=" in boot and boot.index("setpriv") < boot.index("db upgrade")
     assert "db upgrade" in boot and "exec" in boot and "gunicorn -c gunicorn.conf.py app:app" in boot
     subprocess.run(["sh", "-n", str(ROOT / "scripts" / "boot.sh")], check=True)
     bat = (ROOT / "start.bat").read_bytes()
