@@ -1,4 +1,4 @@
-# qwenproxy: the gateway under gunicorn + gevent, with Debian's Chromium for the browser pool.
+# qwenproxy: the gateway under gunicorn + gevent, with Debian's Chromium (headed, on Xvfb) for the browser pool.
 #   docker compose up -d --build                      (docker-compose.yml, docs/OPERATIONS.md)
 #   docker build --build-arg WITH_LOCAL_MODEL=1 .     (+ torch and the GPTQ stack, for the inference service)
 FROM python:3.11-slim-bookworm
@@ -19,7 +19,7 @@ ENV PYTHONUNBUFFERED=1 \
     QWENPROXY_USER=qwenproxy
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends chromium fonts-liberation fonts-noto-color-emoji \
+ && apt-get install -y --no-install-recommends chromium xvfb fonts-liberation fonts-noto-color-emoji \
         ca-certificates curl tini \
  && rm -rf /var/lib/apt/lists/*
 

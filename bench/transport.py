@@ -242,7 +242,9 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
 
-    fake = FakeQwen(chunk_delay=args.delay).start()
+    fake = FakeQwen(chunk_delay=args.delay)
+    fake.baxia_ready_after = 0.0  # the 2026 site: its anti-bot module is ready at once
+    fake.start()
     token = fake.make_token()
     gateways = {
         "direct": Gateway(fake.url, token, "direct", args.web_workers, args.pages),

@@ -65,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     ),
     "QWEN_BX_V": "2.5.31",
     "QWEN_FRONTEND_VERSION": "0.2.63",
-    # browser pool (QWEN_TRANSPORT=browser|auto): workers/browser_pool.py, docs/BROWSER_POOL.md
+    # browser pool (QWEN_TRANSPORT=browser|auto): workers/browser_pool/, docs/BROWSER_POOL.md
     "BROWSER_POOL_SOCKET": None,  # Unix socket path (default <SESSION_DIR>/browser_pool.sock) or http://127.0.0.1:PORT
     "BROWSER_POOL_SIZE": 2,  # pages per browser (one browser per account profile)
     "BROWSER_PAGE_JOBS": 6,  # fetches one page runs at once; more wait in the pool's queue
@@ -74,7 +74,9 @@ DEFAULTS: dict[str, Any] = {
     "BROWSER_QUEUE_TIMEOUT": 30.0,  # seconds a job may wait for a page before a 504
     "BROWSER_DRAIN_TIMEOUT": 20.0,  # on SIGTERM: seconds running jobs may take to finish
     "BROWSER_WATCHDOG_SECONDS": 2.0,  # how often browsers and pages are pinged; a silent one is relaunched
-    "BROWSER_HEADLESS": True,
+    "BROWSER_HEADLESS": "auto",  # auto: headed on an own Xvfb (or $DISPLAY) when there is one | true | false
+    "BROWSER_ANTIBOT_WAIT_S": 8.0,  # seconds a fresh page waits for the site's anti-bot module before its first call
+    "BROWSER_TEST_HOOKS": False,  # tests only: the pool's POST /v1/debug/pages sends a CDP command to its pages
     "BROWSER_AUTO_STICKY_SECONDS": 300.0,  # auto: after a captcha, go straight to the browser this long
     # uploads (docs/UPLOADS.md)
     "MAX_UPLOAD_MB": 20.0,  # per file; also bounds data: URIs in chat messages

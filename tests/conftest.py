@@ -71,7 +71,13 @@ def no_secret_in_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
     appears in any log the gateway wrote (LOGS_DIR files, gunicorn's output)."""
     yield
     secrets = sorted(s for s in ISSUED_SECRETS if len(s) >= 8)
-    logs = [p for p in tmp_path_factory.getbasetemp().rglob("*.log") if p.is_file()]
+    # a Chromium profile (a folder with "Local State") keeps the token on purpose, and its
+    # LevelDB journals are named *.log: they are the browser's storage, not logs
+    logs = [
+        p
+        for p in tmp_path_factory.getbasetemp().rglob("*.log")
+        if p.is_file() and not any((parent / "Local State").exists() for parent in p.parents)
+    ]
     leaks = []
     for path in logs:
         text = path.read_text(encoding="utf-8", errors="replace")

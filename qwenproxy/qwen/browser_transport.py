@@ -1,6 +1,6 @@
 """The ``browser`` and ``auto`` transports: Qwen calls through the browser pool worker.
 
-The pool (``workers/browser_pool.py``) makes each call as a ``fetch()`` inside a chat.qwen.ai
+The pool (``workers/browser_pool/``) makes each call as a ``fetch()`` inside a chat.qwen.ai
 page and streams the raw body back over a local socket. This side runs in the gevent web
 processes: plain ``http.client`` over a stdlib ``socket`` (which gevent patches), so a
 waiting stream never blocks the hub. Nothing here imports asyncio or pyppeteer.

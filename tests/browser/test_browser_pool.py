@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import shutil
 import signal
+import socket
+import sqlite3
+import struct
 import subprocess
 import sys
 import tempfile
@@ -20,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -54,6 +59,8 @@ class PoolProcess:
             BROWSER_POOL_SIZE="2",
             BROWSER_WATCHDOG_SECONDS="0.5",
             BROWSER_DRAIN_TIMEOUT="15",
+            BROWSER_ANTIBOT_WAIT_S="5",
+            BROWSER_TEST_HOOKS="1",
             LOG_LEVEL="INFO",
             PYTHONUNBUFFERED="1",
         )
@@ -90,6 +97,36 @@ class PoolProcess:
                     pass
         return pids
 
+    def renderer_pids(self) -> list[int]:
+        """The live renderer processes (the pages) of this pool's Chromium trees."""
+        found = []
+        for pid in self.chromium_pids():
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+                if "--type=renderer" in psutil.Process(pid).cmdline():
+                    found.append(pid)
+        return found
+
+    def xvfb_pids(self) -> list[int]:
+        """The pool's own Xvfb (``BROWSER_HEADLESS=auto`` where Xvfb is installed)."""
+        return [p.pid for p in psutil.Process(self.proc.pid).children() if p.name() == "Xvfb"]
+
+    def on_every_page(self, method: str, params: dict | None = None) -> dict:
+        """One CDP command to every page, through the pool's test hook (``BROWSER_TEST_HOOKS``):
+        with the DevTools pipe there is no port for a second client."""
+        connection = UnixHTTPConnection(self.socket)
+        try:
+            connection.request(
+                "POST",
+                "/v1/debug/pages",
+                json.dumps({"method": method, "params": params or {}}),
+                {"Content-Type": "application/json"},
+            )
+            response = connection.getresponse()
+            assert response.status == 200, response.read()
+            return json.loads(response.read())
+        finally:
+            connection.close()
+
     def stop(self) -> None:
         if os.environ.get("KEEP_POOL_LOG"):
             shutil.copy(self.log, os.environ["KEEP_POOL_LOG"] + f".{self.proc.pid}")
@@ -102,6 +139,17 @@ class PoolProcess:
                 self.proc.wait(timeout=5)
         self._log_file.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("pool", timeout=10)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(self.path)
 
 
 def alive(pids: list[int]) -> list[int]:
@@ -127,7 +175,9 @@ def wait_until(predicate, timeout: float = 10.0, step: float = 0.05):
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeQwen]:
-    server = FakeQwen().start()
+    server = FakeQwen()
+    server.baxia_ready_after = 0.0  # the 2026 site's anti-bot module, ready at once
+    server.start()
     try:
         yield server
     finally:
@@ -140,6 +190,7 @@ def reset_fake(fake: FakeQwen) -> None:
     fake.chunk_delay = 0.0
     fake.hostile = None
     fake.hostile_times = None
+    fake.baxia_ready_after = 0.0
 
 
 @pytest.fixture(scope="module")
@@ -423,32 +474,11 @@ def test_hung_chromium_is_killed_and_relaunched(served, fake, pool) -> None:
     assert again.status_code == 200, again.text
 
 
-def _on_every_page(pool: PoolProcess, method: str, params: dict | None = None) -> None:
-    """Send one CDP command to every page of the pool's browser, as a second DevTools client
-    (raw websockets: pyppeteer's Page objects would choke on the crash we cause)."""
-    profile = next(Path(pool.dir, "session", "accounts").iterdir())
-    port = (profile / "DevToolsActivePort").read_text().split()[0]
-    targets = requests.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json()
-
-    async def run() -> None:
-        import websockets
-
-        for target in targets:
-            if target.get("type") != "page":
-                continue
-            async with websockets.connect(target["webSocketDebuggerUrl"], max_size=None) as ws:
-                await ws.send(json.dumps({"id": 1, "method": method, "params": params or {}}))
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.recv(), 2)
-
-    asyncio.run(run())
-
-
 def test_page_navigating_away_fails_its_jobs_and_the_page_comes_back(served, fake, pool) -> None:
     fake.chunk_delay = 0.05
     chat(served.url, "warm", stream=False)
     response, events = _stream_until_first_content(served.url)
-    _on_every_page(pool, "Page.navigate", {"url": "about:blank"})
+    pool.on_every_page("Page.navigate", {"url": "about:blank"})
     rest, took = _rest_until_done(events)
     assert took < 5
     errors = [e for e in rest if isinstance(e, dict) and "error" in e]
@@ -462,7 +492,10 @@ def test_crashed_page_fails_its_jobs_and_is_replaced(served, fake, pool) -> None
     chat(served.url, "warm", stream=False)
     restarts = pool.health()["restarts"]
     response, events = _stream_until_first_content(served.url)
-    _on_every_page(pool, "Page.crash")
+    renderers = pool.renderer_pids()
+    assert renderers
+    for pid in renderers:  # what the OOM killer does to a page
+        os.kill(pid, signal.SIGKILL)
     rest, took = _rest_until_done(events)
     assert took < 5
     errors = [e for e in rest if isinstance(e, dict) and "error" in e]
@@ -493,6 +526,158 @@ def test_job_timeout_ends_the_stream_with_an_error(tmp_path, fake, pool) -> None
         server.stop()
 
 
+# --------------------------------------------------------------------------- DevTools pipe, display, anti-bot module
+
+
+def test_no_devtools_port_answers(served, pool) -> None:
+    """The pool talks to Chromium over ``--remote-debugging-pipe``: no process of its
+    Chromium listens on a TCP port, and no ``DevToolsActivePort`` names one (issue 15.3)."""
+    chat(served.url, "warm", stream=False)
+    pids = pool.chromium_pids()
+    browser = psutil.Process(pids[0])
+    assert "--remote-debugging-pipe" in browser.cmdline()
+    assert not [a for a in browser.cmdline() if a.startswith("--remote-debugging-port")]
+    listening = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            listening += [c for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    assert not listening, listening
+    port_file = next(Path(pool.dir, "session", "accounts").iterdir()) / "DevToolsActivePort"
+    if port_file.exists():
+        port = int(port_file.read_text().split()[0])
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def _xauthority_cookie(path: str) -> bytes:
+    """The MIT-MAGIC-COOKIE-1 of the first entry of an Xauthority file."""
+    data = Path(path).read_bytes()
+    fields, offset = [], 2  # family, then four length-prefixed fields
+    for _ in range(4):
+        (size,) = struct.unpack(">H", data[offset : offset + 2])
+        fields.append(data[offset + 2 : offset + 2 + size])
+        offset += 2 + size
+    assert fields[2] == b"MIT-MAGIC-COOKIE-1"
+    return fields[3]
+
+
+def _x11_accepts(display: int, cookie: bytes | None) -> bool:
+    """The X11 connection setup on the display's socket: does the server let us in?"""
+    name, data = (b"MIT-MAGIC-COOKIE-1", cookie) if cookie else (b"", b"")
+
+    def padded(raw: bytes) -> bytes:
+        return raw + b"\0" * (-len(raw) % 4)
+
+    setup = struct.pack("<BxHHHHxx", ord("l"), 11, 0, len(name), len(data)) + padded(name) + padded(data)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(5)
+        conn.connect(f"/tmp/.X11-unix/X{display}")
+        conn.sendall(setup)
+        return conn.recv(1) == b"\x01"  # 0 Failed, 1 Success, 2 Authenticate
+
+
+@pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed (apt-get install xvfb)")
+def test_chromium_runs_headed_on_the_pools_own_xvfb_which_only_we_can_open(served, fake, pool) -> None:
+    chat(served.url, "warm", stream=False)
+    assert pool.health()["display"] == "xvfb"
+    browser = psutil.Process(pool.chromium_pids()[0])
+    assert not [a for a in browser.cmdline() if a.startswith("--headless")]
+    env = browser.environ()
+    assert len(pool.xvfb_pids()) == 1
+    display = int(env["DISPLAY"].lstrip(":"))
+    assert not _x11_accepts(display, None), "the display lets in a client without the cookie"
+    assert _x11_accepts(display, _xauthority_cookie(env["XAUTHORITY"]))
+    sent = [r for r in fake.requests if r["path"] == "/api/v2/chat/completions"][-1]["headers"]
+    assert "HeadlessChrome" not in sent.get("user-agent", "")
+
+
+def _fresh_pages(pool: PoolProcess) -> int:
+    """Close the account's browser: the next job opens it again, with newly loaded pages."""
+    assert pool.transport.release_profile(pool_account(pool)) is True
+    return len(pool.log.read_bytes())
+
+
+def test_a_fresh_page_waits_for_the_antibot_module_before_its_first_call(served, fake, pool) -> None:
+    chat(served.url, "warm", stream=False)
+    fake.baxia_ready_after = 1.0  # the module hands out its token a second after the page loads
+    log_at = _fresh_pages(pool)
+    seen = len(fake.requests)
+    answer = chat(served.url, "signed", stream=False)
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == "Echo: signed"
+    calls = [r for r in fake.requests[seen:] if r["path"].startswith("/api/v2/")]
+    assert calls and all(r["headers"].get("bx-umidtoken", "").startswith("T2gA") for r in calls), [
+        (r["path"], r["headers"].get("bx-umidtoken")) for r in calls
+    ]
+    assert "anti-bot module ready after" in pool.log.read_bytes()[log_at:].decode()
+
+
+def test_a_page_whose_antibot_module_never_gets_ready_calls_after_the_bound(served, fake, pool) -> None:
+    chat(served.url, "warm", stream=False)
+    fake.baxia_ready_after = float("inf")
+    log_at = _fresh_pages(pool)
+    seen = len(fake.requests)
+    try:
+        answer = chat(served.url, "unsigned", stream=False)
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == "Echo: unsigned"
+        calls = [r for r in fake.requests[seen:] if r["path"].startswith("/api/v2/")]
+        assert calls and not [r for r in calls if "bx-umidtoken" in r["headers"]]
+        assert "anti-bot module was not ready within 5 s; calling anyway" in pool.log.read_bytes()[log_at:].decode()
+    finally:
+        fake.baxia_ready_after = 0.0
+        _fresh_pages(pool)  # later tests get pages whose module is ready
+
+
+def _cookie_names(profile: Path, host: str) -> set[str]:
+    """The cookies Chromium keeps on disk for ``host`` in a profile (read-only, no lock)."""
+    [database] = [p for p in profile.glob("Default/**/Cookies") if p.is_file()] or [None]
+    assert database is not None, f"no cookie database in {profile}"
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro&immutable=1", uri=True)) as db:
+        return {row[0] for row in db.execute("SELECT name FROM cookies WHERE host_key LIKE ?", (f"%{host}",))}
+
+
+async def _site_sets_cookie(profile: Path, url: str, name: str, value: str) -> None:
+    """What the real site's scripts do during a sign-in: a long-lived cookie of its own."""
+    from qwenproxy.runtime.chromium import launch
+
+    chromium = await launch(profile)
+    try:
+        page = await chromium.browser.newPage()
+        await page.setCookie({"name": name, "value": value, "url": url + "/", "expires": time.time() + 86400})
+    finally:
+        await chromium.close()
+
+
+def test_a_profile_made_by_the_browser_sign_in_keeps_its_cookie_jar(tmp_path, fake) -> None:
+    from qwenproxy.db.models import Account as AccountRow
+
+    fake.add_user("jar@example.com", "pw!")
+    process = PoolProcess(fake.url, SESSION_DIR=str(tmp_path / "session"))
+    application = make_app(tmp_path, fake, process.socket, QWEN_TOKEN="")
+    host = urlsplit(fake.url).hostname
+    try:
+        args = ["accounts", "add", "--headless", "--timeout", "30", "--no-check"]
+        args += ["--autofill-email", "jar@example.com", "--autofill-password", "pw!"]
+        result = application.test_cli_runner().invoke(args=args)
+        assert result.exit_code == 0, result.output
+        row = AccountRow.get()
+        profile = Path(row.profile_dir)
+        assert "token" in _cookie_names(profile, host)  # the sign-in's cookies reached the disk
+        asyncio.run(_site_sets_cookie(profile, fake.url, "cna", "from-the-sign-in"))
+        seen = len(fake.requests)
+        answer = application.test_client().post(
+            "/api/chat/completions", json={"messages": [{"role": "user", "content": "jar"}]}
+        )
+        assert answer.status_code == 200, answer.get_json()
+        assert answer.headers["X-Upstream-Transport"] == "browser"
+        sent = [r for r in fake.requests[seen:] if r["path"] == "/api/v2/chat/completions"][-1]["headers"]
+        assert "cna=from-the-sign-in" in sent["cookie"] and f"token={row.token}" in sent["cookie"]
+        assert process.transport.release_profile(row.id) is True  # Chromium quits and writes its jar
+        assert {"token", "cna", "ssxmod_itna"} <= _cookie_names(profile, host)
+    finally:
+        application.extensions["providers"].close()
+        process.stop()
+
+
 # --------------------------------------------------------------------------- process lifecycle
 
 
@@ -503,7 +688,7 @@ def test_sigterm_drains_running_jobs_and_refuses_new_ones(tmp_path, fake) -> Non
     try:
         fake.chunk_delay = 0.05
         chat(server.url, "warm", stream=False)
-        pids = process.chromium_pids()
+        pids = process.chromium_pids() + process.xvfb_pids()
         fake.chunk_delay = 0.1
         response, events = _stream_until_first_content(server.url, "words:25")
         process.proc.send_signal(signal.SIGTERM)
@@ -545,6 +730,7 @@ def test_killed_pool_is_restarted_by_gunicorn_and_the_gap_is_a_503(tmp_path, fak
         worker_pid = status["pid"]
         chromium = psutil.Process(status["detail"][0]["pid"])
         chromium_pids = [chromium.pid] + [c.pid for c in chromium.children(recursive=True)]
+        chromium_pids += [p.pid for p in psutil.Process(worker_pid).children() if p.name() == "Xvfb"]
 
         response, events = _stream_until_first_content(server.url)
         os.kill(worker_pid, signal.SIGKILL)
@@ -557,7 +743,7 @@ def test_killed_pool_is_restarted_by_gunicorn_and_the_gap_is_a_503(tmp_path, fak
         gap = chat(server.url, "during the gap", stream=False)
         assert time.monotonic() - started < 3
         assert gap.status_code == 503, gap.text
-        # Chromium died with its worker (PDEATHSIG)
+        # Chromium and the pool's Xvfb died with their worker (PDEATHSIG)
         assert wait_until(lambda: not alive(chromium_pids), timeout=10)
 
         def restarted() -> bool:

@@ -95,6 +95,10 @@ Anti-bot mode (``antibot = True``; §2.4, §3.0, §9 item 1)
   issued, with the checksum only the page's JavaScript computes) gets the slider-captcha JSON.
   So a plain HTTP client (``QWEN_TRANSPORT=direct``) is refused, and a ``fetch()`` made inside
   that page (the browser pool) passes. Records ``antibot_refused`` and ``pages_served``.
+- ``baxia_ready_after`` (None: off): the page also carries the site's anti-bot module,
+  ``window.__baxia__.getFYModule().getUidToken()``, which hands out its token that many
+  seconds after the page loaded (``math.inf``: never); once ready it signs every ``fetch``
+  of the page with a ``bx-umidtoken`` header (2026 spec §4).
 
 Modes (§3.5, §4.4–4.6), picked by ``messages[0].chat_type`` and ``feature_config``:
 - thinking (``thinking_enabled: true``): ``thinking_style = "think"`` (2025, default) sends
@@ -559,6 +563,7 @@ class FakeQwen(Site2026Mixin):
         self.antibot_refused: int = 0
         self.pages_served: int = 0
         self._antibot_nonces: set[str] = set()
+        self.baxia_ready_after: float | None = None  # the page's anti-bot module: ready after N s
         self.inject: Callable[[str, str], str | None] | None = None
         self.signin_page_local_storage: bool = True
         self.requests: list[dict[str, Any]] = []
@@ -909,12 +914,27 @@ class FakeQwen(Site2026Mixin):
             "(function(){var n='" + nonce + "',h=0;"
             "for(var i=0;i<n.length;i++){h=(Math.imul(h,31)+n.charCodeAt(i))>>>0;}"
             "document.cookie='ssxmod_itna='+n+'.'+h.toString(16)+'; path=/; max-age=900; SameSite=Lax';"
-            '})();</script></head><body><div id="root">Qwen Chat (fake)</div></body></html>'
+            "})();</script>" + self._baxia_script(nonce) + "</head>"
+            '<body><div id="root">Qwen Chat (fake)</div></body></html>'
         )
         response = Response(html, content_type="text/html; charset=utf-8")
         if not request.cookies.get("cna"):  # the device cookie a guest is known by (2026 §5)
             response.set_cookie("cna", secrets.token_urlsafe(18), max_age=365 * 86400, path="/")
         return response
+
+    def _baxia_script(self, nonce: str) -> str:
+        """The anti-bot module (``baxia_ready_after``): a uid token after a delay, then it signs
+        the page's ``fetch`` calls."""
+        after = self.baxia_ready_after
+        if after is None:
+            return ""
+        ready = "" if after == float("inf") else f"setTimeout(function(){{ready=true;}},{int(after * 1000)});"
+        return (
+            "<script>(function(){var ready=false,token='T2gA" + nonce + "',f=window.fetch;"
+            "window.__baxia__={getFYModule:function(){return {getUidToken:function(){return ready?token:'';}};}};"
+            "window.fetch=function(u,o){if(ready){o=Object.assign({},o||{});var h=new Headers(o.headers||{});"
+            "h.set('bx-umidtoken',token);o.headers=h;}return f.call(this,u,o);};" + ready + "})();</script>"
+        )
 
     # ------------------------------------------------------------------ WSGI
 

@@ -72,6 +72,8 @@ def test_compose_config_when_the_client_has_compose() -> None:
 def test_dockerfile_and_scripts() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "chromium" in dockerfile and "SKIP_ACCOUNT_MENU=true" in dockerfile
+    # the browser pool's virtual display (BROWSER_HEADLESS=auto), in the image and from setup.sh
+    assert "xvfb" in dockerfile and "xvfb" in (ROOT / "scripts" / "setup.sh").read_text()
     assert "EXPOSE 3264" in dockerfile and "HEALTHCHECK" in dockerfile
     assert 'CMD ["sh", "scripts/boot.sh"]' in dockerfile
     assert "useradd" in dockerfile and "QWENPROXY_USER=qwenproxy" in dockerfile and "chmod 700" in dockerfile
