@@ -3,8 +3,10 @@
 gevent workers (each patches itself: no ``preload_app``), bind from HOST/PORT, worker count
 from the machine. The master migrates the database, starts and supervises the long-running
 workers (browser pool, local model) once for the whole server, and stops them on exit. On
-SIGTERM every web worker stops accepting, reports 503 on ``/health/ready`` and lets running
-streams finish for up to ``GRACEFUL_TIMEOUT`` seconds.
+SIGTERM every web worker stops accepting at once, reports 503 on ``/health/ready`` and lets
+running streams finish for up to ``GRACEFUL_TIMEOUT`` seconds; shortly before that deadline
+it ends the ones still running itself (in-band ``server_shutdown``, ``[DONE]``, the partial
+answer saved) rather than be SIGKILLed with them (qwenproxy/runtime/gworker.py).
 """
 
 import os
@@ -24,12 +26,19 @@ def _cpus() -> int:
 
 
 bind = f"{_config['HOST']}:{_config['PORT']}"
-worker_class = "gevent"
+# gunicorn's gevent worker + stop accepting at once on SIGTERM, end running streams in-band
+# before graceful_timeout, JSON errors for what gunicorn refuses itself (qwenproxy/runtime/gworker.py)
+worker_class = "qwenproxy.runtime.gworker.GatewayWorker"
 workers = int(_config.get("WEB_WORKERS") or min(8, max(2, _cpus())))
 worker_connections = int(_config["WORKER_CONNECTIONS"])  # open SSE streams count here
 timeout = 120  # heartbeat: a gevent worker notifies every second unless its hub is blocked
 graceful_timeout = int(_config["GRACEFUL_TIMEOUT"])  # long enough for a streamed answer to end
 keepalive = int(_config["KEEPALIVE"])
+# the HTTP parser's limits, raised from 4094 / 100 / 8190: a seed route takes its prompt in the
+# query string (/gigachat?query=...), and browsers send long cookies; 8190 is gunicorn's maximum
+limit_request_line = 8190
+limit_request_fields = 200
+limit_request_field_size = 16384
 # gunicorn >= 25 opens a control socket at one fixed path per user: two servers (or a test run
 # beside a real one) would fight over it. Nothing here uses gunicornc.
 control_socket_disable = True
@@ -89,14 +98,6 @@ def when_ready(server):  # noqa: ANN001
             reap_workers()
 
         server.reap_workers = reap_supervised_first
-
-
-def post_worker_init(worker):  # noqa: ANN001
-    """SIGTERM first marks the worker draining (``/health/ready`` -> 503), then gunicorn's own
-    handler stops accepting and waits for the running streams."""
-    from qwenproxy.ops.lifecycle import drain_on_sigterm
-
-    drain_on_sigterm(worker.wsgi, worker.handle_exit)
 
 
 def child_exit(server, worker):  # noqa: ANN001

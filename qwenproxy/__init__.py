@@ -32,6 +32,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .api import chat, chats, dual_chat, errors, files, health, images, openai, status
     from .ops import apikeys, middleware, ratelimit
     from .providers import build_registry
+    from .serving.live import LiveTurns
 
     middleware.configure_logging(app.config["LOG_LEVEL"], app.config.get("LOGS_DIR"))
     middleware.init_app(app)
@@ -54,4 +55,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     account_store.init_app(app)  # the Qwen accounts registry, before the providers use it
     app.extensions["providers"] = build_registry(app)
+    app.extensions["live_turns"] = LiveTurns()  # ended in-band before a shutdown deadline
     return app

@@ -25,6 +25,7 @@ def main(app: Flask) -> None:
     from ..ops.exposure import banner, exposure_warning
     from ..ops.lifecycle import start_draining
     from ..ops.middleware import keys_configured
+    from ..serving.live import end_before
     from .supervisor import start_configured
 
     if should_show(app.config):  # the seed's account menu; never under gunicorn or Docker
@@ -49,6 +50,8 @@ def main(app: Flask) -> None:
     def _stop(*_: object) -> None:
         log.info("stopping: finishing running streams (up to %s s)", graceful)
         start_draining(app)
+        # what is still running shortly before the deadline is ended in-band and saved
+        end_before(app.extensions["live_turns"], graceful)
         server.close()  # serve_forever() then waits up to `graceful` for the handlers
 
     try:
