@@ -90,14 +90,7 @@ def when_ready(server):  # noqa: ANN001
     if _supervisor is not None:
         # the master's reaper waits for any child: let the supervisor take its own children's
         # exit status first (the real signal of a SIGKILLed pool, not "exit code 0")
-        reap_workers = server.reap_workers
-        supervisor = _supervisor
-
-        def reap_supervised_first() -> None:
-            supervisor.reap()
-            reap_workers()
-
-        server.reap_workers = reap_supervised_first
+        server.reap_workers = _supervisor.reap_first(server.reap_workers)
 
 
 def child_exit(server, worker):  # noqa: ANN001

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,11 +96,20 @@ class Supervisor:
 
         Called by gunicorn's master before its own ``waitpid(-1)`` reaper (gunicorn.conf.py),
         which would otherwise take the status of our children too: ``Popen`` then only sees
-        "no such child" and reports exit code 0 for a worker that was SIGKILLed."""
-        with self._lock:
-            procs = [c.process for c in self._children.values() if c.process is not None]
-        for proc in procs:
-            proc.poll()
+        "no such child" and reports exit code 0 for a worker that was SIGKILLed. No lock:
+        the master must not wait for the watcher thread."""
+        for child in list(self._children.values()):
+            if child.process is not None:
+                child.process.poll()
+
+    def reap_first(self, reaper: Callable[[], None]) -> Callable[[], None]:
+        """``reaper`` (gunicorn's ``Arbiter.reap_workers``), after ``reap``."""
+
+        def reap_ours_first() -> None:
+            self.reap()
+            reaper()
+
+        return reap_ours_first
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()

@@ -8,6 +8,10 @@ import base64
 import logging
 import os
 import re
+import signal
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -325,3 +329,44 @@ def test_files_and_folders_are_owner_only_under_umask_022(tmp_path, fake_qwen) -
 
 def _mode(path) -> int:
     return os.stat(path).st_mode & 0o777
+
+
+@pytest.mark.parametrize("ours_first", [True, False])
+def test_supervisor_logs_the_signal_that_killed_a_worker_despite_gunicorns_reaper(caplog, ours_first) -> None:
+    """gunicorn's master reaps every child with ``waitpid(-1)``; gunicorn.conf.py puts
+    ``Supervisor.reap`` in front of it. Run here with gunicorn's own ``reap_workers`` code; the
+    watcher thread is held (its lock) while the child dies and is reaped, as it can happen.
+    ``ours_first=False`` is the control: gunicorn's reaper alone loses the real status."""
+    from types import SimpleNamespace
+
+    from gunicorn.arbiter import Arbiter
+
+    from qwenproxy.runtime.supervisor import Supervisor, WorkerSpec
+
+    sup = Supervisor([WorkerSpec("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"])], restart_delay=0)
+    sup.start()
+    try:
+        arbiter = SimpleNamespace(WORKERS={}, reexec_pid=0, dirty_arbiter_pid=0, log=logging.getLogger("gunicorn.x"))
+        gunicorn_reaper = lambda: Arbiter.reap_workers(arbiter)  # noqa: E731
+        reaper = sup.reap_first(gunicorn_reaper) if ours_first else gunicorn_reaper
+        pid = sup.pid("sleeper")
+        with caplog.at_level(logging.WARNING, logger="qwenproxy.runtime.supervisor"), sup._lock:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _state(pid) != "Z" and time.monotonic() < deadline:
+                time.sleep(0.01)  # waiting for the kernel, not standing in for our condition
+            reaper()  # what gunicorn's SIGCHLD handling does
+        deadline = time.monotonic() + 10
+        while "sleeper" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sup.stop(timeout=5)
+    expected = "worker sleeper was killed by SIGKILL" if ours_first else "worker sleeper exited with 0"
+    assert expected in caplog.text, caplog.text
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
