@@ -28,6 +28,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     private_dir(app.config["UPLOADS_DIR"])
 
     from . import db
+    from .accounts import cli as accounts_cli
     from .accounts import store as account_store
     from .api import chat, chats, dual_chat, errors, files, health, images, openai, status
     from .ops import apikeys, middleware, ratelimit
@@ -54,6 +55,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.register_blueprint(module.bp)
 
     account_store.init_app(app)  # the Qwen accounts registry, before the providers use it
+    accounts_cli.init_app(app)
     app.extensions["providers"] = build_registry(app)
     app.extensions["live_turns"] = LiveTurns()  # ended in-band before a shutdown deadline
     return app

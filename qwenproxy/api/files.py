@@ -16,7 +16,8 @@ from ..errors import BadRequest, NotFound, UpstreamUnavailable
 from ..uploads.multipart import PartCounter
 from ..uploads.spool import Spool
 from ..uploads.uploader import Uploader, file_object
-from ..uploads.validation import OPENAI_PURPOSES, FileTooLarge
+from ..uploads.validation import FileTooLarge
+from ..wire.openai import OPENAI_PURPOSES
 from .common import json_body
 
 bp = Blueprint("files", __name__)
