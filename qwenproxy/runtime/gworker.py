@@ -76,16 +76,18 @@ class GatewayWorker(GeventWorker):
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         from ..ops.lifecycle import start_draining
-        from ..serving.live import end_before
 
         if not self.alive:
             return  # a second SIGTERM changes nothing
         super().handle_exit(sig, frame)
-        received = time.monotonic()
         start_draining(self.wsgi)
-        end_before(self.wsgi.extensions["live_turns"], float(self.cfg.graceful_timeout), received)
-        gevent.spawn(self._stop_accepting)  # out of the signal handler
+        # the rest may block (it starts a timer): not in the signal handler, which can run
+        # inside the hub, where blocking is impossible
+        gevent.spawn(self._shut_down, time.monotonic())
 
-    def _stop_accepting(self) -> None:
+    def _shut_down(self, received: float) -> None:
+        from ..serving.live import end_before
+
         for server in self._servers:
             server.close()  # gunicorn closes them again later: a no-op then
+        end_before(self.wsgi.extensions["live_turns"], float(self.cfg.graceful_timeout), received)

@@ -19,12 +19,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from ..errors import ApiError, ServerShutdown
 
 log = logging.getLogger(__name__)
 
 Ender = Callable[[ApiError], None]
+T = TypeVar("T")
 
 
 class LiveTurns:
@@ -90,6 +92,19 @@ def end_before(turns: LiveTurns, graceful: float, started: float | None = None) 
     timer.daemon = True
     timer.start()
     return timer
+
+
+def off_hub(fn: Callable[[], T]) -> T:
+    """``fn()`` in one of gevent's native threads when gevent runs this process, so that a
+    long blocking call (SQLite writing a 50 MB answer: sqlite3 releases the GIL) does not
+    hold every other request of the worker; a plain call otherwise."""
+    try:
+        from gevent import get_hub, monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return fn()
+    if not monkey.is_module_patched("threading"):
+        return fn()
+    return get_hub().threadpool.apply(fn)
 
 
 def yield_to_hub() -> None:

@@ -357,7 +357,7 @@ def test_supervisor_logs_the_signal_that_killed_a_worker_despite_gunicorns_reape
                 time.sleep(0.01)  # waiting for the kernel, not standing in for our condition
             reaper()  # what gunicorn's SIGCHLD handling does
         deadline = time.monotonic() + 10
-        while "sleeper" not in caplog.text and time.monotonic() < deadline:
+        while "restarting" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
         sup.stop(timeout=5)
