@@ -233,11 +233,12 @@ while True:
 def test_a_fast_50mb_answer_leaves_the_worker_responsive(tmp_path, fake_qwen) -> None:
     """One gevent worker relays a 50 MB answer that the fake sends as fast as it can while a
     second client probes ``/health/live`` on the same worker. The hub must get control between
-    chunks. Two measures: gevent's own monitor thread, which reports any greenlet holding the
-    hub for over 100 ms (what the hub did, whatever the machine's load), and the prober's
-    wall-clock latencies, with bounds generous enough for a shared machine (a probe takes
-    milliseconds when the hub is free; before the fix the worker never answered and was
-    killed by gunicorn's timeout)."""
+    chunks. Two measures, with bounds generous enough for a shared, loaded machine: gevent's
+    own monitor thread, which reports a greenlet holding the hub for over 100 ms (a loop that
+    never yields is reported every 100 ms, hundreds of times here; the process being
+    descheduled can cause a stray report or two), and the prober's wall-clock latencies (a
+    probe takes milliseconds when the hub is free; before the fix it never got an answer and
+    gunicorn killed the worker on its timeout)."""
     word = "x" * (BIG_TOKEN - 1)
     answer = " ".join([word] * (BIG_TOTAL // BIG_TOKEN))
     fake_qwen.answer = lambda _text: answer
@@ -268,9 +269,10 @@ def test_a_fast_50mb_answer_leaves_the_worker_responsive(tmp_path, fake_qwen) ->
     assert len(latencies) >= 10, f"only {len(latencies)} probes in {took:.1f} s"
     log = server.log.read_text(errors="replace")
     blocked = log.count("appears to be blocked")
-    assert blocked == 0, (
-        f"gevent's monitor saw the hub held for over 100 ms {blocked} time(s) while a fast 50 MB answer "
-        f"streamed: something in the stream loop does not yield between chunks\n{log[log.find('appears') :][:3000]}"
+    assert blocked <= 2, (
+        f"gevent's monitor saw the hub held for over 100 ms {blocked} times while a fast 50 MB answer streamed "
+        f"for {took:.1f} s: something in the stream loop does not yield between chunks\n"
+        + log[log.find("appears to be blocked") :][:3000]
     )
     median, worst = statistics.median(latencies), max(latencies)
     assert median < 0.1 and worst < 1.0, (
