@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from qwenproxy.config import load_config
-from qwenproxy.ops.private import private_dir
+from qwenproxy.private import private_dir
 
 _config = load_config()
 
@@ -61,7 +61,7 @@ Path(_metrics_dir).mkdir(parents=True, exist_ok=True)  # --check-config loads th
 _supervisor = None
 
 
-def on_starting(server):  # noqa: ANN001 - gunicorn hook signature
+def on_starting(server):
     """Once, in the master, before any worker: logs to LOGS_DIR, a fresh metrics directory,
     migrations."""
     from qwenproxy import db
@@ -73,7 +73,7 @@ def on_starting(server):  # noqa: ANN001 - gunicorn hook signature
     db.upgrade()
 
 
-def when_ready(server):  # noqa: ANN001
+def when_ready(server):
     """Warn loudly when anyone on the network can use the gateway; start the long-running
     workers (browser pool, local model) from the master, never in a gevent worker."""
     global _supervisor
@@ -93,14 +93,14 @@ def when_ready(server):  # noqa: ANN001
         server.reap_workers = _supervisor.reap_first(server.reap_workers)
 
 
-def child_exit(server, worker):  # noqa: ANN001
+def child_exit(server, worker):
     """A web worker is gone: drop its live gauges from the metrics."""
     from qwenproxy.ops import metrics
 
     metrics.mark_worker_dead(worker.pid, _metrics_dir)
 
 
-def on_exit(server):  # noqa: ANN001
+def on_exit(server):
     """Stop the supervised workers (after the web workers have finished their streams)."""
     if _supervisor is not None:
         # the browser pool drains its running jobs before closing Chromium

@@ -7,9 +7,9 @@ from typing import Any
 
 from flask import Flask
 
-from .config import load_config
+from .config import VERSION, load_config
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -22,7 +22,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(float(app.config["MAX_REQUEST_MB"]) * 1024 * 1024)
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    from .ops.private import private_dir
+    from .private import private_dir
 
     private_dir(app.config["SESSION_DIR"])  # accounts, browser profiles, the database: owner only
     private_dir(app.config["UPLOADS_DIR"])
@@ -30,7 +30,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from . import db
     from .accounts import cli as accounts_cli
     from .accounts import store as account_store
-    from .api import chat, chats, dual_chat, errors, files, health, images, openai, status
+    from .api import anthropic, chat, chats, dual_chat, errors, files, health, images, openai, responses, status
     from .ops import apikeys, middleware, ratelimit
     from .providers import build_registry
     from .serving.live import LiveTurns
@@ -50,6 +50,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         dual_chat,
         images,
         files,
+        anthropic,
+        responses,
     )
     for module in blueprints:
         app.register_blueprint(module.bp)

@@ -14,6 +14,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parent.parent
+VERSION = "0.1.0"  # qwenproxy.__version__
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 
@@ -49,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
     "MODELS_FILE": "./AvailableModels.txt",
     "DEFAULT_MODEL": "qwen-max-latest",
     "MODELS_CACHE_SECONDS": 600,
+    # Anthropic Messages API (docs/AGENTS.md): claude-* names -> served models; "name=target|fallback,…",
+    # a target may be auto:max (newest coder/max model) or auto:fast (newest flash/turbo/plus)
+    "ANTHROPIC_MODEL_MAP": "opus=auto:max,sonnet=auto:max,haiku=auto:fast",
     # streaming
     "PING_INTERVAL": 15.0,  # seconds of upstream silence before a ": ping" comment
     # Qwen web modes (docs/MODES.md)
@@ -64,6 +68,9 @@ DEFAULTS: dict[str, Any] = {
         "(KHTML, like Gecko) Chrome/141.0.0.0 Safari/537.36"
     ),
     "QWEN_BX_V": "2.5.31",
+    # conversations (README "Conversations"): recognise re-sent histories; the body size wall
+    "QWEN_HISTORY_MATCHING": True,  # false: every request without chatId folds its history into a new chat
+    "QWEN_MAX_BODY_BYTES": 120000,  # larger completions bodies move their long part into a document
     "QWEN_FRONTEND_VERSION": "0.2.63",
     # browser pool (QWEN_TRANSPORT=browser|auto): workers/browser_pool/, docs/BROWSER_POOL.md
     "BROWSER_POOL_SOCKET": None,  # Unix socket path (default <SESSION_DIR>/browser_pool.sock) or http://127.0.0.1:PORT
@@ -103,6 +110,12 @@ DEFAULTS: dict[str, Any] = {
     "ACCOUNT_AUTO_RELOGIN": False,  # sign in again with credentials kept by `add --remember`
     "ACCOUNT_LOGIN_TIMEOUT": 300.0,  # seconds `accounts add`/`relogin` wait for a browser login
     "CHROME_PATH": None,  # Chrome/Chromium binary; default: Debian's /usr/bin/chromium
+    "ACCOUNT_REFRESH_AHEAD_HOURS": 6.0,  # renew a token (refresh token) when less than this is left
+    "ACCOUNT_KEEP_MEMORY": False,  # `accounts add/relogin` leave the account's memory and tools on
+    "ACCOUNT_QUOTA_MINUTES": 30.0,  # ask entitlement_quota at most this often per account; 0 = never
+    "QWEN_QUOTA_FEATURES": "model,thinking,search,t2i,t2v,image_edit,deep_research_deep_research",
+    "ACCOUNT_WALLS_FOR_HUMAN": 3,  # captcha walls in a row before an account "needs a human"
+    "QWEN_GUEST": "auto",  # auto: chat as a guest when no account is usable | off
     # shared by the bots
     "DEFAULT_SYSTEM_PROMPT": None,
     # local Qwen2.5-Coder (GPTQ) inference worker: workers/inference.py, requirements-local.txt

@@ -13,6 +13,7 @@ from werkzeug.formparser import FormDataParser
 from .. import db
 from ..db.models import UploadedFile
 from ..errors import BadRequest, NotFound, UpstreamUnavailable
+from ..uploads.context import CONTEXT_PURPOSE
 from ..uploads.multipart import PartCounter
 from ..uploads.spool import Spool
 from ..uploads.uploader import Uploader, file_object
@@ -121,6 +122,8 @@ def sts_token() -> Response:
         raise BadRequest("`filename`, `filesize` and `filetype` are required (Некорректные данные о файле)")
     if not (isinstance(filename, str) and isinstance(filetype, str)):
         raise BadRequest("`filename` and `filetype` must be strings (Некорректные данные о файле)")
+    if "/" in filename or "\\" in filename:
+        raise BadRequest("`filename` must be a file name, not a path", param="filename")
     if isinstance(filesize, str) and filesize.strip().isdigit():
         filesize = int(filesize)
     if isinstance(filesize, bool) or not isinstance(filesize, int) or filesize <= 0:
@@ -138,7 +141,8 @@ def create_file() -> Response:
 
 @bp.get("/api/files")
 def list_files() -> Response:
-    query = UploadedFile.select()
+    # long contexts the gateway moved into documents itself (uploads/context.py) are not the client's
+    query = UploadedFile.select().where(UploadedFile.purpose != CONTEXT_PURPOSE)
     purpose = request.args.get("purpose")
     if purpose:
         query = query.where(UploadedFile.purpose == purpose)

@@ -12,7 +12,8 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
 
-from .. import __version__, db
+from .. import db
+from ..config import VERSION
 from ..ops import requestlog
 from ..ops.exposure import exposure_warning
 from ..ops.lifecycle import Health, health, workers_file
@@ -30,6 +31,8 @@ QUIET_PREFIXES = ("/health", "/metrics", "/static", "/api/openapi.json", "/favic
 
 def provider_usable(status: dict[str, Any]) -> bool:
     """Whether a provider's ``status()`` says it can serve a request now."""
+    if status.get("guest"):  # no usable account, chats go out as a guest (QWEN_GUEST=auto)
+        return True
     if isinstance(status.get("accounts"), list):
         return any(a.get("status") == "OK" for a in status["accounts"])
     for key in ("model_loaded", "available", "configured"):
@@ -64,7 +67,7 @@ def database_check() -> str:
 def live() -> Response:
     """The process answers (a container's healthcheck)."""
     h = health()
-    return jsonify({"status": "ok", "pid": h.pid, "uptime": round(time.time() - h.started, 1), "version": __version__})
+    return jsonify({"status": "ok", "pid": h.pid, "uptime": round(time.time() - h.started, 1), "version": VERSION})
 
 
 @bp.get("/health/ready")
@@ -149,7 +152,7 @@ def status_page() -> Response:
     ready_now = database == "ok" and any(usable.values()) and not h.draining
     html = render_template(
         "status.html",
-        version=__version__,
+        version=VERSION,
         ready=ready_now,
         draining=h.draining,
         database=database,
@@ -160,6 +163,7 @@ def status_page() -> Response:
             for name, s in statuses.items()
         },
         accounts=accounts,
+        guest=any(s.get("guest") for s in statuses.values()),
         workers=read_workers_file(workers_file(app)),
         web_workers=app.config.get("WEB_WORKERS") or "auto",
         models=models,
@@ -182,13 +186,15 @@ def refresh_seconds(value: str | None, default: int = 10) -> int:
 
 
 def _state(usable: bool, status: dict[str, Any]) -> str:
+    if status.get("guest"):
+        return "guest"
     if usable:
         return "usable"
     return "not configured" if status.get("configured") is False else "unusable"
 
 
 def _details(status: dict[str, Any]) -> str:
-    skip = {"name", "accounts", "browserPool"}
+    skip = {"name", "accounts", "browserPool", "guest"}
     parts = []
     for key, value in status.items():
         if key in skip or value in (None, "", [], {}):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request
 
+from ..serving.messages import model_list
 from .common import json_body, registry, run_chat
 
 bp = Blueprint("openai", __name__)
@@ -18,6 +19,8 @@ def chat_completions() -> Response:
 @bp.get("/api/models")
 def models() -> Response:
     cards = registry().list_models()
+    if request.headers.get("anthropic-version"):  # Anthropic clients: Claude Code's model picker
+        return jsonify(model_list(cards, current_app.config.get("ANTHROPIC_MODEL_MAP")))
     return jsonify(
         {
             "object": "list",

@@ -35,7 +35,7 @@ def init_app(app: Flask) -> None:
         database.connect(reuse_if_open=True)
 
     @app.teardown_request
-    def _close(exc: BaseException | None) -> None:
+    def _close(_exc: BaseException | None) -> None:
         if not database.is_closed():
             database.close()
 

@@ -7,6 +7,7 @@ SQLite (WAL, foreign keys) by default; ``DATABASE_URL=postgresql://...`` works t
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -27,7 +28,7 @@ def make_database(url: str):
     if parsed.scheme.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else parsed.path
         if path and path != ":memory:":
-            from ..ops.private import private_dir, private_file, restrict
+            from ..private import private_dir, private_file, restrict
 
             if not Path(path).parent.exists():
                 private_dir(Path(path).parent)
@@ -41,6 +42,18 @@ def make_database(url: str):
             return connect(url, pragmas=SQLITE_PRAGMAS, timeout=15, check_same_thread=False)
         return connect(url, pragmas={**SQLITE_PRAGMAS, "journal_mode": "wal"}, timeout=15, check_same_thread=False)
     return connect(url)
+
+
+def owner_only(path: str | os.PathLike) -> None:
+    """The database holds account tokens and refresh tokens: readable by its owner only
+    (mode 0600, as ``credentials.json``). SQLite gives its -wal and -shm files the same mode."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError:  # a read-only mount, someone else's file: SQLite will say what is wrong
+        pass
 
 
 def bind(url: str):
@@ -63,7 +76,7 @@ def session() -> Iterator[None]:
             database.close()
 
 
-def keep_wal_open(db) -> None:  # noqa: ANN001 - any Peewee database
+def keep_wal_open(db) -> None:
     """Hold one idle SQLite connection for the life of the process.
 
     SQLite checkpoints and deletes the WAL whenever the *last* connection closes; with a

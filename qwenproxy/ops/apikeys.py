@@ -53,7 +53,7 @@ class ApiKeys:
         given = presented_key(header, basic=basic)
         if given is None:
             raise AuthenticationError(
-                "Authorization required: send `Authorization: Bearer <key>` (Требуется авторизация)"
+                "Authorization required: send `Authorization: Bearer <key>` or `x-api-key` (Требуется авторизация)"
             )
         match = False
         for key in keys:  # compare with every key: the time taken does not depend on which matched
@@ -95,9 +95,19 @@ def init_app(app: Flask) -> None:
         if status_page and status_public:
             return
         try:
-            keys.check(request.headers.get("Authorization"), basic=status_page)
+            keys.check(bearer(), basic=status_page)
         except AuthenticationError as exc:
             g.rejected = "unauthenticated"  # counted in the metrics, not a row of the request log
             if status_page:  # a browser then asks for the key itself
                 exc.headers["WWW-Authenticate"] = STATUS_REALM
             raise
+
+
+def bearer() -> str | None:
+    """The client's key as ``Authorization``: the header, or Anthropic's ``x-api-key`` as
+    ``Bearer <key>``."""
+    header = request.headers.get("Authorization")
+    if header:
+        return header
+    key = request.headers.get("x-api-key", "").strip()
+    return f"Bearer {key}" if key else None

@@ -12,7 +12,7 @@ import logging.handlers
 import re
 from pathlib import Path
 
-from .private import open_private, private_dir
+from ..private import open_private, private_dir
 
 FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 

@@ -18,7 +18,7 @@ from peewee import CharField, IntegerField
 from .. import db
 from ..db.models import BaseModel
 from ..errors import RateLimited
-from .apikeys import presented_key
+from .apikeys import bearer, presented_key
 
 EXEMPT_PREFIXES = ("/health", "/metrics", "/static")
 
@@ -61,7 +61,7 @@ class RateLimiter:
 
 
 def client_identity() -> str:
-    key = presented_key(request.headers.get("Authorization"))
+    key = presented_key(bearer())
     if key:
         return "key:" + key.decode("utf-8", "replace")
     return "addr:" + (request.remote_addr or "-")

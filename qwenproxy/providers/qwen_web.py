@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from flask import Flask
 
-from ..accounts.pool import Account, AccountPool, Rotation
+from ..accounts.pool import GUEST_ID, Account, AccountPool, Rotation
 from ..content import is_text_part, part_text, text_of
-from ..errors import BadRequest, RateLimited, Unauthorized
+from ..errors import ApiError, BadRequest, Conflict, RateLimited, Unauthorized, UpstreamBlocked, UpstreamUnavailable
 from ..events import Event, EventStream, ResponseStarted
 from ..qwen import modes
 from ..qwen.catalog import ALIAS_TO_CANONICAL, ModelCatalog
@@ -20,8 +21,9 @@ from ..qwen.files import QwenFiles
 from ..qwen.protocol import completion_body
 from ..qwen.transport import DirectTransport, Transport, UpstreamResponse
 from ..uploads.attachments import Attachments, media_part
+from ..uploads.context import CHAT_ID_PLACEHOLDER, Context, ContextFitter
 from ..uploads.uploader import Uploader
-from ..wire import tools
+from ..wire import tools, transcript
 from .base import ChatRequest, ModelCard, Provider
 
 log = logging.getLogger(__name__)
@@ -44,9 +46,23 @@ def _list_models(client: QwenClient, pool: AccountPool) -> list[dict[str, Any]]:
     """The upstream model list, asked as some account without a turn in the rotation (the
     browser pool then runs it in that account's profile instead of opening another one)."""
     account = pool.any_account()
-    if account is None:
-        return client.list_models(None)
+    if account is None:  # a guest sees the guest list (2026 §5), in the guest's own profile
+        return client.list_models(None, account_id=GUEST_ID if pool.guest_mode == "auto" else None)
     return client.list_models(account.token, account_id=account.id)
+
+
+def _guest_refused(exc: ApiError) -> ApiError:
+    """What a refused guest chat means to the client: add an account (2026 §5)."""
+    if isinstance(exc, RateLimited):
+        return RateLimited(
+            f"Qwen's guest quota is used up ({exc.message}); add an account with `flask accounts add`",
+            retry_after=exc.retry_after,
+            code="guest_rate_limited",
+        )
+    return UpstreamUnavailable(
+        f"Qwen refused a guest chat ({exc.message}); add an account with `flask accounts add`",
+        code="guest_refused",
+    )
 
 
 def last_user_turn(messages: list[dict[str, Any]]) -> tuple[Any, str | None]:
@@ -55,7 +71,7 @@ def last_user_turn(messages: list[dict[str, Any]]) -> tuple[Any, str | None]:
     system: str | None = None
     for message in messages:
         role = message.get("role")
-        if role == "system" and system is None:
+        if role in ("system", "developer") and system is None:
             system = text_of(message.get("content"))
         elif role == "user":
             content = message.get("content")
@@ -122,6 +138,7 @@ class QwenWebProvider(Provider):
         *,
         attachments: Attachments | None = None,
         vision_model: str | None = None,
+        fitter: ContextFitter | None = None,
     ) -> None:
         self.client = client
         self.pool = pool
@@ -129,12 +146,14 @@ class QwenWebProvider(Provider):
         self.max_attempts = max_attempts
         self.attachments = attachments
         self.vision_model = vision_model
+        self.fitter = fitter or ContextFitter(attachments.uploader if attachments else None, 120000)
 
     @classmethod
     def from_app(cls, app: Flask) -> QwenWebProvider:
         config = app.config
         pool = app.extensions["account_pool"]  # accounts/store.py's init_app, run before the providers
         client = QwenClient(make_transport(config), config)
+        pool.use_client(client)  # token refresh and quota go the way chats go
         catalog = ModelCatalog(
             config["MODELS_FILE"],
             config["DEFAULT_MODEL"],
@@ -149,6 +168,7 @@ class QwenWebProvider(Provider):
             catalog,
             attachments=Attachments(uploader),
             vision_model=str(config.get("VISION_MODEL") or "") or None,
+            fitter=ContextFitter(uploader, int(config.get("QWEN_MAX_BODY_BYTES") or 120000)),
         )
 
     # --- names
@@ -199,6 +219,7 @@ class QwenWebProvider(Provider):
                     conversation_id=stream.info.get("upstream_chat_id"),
                     parent_id=started.response_id if started else None,
                     account_id=stream.info.get("account_id"),
+                    upstream_known=None,
                 )
                 return self._events(again, spec, stream, current)
 
@@ -217,11 +238,28 @@ class QwenWebProvider(Provider):
             raise BadRequest("No user message to send", param="messages")
         # uploaded files belong to the account that uploaded them: prefer it for a new chat
         prefer = request.account_id or (self.attachments.owner_hint(content) if self.attachments else None)
-        rotation = Rotation(self.pool, attempts=self.max_attempts, prefer=prefer, reuse_tried=True)
+        rotation = Rotation(self.pool, attempts=self.max_attempts, prefer=prefer, reuse_tried=True, guest=True)
         for account in rotation:
             try:
                 chat_id, events, response = self._start(request, spec, account, mode, stream)
+            except Conflict:
+                self.pool.release(account.id)
+                if not (request.upstream_known is not None and request.conversation_id):
+                    raise
+                # another request is continuing the same stored conversation right now: this
+                # one goes to a new chat with its whole history folded
+                log.info("upstream chat %s is busy; folding the history into a new chat", request.conversation_id)
+                request = replace(request, conversation_id=None, parent_id=None, account_id=None, upstream_known=0)
+                rotation.prefer = None
+                continue
+            except UpstreamBlocked:
+                self.pool.note_wall(account.id)  # walls in a row: the account needs a human
+                self.pool.release(account.id)
+                raise
             except (RateLimited, Unauthorized) as exc:
+                if account.guest:
+                    self.pool.release(account.id)
+                    raise _guest_refused(exc) from exc
                 why = "rate limited" if isinstance(exc, RateLimited) else "unauthorized"
                 log.warning("account %s %s; trying another", account.id, why)
                 rotation.refused(account, exc)
@@ -253,23 +291,29 @@ class QwenWebProvider(Provider):
         same_account = request.account_id in (None, account.id)
         chat_id = request.conversation_id if same_account else None
         parent_id = request.parent_id if chat_id else None
-        content, system = self._turn(request, spec, continuing=bool(chat_id and parent_id))
+        stateless = request.upstream_known is not None
+        content, system = self._turn(request, spec, continuing=bool(chat_id and parent_id) or stateless)
+        history = self._history(request, spec, known=(request.upstream_known or 0) if chat_id else 0)
         attach = self.attachments.resolver(account) if self.attachments else None
         qwen_content, files = to_qwen_message(content, attach)
         model = self._vision_model(request.model, qwen_content, files, stream)
+        fields = {
+            "model": model,
+            "parent_id": parent_id,
+            "files": files,
+            "chat_type": chat_type,
+            "feature_config": features,
+            "extra": extra,
+            "chat_mode": "guest" if account.guest else "normal",
+        }
+        # never above the body size wall: long parts go as documents (uploads/context.py)
+        measure = partial(self._body, request, chat_id=chat_id or CHAT_ID_PLACEHOLDER, **fields)
+        context = self.fitter.fit(Context(system, history, qwen_content), measure, account)
         if not chat_id:
-            chat_id = self.client.create_chat(account.token, model, chat_type=chat_type, account_id=account.id)
-        body = completion_body(
-            chat_id=chat_id,
-            model=model,
-            content=qwen_content,
-            parent_id=parent_id,
-            system=system,
-            files=[*(request.options.get("files") or []), *files],
-            chat_type=chat_type,
-            feature_config=features,
-            extra=extra,
-        )
+            chat_id = self.client.create_chat(
+                account.token, model, chat_type=chat_type, account_id=account.id, chat_mode=fields["chat_mode"]
+            )
+        body = self._body(request, context, chat_id, **fields)
         events, response = self.client.open_completion(account.token, body, account_id=account.id)
         return chat_id, events, response
 
@@ -281,9 +325,13 @@ class QwenWebProvider(Provider):
         try:
             for event in events:
                 if isinstance(event, ResponseStarted) and not event.chat_id:
-                    event = ResponseStarted(chat_id, event.parent_id, event.response_id)
-                yield event
+                    yield ResponseStarted(chat_id, event.parent_id, event.response_id)
+                else:
+                    yield event
             self.pool.mark_success(account.id)
+        except UpstreamBlocked:  # a wall inside the stream (2026 §4)
+            self.pool.note_wall(account.id)
+            raise
         finally:
             response.close()
             self.pool.release(account.id)
@@ -295,6 +343,26 @@ class QwenWebProvider(Provider):
         if tools.engaged(request.messages, spec):
             return tools.fold_turn(request.messages, spec, continuing=continuing)
         return last_user_turn(request.messages)
+
+    @staticmethod
+    def _history(request: ChatRequest, spec: tools.ToolSpec, known: int) -> str:
+        """The earlier turns a stateless client sent that the upstream chat does not hold
+        (``messages[known:]`` up to the new turn), as a transcript; "" for chatId clients."""
+        if request.upstream_known is None:
+            return ""
+        start = transcript.turn_start(request.messages, tools_engaged=tools.engaged(request.messages, spec))
+        return transcript.folded(request.messages, known, start)
+
+    def _body(self, request: ChatRequest, context: Context, chat_id: str, **fields: Any) -> dict[str, Any]:
+        """The completions body of a turn; ``fields``: model, parent_id, files and the mode."""
+        files = fields.pop("files")
+        return completion_body(
+            chat_id=chat_id,
+            content=context.content(),
+            system=context.system,
+            files=[*context.documents, *(request.options.get("files") or []), *files],
+            **fields,
+        )
 
     def _vision_model(self, model: str, content: Any, files: list[dict[str, Any]], stream: EventStream) -> str:
         """``VISION_MODEL`` instead of a model known to lack vision when images are sent;
@@ -317,7 +385,10 @@ class QwenWebProvider(Provider):
         return None
 
     def status(self) -> dict[str, Any]:
-        out = {"name": self.name, "accounts": self.pool.status(), "transport": self.client.transport.name}
+        accounts = self.pool.status()
+        out = {"name": self.name, "accounts": accounts, "transport": self.client.transport.name}
+        if self.pool.serves_guests(accounts):
+            out["guest"] = True  # no usable account: chats go out as a guest (QWEN_GUEST=auto)
         pool_status = getattr(self.client.transport, "pool_status", None)
         if pool_status is not None:
             out["browserPool"] = pool_status()

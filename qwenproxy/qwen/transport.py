@@ -6,6 +6,7 @@ the same interface, so neither the protocol module nor the routes change with th
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -14,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from typing_extensions import override
 
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..netutil import abort_response
@@ -118,6 +120,12 @@ def _timeout_error(seconds: float | None) -> UpstreamTimeout:
     return UpstreamTimeout(f"Qwen sent nothing for {seconds:g} s (QWEN_READ_TIMEOUT)" if seconds else "Qwen timed out")
 
 
+def json_bytes(body: Any) -> bytes:
+    """A JSON body as the front end's ``JSON.stringify`` sends it: compact, raw UTF-8 (the
+    size the upstream's body wall counts; ``uploads/context.json_size`` measures the same)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 class _RequestsResponse(UpstreamResponse):
     def __init__(self, response: requests.Response, read_timeout: float | None = None) -> None:
         self._response = response
@@ -162,6 +170,7 @@ class DirectTransport(Transport):
             self._session.trust_env = False
         return settings
 
+    @override
     def request(
         self,
         method: str,
@@ -179,7 +188,7 @@ class DirectTransport(Transport):
                 method,
                 url,
                 headers=dict(headers),
-                json=json_body,
+                data=None if json_body is None else json_bytes(json_body),
                 stream=stream,
                 timeout=(self._timeout[0], timeout or self._timeout[1]),
                 proxies=settings["proxies"],
@@ -189,7 +198,9 @@ class DirectTransport(Transport):
         except requests.ReadTimeout as exc:
             raise _timeout_error(timeout or self._timeout[1]) from exc
         except requests.RequestException as exc:
-            raise UpstreamUnavailable(f"Cannot reach Qwen at {url.split('?')[0]}: {type(exc).__name__}") from exc
+            raise UpstreamUnavailable(
+                f"Cannot reach Qwen at {url.split('?', maxsplit=1)[0]}: {type(exc).__name__}"
+            ) from exc
         return _RequestsResponse(response, timeout or self._timeout[1])
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import gevent
 import gunicorn.util
-import gunicorn.workers.ggevent as ggevent
+from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
 ERROR_CODES = {

@@ -10,22 +10,34 @@ from flask import Response, current_app, g
 
 from ..providers import ChatRequest, Provider
 from ..wire.openai import ChatCompletionRequest, Collected, completion_response
+from . import history
+from .client_api import ClientApi
 from .conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from .streaming import serve
 
 
-def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -> Response:
+def chat_turn(
+    provider: Provider, req: ChatCompletionRequest, *, simple: bool, api: ClientApi | None = None
+) -> Response:
     """Serve one validated chat turn with ``provider``. ``simple`` is the seed's ``/api/chat``:
-    the local history of the chat is replayed to providers that do not keep it upstream."""
+    the local history of the chat is replayed to providers that do not keep it upstream.
+    ``api`` answers in another client API's shape (Anthropic Messages, Responses)."""
     messages = req.messages
     chat_id, parent_id = req.conversation
     upstream_model, model, options = provider.resolve_request(req.model)
     options.update(req.mode_options())
+    if api is not None:
+        options.update(api.options)
+    # a stateless client (no chatId) re-sends its history: continue the upstream chat that
+    # holds it, or fold it into a new one (serving/history.py)
+    plan = None
+    if provider.server_side_history and not simple and not chat_id:
+        plan = history.plan(messages, matching=bool(current_app.config.get("QWEN_HISTORY_MATCHING", True)))
     chat, is_new = open_chat(
-        chat_id,
+        plan.local_chat_id if plan else chat_id,
         provider=provider.name,
         model=model,
-        name=None if simple else OPENAI_CHAT_NAME,
+        name=None if simple else api.chat_name if api else OPENAI_CHAT_NAME,
         adopt_upstream=provider.server_side_history,
     )
     # a new chat stores everything the client sent; a continuing one only the new turn
@@ -33,7 +45,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
     last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
     if last_user < last_assistant < len(messages) - 1:
         last_user = last_assistant + 1  # a tool loop: the new turn is the results after the call
-    new_messages = messages if is_new else messages[last_user:]
+    new_messages = messages if is_new else messages[plan.known if plan else last_user :]
     send = messages
     if simple and not provider.server_side_history and not is_new:
         send = stored_history(chat) + messages[last_user:]
@@ -55,11 +67,17 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         options=options,
         request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
     )
-    turn = Turn(chat=chat, provider=provider.name, model=model)
+    turn = Turn(chat=chat, provider=provider.name, model=model, on_close=api.on_close if api else None)
+    if plan is not None:
+        chat_request.conversation_id = plan.upstream_chat_id
+        chat_request.parent_id = plan.parent_id
+        chat_request.account_id = plan.account_id
+        chat_request.upstream_known = plan.known
+        turn.on_complete = history.recorder(messages, chat.id)
     reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
     turn.begin(new_messages)
 
-    def extras(collected: Collected, info: dict[str, Any]) -> dict[str, Any]:
+    def extras(collected: Collected, _info: dict[str, Any]) -> dict[str, Any]:
         rid = collected.started.response_id if collected.started else None
         return {"chatId": chat.id, "parentId": rid}
 
@@ -86,4 +104,5 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         ping_interval=float(current_app.config["PING_INTERVAL"]),
         shape=shape,
         reasoning_in_content=reasoning_in_content,
+        answer=api.answer(model, chat_request) if api else None,
     )

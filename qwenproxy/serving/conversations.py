@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,12 @@ class Turn:
     collected: Collected = field(default_factory=Collected)
     info: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
+    # called at the end of ``close`` with the status, in the same database session (the
+    # Responses API stores its answer there)
+    on_close: Callable[[Turn, str], None] | None = None
+    # called with the answer and the stream's info after a complete answer is saved, in the
+    # same database session (serving/history.py remembers the conversation point there)
+    on_complete: Callable[[Collected, dict[str, Any]], None] | None = None
 
     def begin(self, new_messages: list[dict[str, Any]]) -> None:
         with db.session():
@@ -113,7 +120,7 @@ class Turn:
     def observe(self, event: Event) -> None:
         self.collected.add(event)
 
-    def close(self, status: str, error: str | None = None) -> None:
+    def close(self, status: str, error: str | None = None) -> None:  # noqa: ARG002 - callers report it; DualTurn's
         """Save the answer (``complete``, ``partial`` or ``error``) and the chat's upstream ids."""
         if self.closed:
             return
@@ -152,5 +159,9 @@ class Turn:
                 if started is not None and started.response_id and status == "complete":
                     updates["last_response_id"] = started.response_id
                 Chat.update(**updates).where(Chat.id == self.chat.id).execute()
+                if self.on_close is not None:
+                    self.on_close(self, status)
+                if status == "complete" and self.on_complete is not None:
+                    self.on_complete(c, self.info)
         except Exception:
             log.exception("could not save the answer of chat %s", self.chat.id)

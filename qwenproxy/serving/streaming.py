@@ -24,7 +24,8 @@ from ..errors import ApiError, UpstreamError
 from ..events import Event, EventStream, Finished, ResponseStarted
 from ..ops import requestlog
 from ..ops.metrics import TurnStats
-from ..wire.openai import DONE, PING, ChunkRenderer, Collected, completion_id, sse
+from ..wire.openai import ChunkRenderer, Collected, completion_id
+from ..wire.render import Answer, OpenAIChunks, Renderer
 from .conversations import Turn
 from .live import LiveTurns, off_hub, yield_to_hub
 
@@ -187,11 +188,11 @@ class _Run:
             raise
         g.request_log = self.finish("complete")
 
-    def relay(self, renderer: ChunkRenderer, ping_interval: float) -> Iterator[str]:
+    def relay(self, renderer: Renderer, ping_interval: float) -> Iterator[str]:
         """The SSE path: chunks as events arrive, pings while the upstream is silent."""
-        yield sse(renderer.role())
+        yield from renderer.start()
         for event in self.first:
-            yield from map(sse, renderer.render(event))
+            yield from renderer.render(event)
         if self.ended:
             return
         pending: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -205,14 +206,14 @@ class _Run:
             try:
                 kind, value = pending.get(timeout=ping_interval)
             except queue.Empty:
-                yield PING
+                yield renderer.keepalive
                 continue
             if kind == "end":
                 return
             if kind in ("error", "shutdown"):
                 raise _InBand(self.shutdown or as_api_error(value))
             self.observe(value)
-            yield from map(sse, renderer.render(value))
+            yield from renderer.render(value)
             yield_to_hub()  # between two chunks, the other requests of this worker run
 
 
@@ -235,17 +236,23 @@ def serve(
     ping_interval: float = 15.0,
     shape: Shape | None = None,
     reasoning_in_content: bool = False,
+    answer: Answer | None = None,
 ) -> Response:
     """Run one completion and answer it as JSON or as SSE.
 
     ``extras(collected, info)`` gives the fields added to every body/chunk (``chatId``,
-    ``parentId``); ``shape`` builds the non-stream body from the collected answer.
+    ``parentId``); ``shape`` builds the non-stream body from the collected answer. Another
+    client API (Anthropic, Responses) gives its ``answer`` instead: its body and renderer.
     """
     run = _Run(stream_factory, turn, model)
     headers = _headers(turn, extras)
     if not stream:
+        shape = answer.body if answer is not None else shape
         assert shape is not None
         return _json_answer(run, headers, shape, extras)
+    if answer is not None:
+        own = answer.renderer(turn.collected, extras(turn.collected, turn.info))
+        return _sse_answer(run, headers, own, ping_interval)
     started = turn.collected.started
     renderer = ChunkRenderer(
         id=completion_id(started.response_id if isinstance(started, ResponseStarted) else None),
@@ -254,7 +261,7 @@ def serve(
         extras=extras(turn.collected, turn.info),
         reasoning_in_content=reasoning_in_content,
     )
-    return _sse_answer(run, headers, renderer, ping_interval)
+    return _sse_answer(run, headers, OpenAIChunks(renderer), ping_interval)
 
 
 def _json_answer(run: _Run, headers: dict[str, str], shape: Shape, extras: Extras) -> Response:
@@ -265,7 +272,7 @@ def _json_answer(run: _Run, headers: dict[str, str], shape: Shape, extras: Extra
     return response
 
 
-def _sse_answer(run: _Run, headers: dict[str, str], renderer: ChunkRenderer, ping_interval: float) -> Response:
+def _sse_answer(run: _Run, headers: dict[str, str], renderer: Renderer, ping_interval: float) -> Response:
     turn = run.turn
     metrics = current_app.extensions.get("metrics")
     log_keep = int(current_app.config.get("REQUEST_LOG_KEEP") or 1000)
@@ -282,11 +289,14 @@ def _sse_answer(run: _Run, headers: dict[str, str], renderer: ChunkRenderer, pin
                 yield from run.relay(renderer, ping_interval)
             except _InBand as exc:
                 failed = exc.error
-                yield sse(renderer.error(failed))
+                yield from renderer.error(failed)
             if failed is None:
-                yield from map(sse, renderer.finish(turn.collected.finish_reason or "stop"))
+                yield from renderer.finish(turn.collected.finish_reason or "stop")
                 status = "complete"
-            yield DONE
+                # saved before the end: a client may send its next turn the moment it reads it,
+                # and that request must find this answer (serving/history.py's point)
+                turn.close(status)
+            yield from renderer.close()
         finally:
             if status != "complete":
                 run.events.cancel()

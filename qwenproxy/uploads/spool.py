@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
 from pathlib import Path
 from typing import IO, Any
 
-from ..ops.private import private_dir
+from ..private import private_dir
 from .validation import FileTooLarge
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ class Spool:
         self.files: list[_CappedFile] = []
 
     def factory(
-        self, total_content_length: int | None, content_type: str | None, filename: str | None, content_length=None
+        self,
+        total_content_length: int | None,  # noqa: ARG002 - werkzeug's stream_factory keywords
+        content_type: str | None,  # noqa: ARG002
+        filename: str | None,  # noqa: ARG002
+        content_length: int | None = None,  # noqa: ARG002
     ) -> _CappedFile:
         private_dir(self.directory)
         path = self.directory / f"upload-{secrets.token_hex(16)}.part"
@@ -57,10 +62,8 @@ class Spool:
 
     def close(self) -> None:
         for capped in self.files:
-            try:
+            with contextlib.suppress(OSError):
                 capped.raw.close()
-            except OSError:
-                pass
             try:
                 capped.path.unlink(missing_ok=True)
             except OSError:

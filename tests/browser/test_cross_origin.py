@@ -51,7 +51,7 @@ ATTACK = """async (gateway, chatId) => {
 }"""
 
 
-def _page(environ, start_response):  # noqa: ANN001, ANN202 - a WSGI app
+def _page(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/html")])
     return [b"<!doctype html><title>some other site</title><p>nothing to see</p>"]
 

@@ -46,6 +46,18 @@ def json_routes(app) -> list[tuple[str, str]]:
     return out
 
 
+def assert_error(r, code: str, says: str, path: str) -> None:
+    """An error in the route's client API shape: OpenAI's (with ``code``) or, on the
+    Anthropic Messages routes, Anthropic's ``{"type": "error", "error": {type, message}}``."""
+    body = r.json
+    error = body["error"]
+    assert error["type"] == "invalid_request_error" and says in error["message"], (path, body)
+    if body.get("type") == "error":
+        assert "messages" in path and set(error) == {"type", "message"}, (path, body)
+    else:
+        assert error["code"] == code and set(error) == {"message", "type", "param", "code"}, (path, body)
+
+
 def _completions(fake_qwen) -> int:
     return len([r for r in fake_qwen.requests if r["path"] == "/api/v2/chat/completions"])
 
@@ -73,9 +85,7 @@ def test_json_routes_take_only_application_json(app, client, fake_qwen, content_
         headers = {"Content-Type": content_type} if content_type else {}
         r = client.open(path, method=method, data=body, headers=headers)
         assert r.status_code == 415, (method, path, r.status_code, r.data[:200])
-        error = r.json["error"]
-        assert error["code"] == "unsupported_media_type" and error["type"] == "invalid_request_error"
-        assert set(error) == {"message", "type", "param", "code"}
+        assert_error(r, "unsupported_media_type", "application/json", path)
     assert _completions(fake_qwen) == 1, "a non-JSON body reached the upstream"
     assert client.get(f"/api/chats/{chat}").status_code == 200, "a text/plain cleanup deleted the chats"
     ok = client.post("/api/chat/completions", data=body, content_type="application/json; charset=utf-8")
@@ -176,8 +186,7 @@ def test_lone_surrogates_are_a_400_on_every_json_route(app, client, fake_qwen, b
     for method, path in json_routes(app):
         r = client.open(path, method=method, data=body, content_type="application/json")
         assert r.status_code == 400, (method, path, r.status_code, r.data[:300])
-        error = r.json["error"]
-        assert error["code"] == "invalid_unicode" and error["type"] == "invalid_request_error", (path, error)
+        assert_error(r, "invalid_unicode", "surrogate", path)
         r.data.decode("utf-8")  # the answer itself is valid UTF-8
     assert _completions(fake_qwen) == before
     assert client.get("/api/chats").status_code == 200 and client.get("/").status_code == 200

@@ -43,7 +43,7 @@ def restrict(path: str | os.PathLike) -> None:
         _chmod(file, FILE_MODE)
 
 
-def open_private(path: str | os.PathLike, mode: str = "a", encoding: str | None = "utf-8"):  # noqa: ANN201
+def open_private(path: str | os.PathLike, mode: str = "a", encoding: str | None = "utf-8"):
     """``open(path, mode)`` that creates the file 0600 (for log handlers)."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC)
     fd = os.open(path, flags, FILE_MODE)
