@@ -73,7 +73,7 @@ def chat_turn(
         chat_request.parent_id = plan.parent_id
         chat_request.account_id = plan.account_id
         chat_request.upstream_known = plan.known
-        turn.on_complete = history.recorder(messages, chat.id)
+        turn.on_complete = history.recorder(messages, chat.id, current_app.config.get("MAX_CONTENT_LENGTH"))
     reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
     turn.begin(new_messages)
 

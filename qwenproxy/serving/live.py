@@ -107,9 +107,24 @@ def off_hub(fn: Callable[[], T]) -> T:
     return get_hub().threadpool.apply(fn)
 
 
+def _native_thread_id() -> int:
+    """The OS thread's id (monkey-patching makes ``threading.get_ident`` a greenlet's)."""
+    try:
+        from gevent import monkey
+
+        return monkey.get_original("_thread", "get_ident")()
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return threading.get_ident()
+
+
+_HUB_THREAD = _native_thread_id()  # imported by the thread that serves requests
+
+
 def yield_to_hub() -> None:
     """Let other requests run (gevent: ``sleep(0)``, bounded to about a switch interval).
 
     ``time.sleep`` is gevent's under gunicorn and ``python app.py`` (monkey-patched); in a
-    plain thread it only releases the GIL."""
-    time.sleep(0)
+    plain thread it only releases the GIL. In one of ``off_hub``'s native threads it does
+    nothing (there the GIL's own switching lets the hub run)."""
+    if _native_thread_id() == _HUB_THREAD:
+        time.sleep(0)

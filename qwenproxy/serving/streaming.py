@@ -147,7 +147,7 @@ class _Run:
         self.stats.finish(status, *_usage(self.turn))
         fields = _log_fields(self.stats, self.turn, error)
         if record is None:
-            self._save(lambda: self.turn.close(status, error=note))
+            self.save(lambda: self.turn.close(status, error=note))
             return fields
 
         def save() -> None:
@@ -156,12 +156,12 @@ class _Run:
                 record(fields)
 
         try:
-            self._save(save)
+            self.save(save)
         except Exception:
             log.exception("could not save the end of a stream")
         return fields
 
-    def _save(self, save: Callable[[], None]) -> None:
+    def save(self, save: Callable[[], None]) -> None:
         """A big answer is written from a native thread: the worker's other requests go on."""
         collected = self.turn.collected
         if len(collected.text) + len(collected.reasoning) > BIG_ANSWER:
@@ -295,7 +295,7 @@ def _sse_answer(run: _Run, headers: dict[str, str], renderer: Renderer, ping_int
                 status = "complete"
                 # saved before the end: a client may send its next turn the moment it reads it,
                 # and that request must find this answer (serving/history.py's point)
-                turn.close(status)
+                run.save(lambda: turn.close(status))
             yield from renderer.close()
         finally:
             if status != "complete":

@@ -230,6 +230,13 @@ while True:
 """
 
 
+def _hub_blocks(log: str) -> int:
+    """gevent monitor reports about the worker's own hub (a request or the worker loop was
+    blocked), not about the hubs of native helper threads (``off_hub``'s threadpool)."""
+    reports = log.split("appears to be blocked")[1:]
+    return sum(1 for r in reports if "gunicorn/workers" in r.split("\nInfo:")[0])
+
+
 def test_a_fast_50mb_answer_leaves_the_worker_responsive(tmp_path, fake_qwen) -> None:
     """One gevent worker relays a 50 MB answer that the fake sends as fast as it can while a
     second client probes ``/health/live`` on the same worker. The hub must get control between
@@ -268,7 +275,7 @@ def test_a_fast_50mb_answer_leaves_the_worker_responsive(tmp_path, fake_qwen) ->
     assert tail.endswith(b"data: [DONE]\n\n") and received > BIG_TOTAL, (received, tail)
     assert len(latencies) >= 10, f"only {len(latencies)} probes in {took:.1f} s"
     log = server.log.read_text(errors="replace")
-    blocked = log.count("appears to be blocked")
+    blocked = _hub_blocks(log)
     assert blocked <= 2, (
         f"gevent's monitor saw the hub held for over 100 ms {blocked} times while a fast 50 MB answer streamed "
         f"for {took:.1f} s: something in the stream loop does not yield between chunks\n"
