@@ -379,3 +379,57 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+# --- 7. a stopping worker's GreenletExit is not a 502 -----------------------------------------
+
+
+def _answer(then):  # events, then ``then()``: what happens to the upstream read meanwhile
+    from qwenproxy.events import ResponseStarted, TextDelta
+
+    yield ResponseStarted("upstream-chat", "parent", "response-1")
+    yield TextDelta("a partial answer")
+    then()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_greenlet_exit_goes_on_and_the_partial_answer_is_saved(app, stream) -> None:
+    """gunicorn stops a worker's handlers with GreenletExit: it must leave the stream loop as
+    it is (not become a 502 or an in-band error), after the partial answer is saved. JSON: it
+    comes out of the upstream read; SSE: it is thrown into the body while the upstream is slow."""
+    import threading
+
+    from gevent import GreenletExit
+
+    from qwenproxy.db.models import Message
+    from qwenproxy.events import EventStream
+    from qwenproxy.serving.conversations import Turn, open_chat
+    from qwenproxy.serving.streaming import serve
+
+    cancelled = threading.Event()
+
+    def then() -> None:
+        if not stream:
+            raise GreenletExit
+        cancelled.wait(10)  # a slow upstream, until the stream loop cancels it
+
+    with app.test_request_context("/api/chat/completions", method="POST"):
+        app.preprocess_request()
+        chat, _ = open_chat(None, provider="qwen", model="m")
+        turn = Turn(chat=chat, provider="qwen", model="m")
+        with pytest.raises(GreenletExit):
+            response = serve(
+                lambda: EventStream(_answer(then), on_cancel=cancelled.set),
+                turn,
+                stream=stream,
+                model="m",
+                extras=lambda _c, _i: {},
+                shape=lambda _c, _f: {},
+            )
+            body = iter(response.response)
+            assert "assistant" in next(body)  # the role chunk
+            assert "a partial answer" in next(body)
+            body.throw(GreenletExit)  # what gevent does to a handler the worker kills
+        saved = Message.get((Message.chat == chat) & (Message.role == "assistant"))
+    assert saved.content == "a partial answer" and saved.status == "partial"
+    assert cancelled.is_set()  # and the upstream read was closed
