@@ -33,7 +33,7 @@ workers = int(_config.get("WEB_WORKERS") or min(8, max(2, _cpus())))
 worker_connections = int(_config["WORKER_CONNECTIONS"])  # open SSE streams count here
 timeout = 120  # heartbeat: a gevent worker notifies every second unless its hub is blocked
 graceful_timeout = int(_config["GRACEFUL_TIMEOUT"])  # long enough for a streamed answer to end
-keepalive = int(_config["KEEPALIVE"])
+keepalive = int(_config["KEEPALIVE"])  # idle client connections; announced in a Keep-Alive header
 # the HTTP parser's limits, raised from 4094 / 100 / 8190: a seed route takes its prompt in the
 # query string (/gigachat?query=...), and browsers send long cookies; 8190 is gunicorn's maximum
 limit_request_line = 8190
@@ -91,6 +91,14 @@ def when_ready(server):
         # the master's reaper waits for any child: let the supervisor take its own children's
         # exit status first (the real signal of a SIGKILLed pool, not "exit code 0")
         server.reap_workers = _supervisor.reap_first(server.reap_workers)
+
+
+def post_worker_init(worker):
+    """Responses that keep their connection open say for how long (``Keep-Alive:
+    timeout=KEEPALIVE``). SIGTERM is the worker class's own (qwenproxy/runtime/gworker.py)."""
+    from qwenproxy.runtime.keepalive import announce_under_gunicorn
+
+    announce_under_gunicorn(keepalive)
 
 
 def child_exit(server, worker):

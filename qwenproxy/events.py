@@ -62,6 +62,18 @@ class Finished:
     reason: str = "stop"
 
 
+def add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
+    """The usage of two answers of one request added up (the later one's raw figures kept)."""
+    if a is None or b is None:
+        return a or b
+    return Usage(
+        a.prompt_tokens + b.prompt_tokens,
+        a.completion_tokens + b.completion_tokens,
+        a.total_tokens + b.total_tokens,
+        b.raw,
+    )
+
+
 Event = Union[ResponseStarted, TextDelta, ReasoningDelta, ToolCallDelta, Annotation, ImageResult, Usage, Finished]
 
 
@@ -94,3 +106,19 @@ class EventStream:
         close = getattr(self.events, "close", None)
         if close is not None:
             close()
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """Where an upstream media task stands, in OpenAI's video statuses: ``queued``,
+    ``in_progress``, ``completed`` (``url`` set) or ``failed`` (``error`` set)."""
+
+    status: str
+    progress: int = 0
+    url: str | None = None
+    error: str | None = None
+    raw: str = ""  # the upstream's own status word
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("completed", "failed")

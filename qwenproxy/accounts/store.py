@@ -305,6 +305,13 @@ class DatabasePool(AccountPool):
                 # another request (maybe in another process) took it first: look again
         raise UpstreamUnavailable("The accounts registry is too busy; try again", code="accounts_busy")
 
+    def lookup(self, account_id: str) -> Account | None:
+        with db.session():
+            row = AccountRow.get_or_none(AccountRow.id == account_id)
+        if row is None:
+            return None
+        return Account(id=row.id, token=row.token, email=row.email, profile_dir=row.profile_dir)
+
     def any_token(self) -> str | None:
         """A token for background calls (the model list), without a turn in the rotation."""
         account = self.any_account()

@@ -49,6 +49,16 @@ def receive(up: Uploader, spool: Spool) -> tuple[FileStorage, MultiDict]:
         )
     if request.content_length is not None and request.content_length > up.limit + MULTIPART_OVERHEAD:
         raise _too_large(up)
+    form, files = parse_multipart(up, spool)
+    storage = files.get("file")
+    if storage is None:
+        raise BadRequest("No file in the field `file` (Файл не был загружен)", param="file", code="missing_file")
+    return storage, form
+
+
+def parse_multipart(up: Uploader, spool: Spool) -> tuple[MultiDict, MultiDict]:
+    """``(form fields, files)`` of a multipart body, the files written straight into the spool
+    (each one bounded by ``MAX_UPLOAD_MB`` there, the whole body by ``MAX_CONTENT_LENGTH``)."""
     parser = FormDataParser(
         stream_factory=spool.factory,
         max_form_memory_size=MAX_FIELD_BYTES,
@@ -68,10 +78,7 @@ def receive(up: Uploader, spool: Spool) -> tuple[FileStorage, MultiDict]:
         raise _too_large(up) from None
     except ValueError:
         raise BadRequest("Malformed multipart/form-data body", code="invalid_multipart") from None
-    storage = files.get("file")
-    if storage is None:
-        raise BadRequest("No file in the field `file` (Файл не был загружен)", param="file", code="missing_file")
-    return storage, form
+    return form, files
 
 
 def _upload(purpose: str | None = None, *, require_purpose: bool = False) -> UploadedFile:
@@ -122,7 +129,7 @@ def sts_token() -> Response:
         raise BadRequest("`filename`, `filesize` and `filetype` are required (Некорректные данные о файле)")
     if not (isinstance(filename, str) and isinstance(filetype, str)):
         raise BadRequest("`filename` and `filetype` must be strings (Некорректные данные о файле)")
-    if "/" in filename or "\\" in filename:
+    if "/" in filename or "\\" in filename:  # the upstream keeps it as the last part of an object path
         raise BadRequest("`filename` must be a file name, not a path", param="filename")
     if isinstance(filesize, str) and filesize.strip().isdigit():
         filesize = int(filesize)

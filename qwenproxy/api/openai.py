@@ -1,10 +1,12 @@
-"""OpenAI-compatible routes: chat completions and the model list."""
+"""OpenAI-compatible routes: chat completions, legacy completions and the model list."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from ..serving.completions import completion_turn
 from ..serving.messages import model_list
+from ..wire.openai import CompletionRequest, parse_request
 from .common import json_body, registry, run_chat
 
 bp = Blueprint("openai", __name__)
@@ -14,6 +16,12 @@ bp = Blueprint("openai", __name__)
 def chat_completions() -> Response:
     body = json_body()
     return run_chat(body, body.get("messages"), simple=False)
+
+
+@bp.post("/api/completions")
+def completions() -> Response:
+    req = parse_request(CompletionRequest.model_validate, json_body())
+    return completion_turn(registry().for_model(req.model), req)
 
 
 @bp.get("/api/models")

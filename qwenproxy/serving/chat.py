@@ -8,12 +8,31 @@ from typing import Any
 
 from flask import Response, current_app, g
 
+from .. import db
+from ..events import EventStream
 from ..providers import ChatRequest, Provider
 from ..wire.openai import ChatCompletionRequest, Collected, completion_response
-from . import history
+from . import history, videos
 from .client_api import ClientApi
 from .conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from .streaming import serve
+from .structured import OPTION as RESPONSE_FORMAT
+from .structured import open_stream
+
+
+def _history(chat: Any) -> list[dict[str, Any]]:
+    """The chat's stored messages as OpenAI messages, read only when a provider must move the
+    conversation to a new upstream chat (Qwen's "in progress", 2026 §3)."""
+    with db.session():
+        stored = stored_history(chat)
+    out = []
+    for message in stored:
+        content = message.get("content")
+        if isinstance(content, dict):  # an assistant turn saved with its tool calls
+            out.append({**message, "content": content.get("content"), "tool_calls": content.get("tool_calls")})
+        else:
+            out.append(message)
+    return out
 
 
 def chat_turn(
@@ -28,6 +47,8 @@ def chat_turn(
     options.update(req.mode_options())
     if api is not None:
         options.update(api.options)
+    if req.response_format is not None:
+        options[RESPONSE_FORMAT] = req.response_format
     # a stateless client (no chatId) re-sends its history: continue the upstream chat that
     # holds it, or fold it into a new one (serving/history.py)
     plan = None
@@ -66,6 +87,7 @@ def chat_turn(
         tool_spec=req.tool_spec,
         options=options,
         request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
+        history=lambda: _history(chat),
     )
     turn = Turn(chat=chat, provider=provider.name, model=model, on_close=api.on_close if api else None)
     if plan is not None:
@@ -74,7 +96,8 @@ def chat_turn(
         chat_request.account_id = plan.account_id
         chat_request.upstream_known = plan.known
         turn.on_complete = history.recorder(messages, chat.id, current_app.config.get("MAX_CONTENT_LENGTH"))
-    reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
+    # structured output: the content is the JSON alone, so reasoning stays in its own field
+    reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT")) and RESPONSE_FORMAT not in options
     turn.begin(new_messages)
 
     def extras(collected: Collected, _info: dict[str, Any]) -> dict[str, Any]:
@@ -94,8 +117,15 @@ def chat_turn(
             body_out["response_id"] = rid
         return body_out
 
+    def stream_factory() -> EventStream:
+        if options.get("video"):  # a t2v task: polled, not streamed (serving/videos.py)
+            polling = videos.Polling.from_config(current_app.config)
+            registry = current_app.extensions["providers"]
+            return videos.chat_stream(provider, chat_request, registry, polling, model=model)
+        return open_stream(provider, chat_request)
+
     return serve(
-        lambda: provider.open_stream(chat_request),
+        stream_factory,
         turn,
         stream=req.stream,
         model=model,

@@ -89,7 +89,7 @@ def test_with_chat_id_only_the_last_user_turn_and_first_system_message_go_upstre
     assert len(sent["messages"]) == 1 and sent["messages"][0]["content"] == "new"
     assert sent["system_message"] == "Be brief"
     assert sent["parent_id"] == first["parentId"]
-    assert sent["model"] == "qwen-max-latest"  # the default model
+    assert sent["model"] == fake_qwen.models[0]  # the default model: the first of the live list
 
 
 def test_simple_chat_format(client, fake_qwen) -> None:
@@ -159,12 +159,31 @@ def test_path_aliases(client) -> None:
         validate("ListModelsResponse", r.get_json())
 
 
+def test_routes_answer_with_a_trailing_slash_without_a_redirect(client) -> None:
+    user = [{"role": "user", "content": "hi"}]
+    r = client.post("/api/chat/", json={"message": "hi"})  # seed 000's own fetch('/api/chat/')
+    assert r.status_code == 200 and r.get_json()["choices"][0]["message"]["content"] == "Echo: hi"
+    chat_id = r.get_json()["chatId"]
+    for method, path, body in [
+        ("POST", "/v1/chat/completions/", {"messages": user}),
+        ("POST", "/api/v1/completions/", {"prompt": "hi"}),
+        ("GET", "/v1/models/", None),
+        ("GET", f"/api/chats/{chat_id}/", None),
+        ("GET", "/health/ready/", None),
+    ]:
+        r = client.open(path, method=method, json=body)
+        assert r.status_code == 200, (path, r.status_code)
+    r = client.get("/api/chat/completions/")
+    assert r.status_code == 405 and r.get_json()["error"]["type"] == "invalid_request_error"
+
+
 @pytest.mark.parametrize(
     ("mode", "status", "code"),
     [
-        ("captcha", 502, "upstream_captcha"),
-        ("waf", 502, "upstream_waf"),
-        ("actual_status_404", 502, "upstream_status"),
+        ("captcha", 502, "upstream_blocked"),
+        ("waf", 502, "upstream_blocked"),
+        ("actual_status_404", 502, "upstream_blocked"),  # 2026 §4: a wall, not a status quirk
+        ("actual_status_403", 502, "upstream_blocked"),
     ],
 )
 def test_hostile_upstream_answers_map_to_errors(client, fake_qwen, mode, status, code) -> None:
@@ -172,6 +191,7 @@ def test_hostile_upstream_answers_map_to_errors(client, fake_qwen, mode, status,
     r = _ask(client)
     assert r.status_code == status
     assert r.get_json()["error"]["code"] == code
+    assert "QWEN_TRANSPORT=browser" in r.get_json()["error"]["message"]  # says what to do
     validate("ErrorResponse", r.get_json())
 
 
@@ -197,7 +217,7 @@ def test_expired_token_is_503_and_marks_the_account(client, fake_qwen, app) -> N
 
 def test_unknown_model_maps_to_default_and_upstream_not_found_is_404(client, fake_qwen) -> None:
     r = _ask(client, model="no-such-model")
-    assert r.status_code == 200 and r.get_json()["model"] == "qwen-max-latest"
+    assert r.status_code == 200 and r.get_json()["model"] == fake_qwen.models[0]  # the live default
     fake_qwen.models.remove("qwen-max-latest")  # listed locally but gone upstream
     r = client.post(
         "/api/chat/completions", json={"model": "qwen-max-latest", "messages": [{"role": "user", "content": "x"}]}
@@ -233,7 +253,7 @@ def test_early_error_in_a_stream_is_a_plain_json_error(client, fake_qwen) -> Non
 
 def test_api_keys(client, app, tmp_path) -> None:
     keys = tmp_path / "Authorization.txt"
-    assert client.get("/api/models").status_code == 200  # no file: auth disabled
+    assert client.get("/api/models").status_code == 200  # only the commented template: auth disabled
     keys.write_text("# comment\n\n  key-one  \nkey-two\n", encoding="utf-8")
     for header in (None, "key-one", "Bearer nope", "Basic key-one"):
         r = client.get("/api/models", headers={"Authorization": header} if header else {})
