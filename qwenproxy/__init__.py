@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -20,10 +19,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # a test's mapping is the whole truth: neither the environment nor .env leak into it
     settings = load_config(config, environ={} if testing else None, env_file="" if testing else None)
     app.config.update(settings)
-    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_CONTENT_LENGTH_MB"]) * 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = int(float(app.config["MAX_REQUEST_MB"]) * 1024 * 1024)
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    Path(app.config["SESSION_DIR"]).mkdir(parents=True, exist_ok=True)
+    from .private import private_dir
+
+    private_dir(app.config["SESSION_DIR"])  # accounts, browser profiles, the database: owner only
+    private_dir(app.config["UPLOADS_DIR"])
 
     from . import db
     from .accounts import cli as accounts_cli
@@ -31,6 +33,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from .api import anthropic, chat, chats, dual_chat, errors, files, health, images, openai, responses, status, videos
     from .ops import apikeys, middleware, ratelimit
     from .providers import build_registry
+    from .serving.live import LiveTurns
 
     middleware.configure_logging(app.config["LOG_LEVEL"], app.config.get("LOGS_DIR"))
     middleware.init_app(app)
@@ -57,4 +60,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     account_store.init_app(app)  # the Qwen accounts registry, before the providers use it
     accounts_cli.init_app(app)
     app.extensions["providers"] = build_registry(app)
+    app.extensions["live_turns"] = LiveTurns()  # ended in-band before a shutdown deadline
     return app

@@ -32,11 +32,15 @@ DEFAULTS: dict[str, Any] = {
     "AUTO_MIGRATE": True,
     "WEB_WORKERS": 0,  # 0: from the number of CPUs
     "GRACEFUL_TIMEOUT": 60,
-    "MAX_CONTENT_LENGTH_MB": 150,
+    "MAX_REQUEST_MB": 32,  # largest request body (a JSON body is held in memory while it is read)
+    "MAX_CONTENT_LENGTH_MB": None,  # the old name of MAX_REQUEST_MB, used when that is not set
     "WORKER_CONNECTIONS": 4000,  # gunicorn: connections (open streams included) one gevent worker holds
     "KEEPALIVE": 10,  # seconds an idle keep-alive connection stays open (sent as Keep-Alive: timeout=N)
     # operations (docs/OPERATIONS.md)
-    "CORS_ORIGINS": "*",  # browser origins allowed to call the API: "*", a comma-separated list, or "" for none
+    # browser origins allowed to call the API: "*", a comma-separated list, or "" for none;
+    # unset: "*" when API keys are configured, none without keys
+    "CORS_ORIGINS": None,
+    "STATUS_PAGE_PUBLIC": False,  # the status page at / without a key even when keys are configured
     "RATE_LIMIT_PER_MINUTE": 0,  # requests per API key (per client address without keys) a minute; 0 = off
     "REQUEST_LOG_KEEP": 1000,  # recent requests kept in the database for the status page
     "PROMETHEUS_MULTIPROC_DIR": None,  # set by gunicorn.conf.py: /metrics then adds up every worker
@@ -186,13 +190,18 @@ def load_config(
         env_file = environ.get("QWENPROXY_ENV_FILE", ".env")
     config: dict[str, Any] = dict(DEFAULTS)
     file_values = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
+    explicit: set[str] = set()  # keys set anywhere but in DEFAULTS
     # an empty env_file ("") means: read no .env at all
     for source in (file_values, environ):
         for key, value in source.items():
             if key in DEFAULTS and value is not None:
                 config[key] = _coerce(key, value)
+                explicit.add(key)
     for key, value in (overrides or {}).items():
         config[key] = _coerce(key, value)
+        explicit.add(key)
+    if config.get("MAX_CONTENT_LENGTH_MB") is not None and "MAX_REQUEST_MB" not in explicit:
+        config["MAX_REQUEST_MB"] = _coerce("MAX_REQUEST_MB", str(config["MAX_CONTENT_LENGTH_MB"]))
     # the seed's alias for SKIP_ACCOUNT_MENU
     if config.get("NON_INTERACTIVE"):
         config["SKIP_ACCOUNT_MENU"] = True

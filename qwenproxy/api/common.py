@@ -14,10 +14,13 @@ from ..wire.openai import ChatCompletionRequest, parse_request
 
 
 def json_body() -> dict[str, Any]:
-    """The request's JSON object; anything else is a 400, never a 500."""
+    """The request's JSON object; anything else is a 4xx, never a 500 (checks: api/body.py)."""
+    from .body import check_unicode, require_json_type
+
     raw = request.get_data(cache=True)
     if not raw.strip():
         raise BadRequest("Request body must be a JSON object (Тело запроса пустое)")
+    require_json_type()
     try:
         data = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -28,6 +31,7 @@ def json_body() -> dict[str, Any]:
         raise BadRequest("Invalid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("Request body must be a JSON object")
+    check_unicode(raw, data)
     return data
 
 

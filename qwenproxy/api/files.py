@@ -14,6 +14,7 @@ from .. import db
 from ..db.models import UploadedFile
 from ..errors import BadRequest, NotFound, UpstreamUnavailable
 from ..uploads.context import CONTEXT_PURPOSE
+from ..uploads.multipart import PartCounter
 from ..uploads.spool import Spool
 from ..uploads.uploader import Uploader, file_object
 from ..uploads.validation import FileTooLarge
@@ -23,6 +24,8 @@ from .common import json_body
 bp = Blueprint("files", __name__)
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and small fields around the file
+MAX_PARTS = 50  # the file and a few fields; more is refused as too_many_parts
+MAX_FIELD_BYTES = 1024 * 1024  # a text field (purpose, ...) held in memory
 
 
 def uploader() -> Uploader:
@@ -58,14 +61,20 @@ def parse_multipart(up: Uploader, spool: Spool) -> tuple[MultiDict, MultiDict]:
     (each one bounded by ``MAX_UPLOAD_MB`` there, the whole body by ``MAX_CONTENT_LENGTH``)."""
     parser = FormDataParser(
         stream_factory=spool.factory,
-        max_form_memory_size=1024 * 1024,
+        max_form_memory_size=MAX_FIELD_BYTES,
         max_content_length=current_app.config.get("MAX_CONTENT_LENGTH"),
         silent=False,
-        max_form_parts=50,
+        max_form_parts=MAX_PARTS + 1,  # PartCounter refuses first, with the right message
     )
+    boundary = request.mimetype_params.get("boundary", "").encode("latin-1", "replace")
+    stream = PartCounter(request.stream, boundary, MAX_PARTS) if boundary else request.stream
     try:
-        _, form, files = parser.parse(request.stream, request.mimetype, request.content_length, request.mimetype_params)
+        _, form, files = parser.parse(stream, request.mimetype, request.content_length, request.mimetype_params)
     except RequestEntityTooLarge:
+        if request.content_length is not None and request.content_length <= up.limit:
+            raise BadRequest(  # werkzeug's other "too large": a text field, not the file
+                f"A form field is larger than {MAX_FIELD_BYTES // 1024} KiB", code="field_too_large"
+            ) from None
         raise _too_large(up) from None
     except ValueError:
         raise BadRequest("Malformed multipart/form-data body", code="invalid_multipart") from None

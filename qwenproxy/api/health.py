@@ -6,6 +6,7 @@ counts requests and keeps the recent-request log.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -14,8 +15,11 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_te
 from .. import db
 from ..config import VERSION
 from ..ops import requestlog
+from ..ops.exposure import exposure_warning
 from ..ops.lifecycle import Health, health, workers_file
+from ..ops.logs import redact
 from ..ops.metrics import Metrics, read_workers_file, state_metrics
+from ..ops.middleware import keys_configured
 from .common import registry
 from .openapi import document
 
@@ -166,11 +170,19 @@ def status_page() -> Response:
         default_model=statuses.get("qwen", {}).get("defaultModel") or app.config.get("DEFAULT_MODEL"),
         recent=[_row(r) for r in recent],
         errors=[_row(r) for r in errors],
-        refresh=int(request.args.get("refresh", 10)) if request.args.get("refresh", "10").isdigit() else 10,
+        refresh=refresh_seconds(request.args.get("refresh")),
+        exposure=exposure_warning([str(app.config.get("HOST") or "")], keys_configured(app)),
     )
     response = Response(html, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def refresh_seconds(value: str | None, default: int = 10) -> int:
+    """``?refresh=N``: ASCII digits only (``"²".isdigit()`` is true too), at most an hour."""
+    if value is None or not re.fullmatch(r"[0-9]{1,6}", value):
+        return default
+    return min(int(value), 3600)
 
 
 def _state(usable: bool, status: dict[str, Any]) -> str:
@@ -203,9 +215,17 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {secs}s"
 
 
+SHOWN_MESSAGE_CHARS = 160
+
+
 def _row(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out["time"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.get("created") or 0))
+    if out.get("error_message"):  # error messages may echo a client's input: scrubbed and cut
+        message = redact(str(out["error_message"]))
+        if len(message) > SHOWN_MESSAGE_CHARS:
+            message = message[: SHOWN_MESSAGE_CHARS - 1] + "…"
+        out["error_message"] = message
     return out
 
 
@@ -233,6 +253,9 @@ def init_app(app: Flask) -> None:
         m: Metrics = app.extensions["metrics"]
         m.requests.labels(request.method, route, str(response.status_code)).inc()
         m.request_seconds.labels(route).observe(elapsed)
+        if g.get("rejected"):  # refused before any route: a count, never a row anyone could flood
+            m.rejected.labels(g.rejected).inc()
+            return response
         if request.method == "OPTIONS" or request.path == "/" or request.path.startswith(QUIET_PREFIXES):
             return response
         if g.get("request_log_deferred"):  # a stream: the stream loop records it when it ends

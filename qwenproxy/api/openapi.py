@@ -64,7 +64,7 @@ def _obj(*required: str, **properties: Any) -> dict[str, Any]:
 
 
 STRING = {"type": "string"}
-CHAT_ERRORS = (400, 401, 404, 405, 413, 429, 402, 409, 502, 503)
+CHAT_ERRORS = (400, 401, 404, 405, 413, 415, 429, 402, 409, 502, 503)  # 415: not application/json
 DUAL_ERRORS = (400, 401, 422, 429, 402, 409, 502, 503)
 CHAT_OK = {
     "description": "OK",
@@ -138,14 +138,14 @@ OPERATIONS: dict[str, Operation] = {
         body=seed.CreateChatRequest,
         body_required=False,
         ok=_ok(_obj("chatId", chatId=STRING, success={"type": "boolean"})),
-        errors=(400, 401, 413, 429, 503),
+        errors=(400, 401, 413, 415, 429, 503),
     ),
     "chats.get_chat": Operation("getChat", path=CHAT_ID, errors=(401, 404, 429)),
     "chats.delete_chat": Operation("deleteChat", path=CHAT_ID, errors=(401, 404, 429)),
     "chats.rename_chat": Operation(
-        "renameChat", body=seed.RenameChatRequest, path=CHAT_ID, errors=(400, 401, 404, 413, 429)
+        "renameChat", body=seed.RenameChatRequest, path=CHAT_ID, errors=(400, 401, 404, 413, 415, 429)
     ),
-    "chats.cleanup": Operation("cleanupChats", body=seed.CleanupRequest, errors=(400, 401, 413, 429)),
+    "chats.cleanup": Operation("cleanupChats", body=seed.CleanupRequest, errors=(400, 401, 413, 415, 429)),
     "files.upload": Operation(
         "uploadFile",
         "The seed's upload: a file to Qwen's storage",
@@ -157,7 +157,7 @@ OPERATIONS: dict[str, Operation] = {
         "stsToken",
         "The seed's STS token for a direct upload",
         body=seed.StsTokenRequest,
-        errors=(400, 401, 413, 429, 502, 503),
+        errors=(400, 401, 413, 415, 429, 502, 503),
     ),
     "files.list_files": Operation(
         "listFiles",
@@ -181,7 +181,7 @@ OPERATIONS: dict[str, Operation] = {
         "OpenAI image generation (Qwen t2i)",
         body=openai.ImageRequest,
         ok=_ok(_obj("data")),
-        errors=(400, 401, 413, 429, 502, 503),
+        errors=(400, 401, 413, 415, 429, 502, 503),
     ),
     "images.edits": Operation(
         "createImageEdit",

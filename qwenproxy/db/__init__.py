@@ -6,7 +6,7 @@ SQLite (WAL, foreign keys) by default; ``DATABASE_URL=postgresql://...`` works t
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, request
 
 from .connection import bind, database, keep_wal_open, make_database, session
 from .migrations import db_cli, migration_files, upgrade
@@ -32,6 +32,8 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def _connect() -> None:
+        if request.path == "/health/live":  # liveness never depends on the database
+            return
         database.connect(reuse_if_open=True)
 
     @app.teardown_request

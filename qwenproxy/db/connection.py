@@ -28,8 +28,13 @@ def make_database(url: str):
     if parsed.scheme.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else parsed.path
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            owner_only(path)
+            from ..private import private_dir, private_file, restrict
+
+            if not Path(path).parent.exists():
+                private_dir(Path(path).parent)
+            private_file(path)  # SQLite gives its -wal and -shm files the database's mode
+            for suffix in ("-wal", "-shm", "-journal"):
+                restrict(path + suffix)
             import sqlite3
 
             with contextlib.closing(sqlite3.connect(path, timeout=15)) as conn:

@@ -3,18 +3,22 @@
 One key per line, ``#`` comments and blank lines ignored; a missing or empty file disables
 auth. The file is re-read when it changes, so edits need no restart. When it is missing at
 start, it is created holding a commented template that explains all this (seed 000 §2); an
-existing file is never touched.
+existing file is never touched. With keys, the status page at ``/`` needs one too
+(``STATUS_PAGE_PUBLIC=true`` opens it); a browser may give it as the password of its login
+prompt (HTTP Basic). Refused requests are counted in the metrics and never written to the
+request log, so that nobody without a key can fill it.
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
 import logging
 import secrets
 import threading
 from pathlib import Path
 
-from flask import Flask, request
+from flask import Flask, g, request
 
 from ..errors import AuthenticationError
 
@@ -84,15 +88,18 @@ class ApiKeys:
                 self._stamp = stamp
             return list(self._keys)
 
-    def check(self, header: str | None) -> None:
+    def check(self, header: str | None, *, basic: bool = False) -> None:
+        """Raise ``AuthenticationError`` unless ``header`` carries a configured key (always
+        passes without keys). ``basic``: ``Basic base64(any-name:key)`` counts too, so that a
+        browser's own login prompt opens the status page."""
         keys = self.keys()
         if not keys:
             return
-        if not header or not header.startswith("Bearer "):
+        given = presented_key(header, basic=basic)
+        if given is None:
             raise AuthenticationError(
                 "Authorization required: send `Authorization: Bearer <key>` or `x-api-key` (Требуется авторизация)"
             )
-        given = header[len("Bearer ") :].strip().encode()
         match = False
         for key in keys:  # compare with every key: the time taken does not depend on which matched
             match |= hmac.compare_digest(given, key)
@@ -100,21 +107,52 @@ class ApiKeys:
             raise AuthenticationError("Invalid API key (Недействительный токен)")
 
 
+def presented_key(header: str | None, *, basic: bool = False) -> bytes | None:
+    """The key in an ``Authorization`` header; the scheme is case-insensitive (RFC 9110)."""
+    scheme, _, credentials = (header or "").strip().partition(" ")
+    credentials = credentials.strip()
+    if not credentials:
+        return None
+    if scheme.lower() == "bearer":
+        return credentials.encode()
+    if basic and scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2].encode() or None
+    return None
+
+
+STATUS_REALM = 'Basic realm="qwenproxy status page (password: an API key)", charset="UTF-8"'
+
+
 def init_app(app: Flask) -> None:
     if app.config.get("API_KEYS_FILE"):
         ensure_template(app.config["API_KEYS_FILE"])
     keys = ApiKeys(app.config["API_KEYS_FILE"])
     app.extensions["api_keys"] = keys
+    status_public = bool(app.config.get("STATUS_PAGE_PUBLIC"))
 
     @app.before_request
     def _require_key() -> None:
-        if request.method == "OPTIONS" or request.path == "/" or request.path.startswith(PUBLIC_PREFIXES):
+        if request.method == "OPTIONS" or request.path.startswith(PUBLIC_PREFIXES):
             return
-        keys.check(bearer())
+        status_page = request.path == "/"
+        if status_page and status_public:
+            return
+        try:
+            keys.check(bearer(), basic=status_page)
+        except AuthenticationError as exc:
+            g.rejected = "unauthenticated"  # counted in the metrics, not a row of the request log
+            if status_page:  # a browser then asks for the key itself
+                exc.headers["WWW-Authenticate"] = STATUS_REALM
+            raise
 
 
 def bearer() -> str | None:
-    """The client's key as ``Bearer <key>``: ``Authorization``, or Anthropic's ``x-api-key``."""
+    """The client's key as ``Authorization``: the header, or Anthropic's ``x-api-key`` as
+    ``Bearer <key>``."""
     header = request.headers.get("Authorization")
     if header:
         return header

@@ -12,6 +12,8 @@ import logging.handlers
 import re
 from pathlib import Path
 
+from ..private import open_private, private_dir
+
 FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 
 _SECRETS = [
@@ -66,11 +68,19 @@ class _DefaultRequestId(logging.Filter):
         return True
 
 
+class PrivateWatchedFileHandler(logging.handlers.WatchedFileHandler):
+    """``WatchedFileHandler`` whose file (also the one reopened after logrotate moved the
+    old one) is created 0600 whatever the umask."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        return open_private(self.baseFilename, self.mode, encoding=self.encoding)
+
+
 def file_handler(logs_dir: str | Path, name: str, fmt: str = FORMAT) -> logging.Handler:
-    """An appending handler on ``LOGS_DIR/name`` that logrotate may move (it reopens)."""
-    path = Path(logs_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.WatchedFileHandler(path / name, encoding="utf-8")
+    """An appending handler on ``LOGS_DIR/name`` (0600, in a 0700 folder) that logrotate may
+    move (it reopens)."""
+    path = private_dir(logs_dir)
+    handler = PrivateWatchedFileHandler(path / name, encoding="utf-8")
     handler.setFormatter(RedactingFormatter(fmt))
     handler.addFilter(_DefaultRequestId())
     return handler

@@ -91,6 +91,12 @@ class Metrics:
             ["provider", "code", "stage"],
             registry=r,
         )
+        self.rejected = Counter(
+            "qwenproxy_rejected_requests",
+            "Requests refused before reaching a route (no or a wrong key, rate limit, foreign origin)",
+            ["reason"],
+            registry=r,
+        )
         self.streams = Gauge(
             "qwenproxy_streams_in_progress", "Streams being relayed now", registry=r, multiprocess_mode="livesum"
         )

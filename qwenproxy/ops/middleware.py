@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Flask, g, has_request_context, request
 
+from ..errors import Forbidden
 from . import logs
 from .cors import Cors
 
@@ -72,6 +73,12 @@ def configure_logging(level: str, logs_dir: str | None = None) -> None:
     root.setLevel(level.upper())
 
 
+def keys_configured(app: Flask) -> bool:
+    """Whether client API keys are configured now (the keys file is re-read when it changes)."""
+    keys = app.extensions.get("api_keys")
+    return bool(keys is not None and keys.keys())
+
+
 def init_app(app: Flask) -> None:
     app.wsgi_app = PathNormalizer(app.wsgi_app)  # type: ignore[method-assign]
 
@@ -80,12 +87,20 @@ def init_app(app: Flask) -> None:
         given = request.headers.get("X-Request-Id", "")
         g.request_id = given if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", given) else uuid.uuid4().hex
 
-    cors = Cors(app.config.get("CORS_ORIGINS", "*"))
+    cors = Cors(app.config.get("CORS_ORIGINS"), lambda: keys_configured(app))
+    app.extensions["cors"] = cors
 
     @app.before_request
     def _preflight():  # type: ignore[no-untyped-def]
         if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
             return cors.preflight(request.headers)
+        if cors.foreign(request.headers.get("Origin"), request.host):
+            g.rejected = "cross_origin"
+            raise Forbidden(
+                "Requests from web pages of other origins are refused; name the origin in CORS_ORIGINS "
+                "to allow it (docs/OPERATIONS.md)",
+                code="cross_origin_forbidden",
+            )
         return None
 
     @app.after_request

@@ -12,13 +12,13 @@ import hashlib
 import time
 from collections.abc import Callable
 
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from peewee import CharField, IntegerField
 
 from .. import db
 from ..db.models import BaseModel
 from ..errors import RateLimited
-from .apikeys import bearer
+from .apikeys import bearer, presented_key
 
 EXEMPT_PREFIXES = ("/health", "/metrics", "/static")
 
@@ -61,9 +61,9 @@ class RateLimiter:
 
 
 def client_identity() -> str:
-    header = bearer() or ""
-    if header.startswith("Bearer ") and header[7:].strip():
-        return "key:" + header[7:].strip()
+    key = presented_key(bearer())
+    if key:
+        return "key:" + key.decode("utf-8", "replace")
     return "addr:" + (request.remote_addr or "-")
 
 
@@ -81,6 +81,7 @@ def init_app(app: Flask) -> None:
         count, reset_in = limiter.hit(client_identity())
         request.environ["qwenproxy.rate_limit"] = (max(0, per_minute - count), reset_in)
         if count > per_minute:
+            g.rejected = "rate_limited"
             raise RateLimited(
                 f"Rate limit reached: {per_minute} requests a minute for this key; retry in {reset_in} s",
                 retry_after=reset_in,

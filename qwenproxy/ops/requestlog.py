@@ -16,6 +16,7 @@ from peewee import CharField, DoubleField, IntegerField, TextField
 
 from .. import db
 from ..db.models import BaseModel
+from .logs import redact
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ class RequestLog(BaseModel):
 
 def record(keep: int = 1000, **fields: Any) -> None:
     """Add one row (never raises: the log must not fail a request)."""
-    if fields.get("error_message"):
-        fields["error_message"] = str(fields["error_message"])[:500]
+    if fields.get("error_message"):  # it may echo the client's input: no credential is kept
+        fields["error_message"] = redact(str(fields["error_message"]))[:500]
     if fields.get("route"):
         fields["route"] = str(fields["route"])[:200]
     try:

@@ -260,7 +260,7 @@ class SSEDecoder:
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer = ""
+        self._pending: list[str] = []  # text after the last line end (kept as pieces: linear)
         self._data: list[str] = []
         self.stray: list[str] = []
 
@@ -270,11 +270,15 @@ class SSEDecoder:
         return out
 
     def feed(self, chunk: bytes) -> list[str]:
-        self._buffer += self._decoder.decode(chunk)
+        text = self._decoder.decode(chunk)
+        ends_cr = bool(self._pending) and self._pending[-1].endswith("\r")
+        self._pending.append(text)
+        if "\n" not in text and "\r" not in text and not ends_cr:
+            return []  # still inside a line: a long event in many reads is not rescanned each time
         return self._drain(final=False)
 
     def close(self) -> list[str]:
-        self._buffer += self._decoder.decode(b"", final=True)
+        self._pending.append(self._decoder.decode(b"", final=True))
         out = self._drain(final=True)
         if self._data:
             out.append("\n".join(self._data))
@@ -284,7 +288,7 @@ class SSEDecoder:
     def _drain(self, final: bool) -> list[str]:
         out: list[str] = []
         pos = 0
-        buf = self._buffer
+        buf = "".join(self._pending)
         while True:
             match = _NEWLINE.search(buf, pos)
             if match is None:
@@ -297,7 +301,7 @@ class SSEDecoder:
         if final and rest:
             self._line(rest, out)
             rest = ""
-        self._buffer = rest
+        self._pending = [rest] if rest else []
         return out
 
     def _line(self, line: str, out: list[str]) -> None:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import requests
 from typing_extensions import override
 
-from ..errors import UpstreamError, UpstreamUnavailable
+from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..netutil import abort_response
 
 
@@ -117,6 +117,18 @@ def browser_headers(
     return headers
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """A read timeout: requests raises it as such before the body, and as a ConnectionError
+    wrapping urllib3's ReadTimeoutError while the body streams."""
+    from urllib3.exceptions import ReadTimeoutError
+
+    return isinstance(exc, requests.Timeout) or any(isinstance(a, ReadTimeoutError) for a in exc.args)
+
+
+def _timeout_error(seconds: float | None) -> UpstreamTimeout:
+    return UpstreamTimeout(f"Qwen sent nothing for {seconds:g} s (QWEN_READ_TIMEOUT)" if seconds else "Qwen timed out")
+
+
 def cookie_token(headers: Mapping[str, str]) -> str | None:
     """The ``token`` cookie (or a Bearer token) a header set carries, for the browser pool."""
     for key, value in headers.items():
@@ -140,17 +152,20 @@ def json_bytes(body: Any) -> bytes:
 
 
 class _RequestsResponse(UpstreamResponse):
-    def __init__(self, response: requests.Response) -> None:
+    def __init__(self, response: requests.Response, read_timeout: float | None = None) -> None:
         self._response = response
         self.status = response.status_code
         self.headers = response.headers
         self.served_by = "direct"
+        self._read_timeout = read_timeout
 
     def iter_bytes(self) -> Iterator[bytes]:
         try:
             # chunk_size=None: hand over each piece as soon as the socket yields it
             yield from self._response.iter_content(chunk_size=None)
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, AttributeError) as exc:
+            if _timed_out(exc):
+                raise _timeout_error(self._read_timeout) from exc
             raise UpstreamError(f"Qwen's answer broke off ({type(exc).__name__})", code="upstream_truncated") from exc
         finally:
             self._response.close()
@@ -205,11 +220,13 @@ class DirectTransport(Transport):
                 verify=settings["verify"],
                 cert=settings["cert"],
             )
+        except requests.ReadTimeout as exc:
+            raise _timeout_error(timeout or self._timeout[1]) from exc
         except requests.RequestException as exc:
             raise UpstreamUnavailable(
                 f"Cannot reach Qwen at {url.split('?', maxsplit=1)[0]}: {type(exc).__name__}"
             ) from exc
-        return _RequestsResponse(response)
+        return _RequestsResponse(response, timeout or self._timeout[1])
 
     def close(self) -> None:
         self._session.close()

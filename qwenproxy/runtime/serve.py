@@ -23,7 +23,10 @@ def main(app: Flask) -> None:
     from gevent.pywsgi import WSGIHandler, WSGIServer
 
     from ..accounts.menu import run_menu, should_show
+    from ..ops.exposure import banner, exposure_warning
     from ..ops.lifecycle import start_draining
+    from ..ops.middleware import keys_configured
+    from ..serving.live import end_before
     from .keepalive import header as keepalive_header
     from .supervisor import start_configured
 
@@ -55,6 +58,8 @@ def main(app: Flask) -> None:
     def _stop(*_: object) -> None:
         log.info("stopping: finishing running streams (up to %s s)", graceful)
         start_draining(app)
+        # what is still running shortly before the deadline is ended in-band and saved
+        end_before(app.extensions["live_turns"], graceful)
         server.close()  # serve_forever() then waits up to `graceful` for the handlers
 
     try:
@@ -63,6 +68,9 @@ def main(app: Flask) -> None:
         pass
     supervisor = start_configured(app.config)
     log.info("qwenproxy listening on http://%s:%s/api", host, port)
+    warning = exposure_warning([host], keys_configured(app))
+    if warning:
+        log.warning(banner(warning))
     try:
         server.serve_forever(stop_timeout=graceful)
     except KeyboardInterrupt:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,9 +88,29 @@ class Supervisor:
                     child.last_exit = proc.returncode
                     if time.time() - child.started_at < self.restart_delay:
                         continue  # crash loop guard: wait at least restart_delay between starts
-                    log.warning("worker %s exited with %s; restarting", child.spec.name, proc.returncode)
+                    log.warning("worker %s %s; restarting", child.spec.name, describe_exit(proc.returncode))
                     child.restarts += 1
                     self._spawn(child)
+
+    def reap(self) -> None:
+        """Collect the exit status of every child that ended, with a waitpid on its own pid.
+
+        Called by gunicorn's master before its own ``waitpid(-1)`` reaper (gunicorn.conf.py),
+        which would otherwise take the status of our children too: ``Popen`` then only sees
+        "no such child" and reports exit code 0 for a worker that was SIGKILLed. No lock:
+        the master must not wait for the watcher thread."""
+        for child in list(self._children.values()):
+            if child.process is not None:
+                child.process.poll()
+
+    def reap_first(self, reaper: Callable[[], None]) -> Callable[[], None]:
+        """``reaper`` (gunicorn's ``Arbiter.reap_workers``), after ``reap``."""
+
+        def reap_ours_first() -> None:
+            self.reap()
+            reaper()
+
+        return reap_ours_first
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
@@ -172,6 +192,19 @@ def start_configured(config: Mapping[str, Any]) -> Supervisor | None:
     supervisor.start()
     supervisor.write_status()
     return supervisor
+
+
+def describe_exit(returncode: int | None) -> str:
+    """``exited with 1`` or ``was killed by SIGKILL`` (Popen's negative return codes)."""
+    if returncode is None:
+        return "is running"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with {returncode}"
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -95,7 +95,7 @@ def chat_turn(
         chat_request.parent_id = plan.parent_id
         chat_request.account_id = plan.account_id
         chat_request.upstream_known = plan.known
-        turn.on_complete = history.recorder(messages, chat.id)
+        turn.on_complete = history.recorder(messages, chat.id, current_app.config.get("MAX_CONTENT_LENGTH"))
     # structured output: the content is the JSON alone, so reasoning stays in its own field
     reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT")) and RESPONSE_FORMAT not in options
     turn.begin(new_messages)

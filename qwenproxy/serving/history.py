@@ -155,10 +155,18 @@ def remember(
     )
 
 
-def recorder(messages: list[dict[str, Any]], chat_id: str) -> Callable[[Collected, dict[str, Any]], None]:
-    """A ``Turn.on_complete`` that remembers the point after the answer of this request."""
+def recorder(
+    messages: list[dict[str, Any]], chat_id: str, max_request_bytes: int | None = None
+) -> Callable[[Collected, dict[str, Any]], None]:
+    """A ``Turn.on_complete`` that remembers the point after the answer of this request.
+
+    An answer longer than ``max_request_bytes`` characters is not remembered: no request
+    within the body limit could send it back, and its fingerprint (a whole-text JSON dump)
+    would hold the GIL for as long as a huge answer takes."""
 
     def record(collected: Collected, info: dict[str, Any]) -> None:
+        if max_request_bytes and len(collected.text) > max_request_bytes:
+            return
         started = collected.started
         upstream_chat_id = (started.chat_id if started else None) or info.get("upstream_chat_id")
         response_id = started.response_id if started else None

@@ -50,7 +50,7 @@ def draw(
                 urls += collect(stream).images
             finally:
                 stream.close()
-        except BaseException as exc:
+        except Exception as exc:  # GreenletExit / SystemExit (the worker stopping) go on as they are
             raise as_api_error(exc) from exc
     if not urls:
         raise UpstreamError("The upstream answered without an image", code="upstream_no_image")

@@ -27,8 +27,11 @@ from ..ops.metrics import TurnStats
 from ..wire.openai import ChunkRenderer, Collected, completion_id
 from ..wire.render import Answer, OpenAIChunks, Renderer
 from .conversations import Turn
+from .live import LiveTurns, off_hub, yield_to_hub
 
 log = logging.getLogger(__name__)
+
+BIG_ANSWER = 256 * 1024  # characters: saving more than this could hold the hub for milliseconds
 
 Extras = Callable[[Collected, dict[str, Any]], dict[str, Any]]
 Shape = Callable[[Collected, dict[str, Any]], dict[str, Any]]
@@ -64,9 +67,13 @@ def _pump(stream: EventStream, out: queue.Queue[tuple[str, Any]]) -> None:
     try:
         for event in stream:
             out.put(("event", event))
+            yield_to_hub()  # a fast upstream must not hold the hub (serving/live.py)
         out.put(("end", None))
-    except BaseException as exc:  # handed to the consumer, which reports it in-band
+    except Exception as exc:  # handed to the consumer, which reports it in-band
         out.put(("error", exc))
+    except BaseException:  # GreenletExit, SystemExit: the worker is stopping; let it
+        out.put(("error", UpstreamError("The upstream read was interrupted")))
+        raise
 
 
 class _Run:
@@ -77,14 +84,32 @@ class _Run:
         self.stats = TurnStats(current_app.extensions.get("metrics"), turn.provider, model)
         self.first: list[Event] = []
         self.ended = False
+        self.events: EventStream | None = None
+        self.shutdown: ApiError | None = None  # set when shutdown ended this turn (live.py)
+        self._pending: queue.Queue[tuple[str, Any]] | None = None
+        self._live: LiveTurns | None = current_app.extensions.get("live_turns")
+        self._token = self._live.add(self._end) if self._live is not None else None
         try:
+            if self.shutdown is not None:  # a request that came after shutdown began
+                raise self.shutdown
             self.events = stream_factory()
             turn.info = self.events.info
             self._prime()
-        except BaseException as exc:
-            err = as_api_error(exc)
+        except Exception as exc:
+            err = self.shutdown or as_api_error(exc)
             g.request_log = self.finish("error", error=err, note=str(exc))
             raise err from exc
+        except BaseException:  # GreenletExit, SystemExit: no 502 for them, they go on
+            self.finish("error", note="interrupted")
+            raise
+
+    def _end(self, error: ApiError) -> None:
+        """Shutdown (``LiveTurns.end_all``): report ``error`` and stop the upstream call."""
+        self.shutdown = error
+        if self._pending is not None:
+            self._pending.put(("shutdown", error))  # wakes the SSE loop, ahead of the cut below
+        if self.events is not None:
+            self.events.cancel()
 
     def _prime(self) -> None:
         """Pull the first event (errors raise); note whether it already ended the answer."""
@@ -115,32 +140,52 @@ class _Run:
         """The end of every turn, however it ended: count it, save the answer, and return
         what the request log keeps. ``record`` writes that row at once, in the same
         database connection as the answer (a stream ends after its request did)."""
+        if self._live is not None and self._token is not None:
+            self._live.remove(self._token)
         if error is not None:
             self.stats.error(error.code, stage)
         self.stats.finish(status, *_usage(self.turn))
         fields = _log_fields(self.stats, self.turn, error)
         if record is None:
-            self.turn.close(status, error=note)
+            self.save(lambda: self.turn.close(status, error=note))
             return fields
-        try:
+
+        def save() -> None:
             with db.session():
                 self.turn.close(status, error=note)
                 record(fields)
+
+        try:
+            self.save(save)
         except Exception:
             log.exception("could not save the end of a stream")
         return fields
 
+    def save(self, save: Callable[[], None]) -> None:
+        """A big answer is written from a native thread: the worker's other requests go on."""
+        collected = self.turn.collected
+        if len(collected.text) + len(collected.reasoning) > BIG_ANSWER:
+            off_hub(save)
+        else:
+            save()
+
     def collect(self) -> None:
         """The JSON path: read the rest of the answer; a failure is still an HTTP error."""
+        assert self.events is not None
+        outcome = lambda: "partial" if self.turn.collected.text else "error"  # noqa: E731
         try:
             if not self.ended:
                 for event in self.events:
                     self.observe(event)
-        except BaseException as exc:
-            outcome = "partial" if self.turn.collected.text else "error"
-            err = as_api_error(exc)
-            g.request_log = self.finish(outcome, error=err, note=str(exc))
+                    yield_to_hub()
+        except Exception as exc:
+            err = self.shutdown or as_api_error(exc)
+            g.request_log = self.finish(outcome(), error=err, note=str(exc))
             raise err from exc
+        except BaseException:  # the worker is being stopped: save what there is, let it go on
+            self.events.cancel()
+            self.finish(outcome(), note="interrupted")
+            raise
         g.request_log = self.finish("complete")
 
     def relay(self, renderer: Renderer, ping_interval: float) -> Iterator[str]:
@@ -151,10 +196,13 @@ class _Run:
         if self.ended:
             return
         pending: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._pending = pending
         # the pump runs in this request's context, so its log lines carry the request id
         context = contextvars.copy_context()
         threading.Thread(target=context.run, args=(_pump, self.events, pending), daemon=True, name="upstream").start()
         while True:
+            if self.shutdown is not None:
+                raise _InBand(self.shutdown)
             try:
                 kind, value = pending.get(timeout=ping_interval)
             except queue.Empty:
@@ -162,10 +210,11 @@ class _Run:
                 continue
             if kind == "end":
                 return
-            if kind == "error":
-                raise _InBand(as_api_error(value))
+            if kind in ("error", "shutdown"):
+                raise _InBand(self.shutdown or as_api_error(value))
             self.observe(value)
             yield from renderer.render(value)
+            yield_to_hub()  # between two chunks, the other requests of this worker run
 
 
 class _InBand(Exception):
@@ -246,7 +295,7 @@ def _sse_answer(run: _Run, headers: dict[str, str], renderer: Renderer, ping_int
                 status = "complete"
                 # saved before the end: a client may send its next turn the moment it reads it,
                 # and that request must find this answer (serving/history.py's point)
-                turn.close(status)
+                run.save(lambda: turn.close(status))
             yield from renderer.close()
         finally:
             if status != "complete":

@@ -9,6 +9,7 @@ import secrets
 from pathlib import Path
 from typing import IO, Any
 
+from ..private import private_dir
 from .validation import FileTooLarge
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class Spool:
         filename: str | None,  # noqa: ARG002
         content_length: int | None = None,  # noqa: ARG002
     ) -> _CappedFile:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         path = self.directory / f"upload-{secrets.token_hex(16)}.part"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
         capped = _CappedFile(path, os.fdopen(fd, "w+b"), self.limit)

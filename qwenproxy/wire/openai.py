@@ -87,32 +87,57 @@ def url_citations(annotations: list[Annotation], text: str) -> list[dict[str, An
     return out
 
 
+def joined(parts: list[str]) -> str:
+    """The text of ``parts``, joined once and kept joined: appending to a list and joining
+    when read is linear, where ``str +=`` on an attribute copies the whole text every time
+    (a long answer in many small deltas took seconds and held the gevent hub meanwhile)."""
+    if len(parts) > 1:
+        parts[:] = ["".join(parts)]
+    return parts[0] if parts else ""
+
+
 @dataclass
 class Collected:
     """Everything a finished (or interrupted) answer produced."""
 
     started: ResponseStarted | None = None
-    text: str = ""
-    reasoning: str = ""
     usage: Usage | None = None
     finish_reason: str | None = None
-    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     annotations: list[Annotation] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
+    _text: list[str] = field(default_factory=list, repr=False)
+    _reasoning: list[str] = field(default_factory=list, repr=False)
+    _calls: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _arguments: dict[int, list[str]] = field(default_factory=dict, repr=False)
+
+    @property
+    def text(self) -> str:
+        return joined(self._text)
+
+    @property
+    def reasoning(self) -> str:
+        return joined(self._reasoning)
+
+    @property
+    def tool_calls(self) -> dict[int, dict[str, Any]]:
+        """OpenAI tool calls by index, their ``arguments`` joined."""
+        for index, call in self._calls.items():
+            call["function"]["arguments"] = joined(self._arguments[index])
+        return self._calls
 
     def add(self, event: Event) -> None:
         if isinstance(event, ResponseStarted):
             self.started = event
         elif isinstance(event, TextDelta):
-            self.text += event.text
+            self._text.append(event.text)
         elif isinstance(event, ReasoningDelta):
-            self.reasoning += event.text
+            self._reasoning.append(event.text)
         elif isinstance(event, Usage):
             self.usage = event
         elif isinstance(event, Finished):
             self.finish_reason = event.reason
         elif isinstance(event, ToolCallDelta):
-            call = self.tool_calls.setdefault(
+            call = self._calls.setdefault(
                 event.index,
                 {"id": event.id, "type": "function", "function": {"name": event.name or "", "arguments": ""}},
             )
@@ -120,7 +145,7 @@ class Collected:
                 call["id"] = event.id
             if event.name:
                 call["function"]["name"] = event.name
-            call["function"]["arguments"] += event.arguments
+            self._arguments.setdefault(event.index, []).append(event.arguments)
         elif isinstance(event, Annotation):
             self.annotations.append(event)
         elif isinstance(event, ImageResult):
@@ -204,7 +229,7 @@ class ChunkRenderer:
         self.reasoning_in_content = reasoning_in_content
         self._thinking = False  # inside an open <think> of reasoning_in_content
         self._annotations: list[Annotation] = []
-        self._text = ""  # content sent so far: where the citation marks are
+        self._text: list[str] = []  # content sent so far: where the citation marks are
         self.id = id
         self.model = model
         self.created = int(created or time.time())
@@ -234,7 +259,7 @@ class ChunkRenderer:
         if self._thinking:
             self._thinking = False
             text = THINK_CLOSE + text
-        self._text += text
+        self._text.append(text)
         return self.chunk({"content": text})
 
     def render(self, event: Event) -> list[dict[str, Any]]:
@@ -247,7 +272,7 @@ class ChunkRenderer:
                 return [self.chunk({"reasoning_content": event.text})]
             text = event.text if self._thinking else THINK_OPEN + event.text
             self._thinking = True
-            self._text += text
+            self._text.append(text)
             return [self.chunk({"content": text})]
         if self._thinking and isinstance(event, (ToolCallDelta, Finished)):
             return [self._content(""), *self.render(event)]
@@ -275,7 +300,7 @@ class ChunkRenderer:
         out = [self._content("")] if self._thinking else []
         delta: dict[str, Any] = {}
         if self._annotations:
-            delta["annotations"] = url_citations(self._annotations, self._text)
+            delta["annotations"] = url_citations(self._annotations, joined(self._text))
         out.append(self.chunk(delta, finish_reason=reason))
         if self.include_usage:
             final = {

@@ -58,7 +58,9 @@ def test_status_page_renders_in_headless_chromium(live_server, tmp_path) -> None
         live_server.url + "/api/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=10
     )
     assert ok.status_code == 200
-    assert requests.post(live_server.url + "/api/chat/completions", data=b"{", timeout=10).status_code == 400
+    broken = {"Content-Type": "application/json"}
+    bad = requests.post(live_server.url + "/api/chat/completions", data=b"{", headers=broken, timeout=10)
+    assert bad.status_code == 400
     shot = tmp_path / "status.png"
     found = asyncio.run(asyncio.wait_for(_visit(live_server.url + "/", shot), timeout=60))
     assert found["status"] == 200

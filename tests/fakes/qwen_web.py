@@ -343,6 +343,7 @@ document.getElementById("signin").addEventListener("submit", async (event) => {
 SYSTEM_PROMPT_TOKENS = 24  # §4.7: input_tokens includes Qwen's hidden system prompt
 _TOKEN_RE = re.compile(r"\s*(?:\w+|[^\w\s]+)|\s+")
 _WORDS_RE = re.compile(r"words:(\d+)")
+LIVE_TEXT_LIMIT = 256 * 1024  # a message's text is kept exact after every delta up to this size
 _MODEL_USER_ID = "8a5f6b3e-9f0b-4c1e-8a51-2f7c9d0e1b23"
 _MODEL_CREATED_AT = 1732711466
 
@@ -474,7 +475,16 @@ class _Turn:
     reasoning_tokens: int = 0
     outcome: str | None = None
     generation_done: bool = False
-    texts: dict[str, str] = field(default_factory=dict)
+    pieces: dict[str, list[str]] = field(default_factory=dict)  # phase -> text so far, in pieces
+    sizes: dict[str, int] = field(default_factory=dict)  # phase -> characters so far
+
+    def text(self, phase: str) -> str:
+        """The phase's text so far (pieces joined once: a huge answer stays linear)."""
+        parts = self.pieces.get(phase) or []
+        if len(parts) > 1:
+            parts[:] = ["".join(parts)]
+        return parts[0] if parts else ""
+
     chat_type: str = "t2t"
     stop_requested: bool = False  # the stop endpoint was called while generating
     abandoned: bool = False  # the client left; the site keeps generating (abandon_keeps_generating)
@@ -1210,6 +1220,8 @@ class FakeQwen(Site2026Mixin):
             chat = self._owned_chat(chat_id, auth[1]["id"])
             if chat is None:
                 return self._fail("Not_Found", CHAT_NOT_FOUND)
+            for m in chat["messages"]:
+                self._sync_text(m)
             messages = [dict(m) for m in chat["messages"]]
             snapshot = {k: v for k, v in chat.items() if k != "messages"}
         history: dict[str, dict[str, Any]] = {}
@@ -1777,6 +1789,14 @@ class FakeQwen(Site2026Mixin):
             return None
         return next((m for m in chat["messages"] if m["id"] == message_id), None)
 
+    @staticmethod
+    def _sync_text(msg: dict[str, Any], done: bool = False) -> None:
+        """Bring a big answer's message up to date from its turn (see ``_add_text``)."""
+        turn = msg.pop("_live", None) if done else msg.get("_live")
+        if turn is not None:
+            for phase in turn.pieces:
+                msg["content" if phase == "answer" else "reasoning"] = turn.text(phase)
+
     def _assistant_message(self, turn: _Turn) -> dict[str, Any] | None:
         return self._message(turn.chat_id, turn.response_id)
 
@@ -1785,10 +1805,15 @@ class FakeQwen(Site2026Mixin):
             turn.output_tokens += 1
             if phase == "think":
                 turn.reasoning_tokens += 1
-            turn.texts[phase] = turn.texts.get(phase, "") + piece
+            turn.pieces.setdefault(phase, []).append(piece)
+            turn.sizes[phase] = turn.sizes.get(phase, 0) + len(piece)
             msg = self._assistant_message(turn)
-            if msg is not None:
-                msg["content" if phase == "answer" else "reasoning"] = turn.texts[phase]
+            if msg is None:
+                return
+            if turn.sizes[phase] <= LIVE_TEXT_LIMIT:
+                msg["content" if phase == "answer" else "reasoning"] = turn.text(phase)
+            else:  # a huge answer: joined when the chat is read and when generation ends (linear)
+                msg["_live"] = turn
 
     def _add_raw(self, turn: _Turn, phase: str, delta: dict[str, Any]) -> None:
         """A prebuilt delta (summary, search, image) counts as one output token."""
@@ -1797,7 +1822,7 @@ class FakeQwen(Site2026Mixin):
             if phase == "thinking_summary":
                 turn.reasoning_tokens += 1
             if phase == "image_gen":
-                turn.texts["answer"] = delta["content"]
+                turn.pieces["answer"] = [delta["content"]]
                 msg = self._assistant_message(turn)
                 if msg is not None:
                     msg["content"] = delta["content"]
@@ -1815,6 +1840,7 @@ class FakeQwen(Site2026Mixin):
             for rid in (turn.response_id, turn.alt_response_id):
                 msg = self._message(turn.chat_id, rid)
                 if msg is not None:
+                    self._sync_text(msg, done=True)
                     msg["status"] = status
 
     def _end_turn(self, turn: _Turn, outcome: str) -> None:
@@ -2008,7 +2034,7 @@ class FakeQwen(Site2026Mixin):
                     delta = token
                 else:
                     self._add_text(turn, phase, token)
-                    content = token if turn.incremental else turn.texts[phase]
+                    content = token if turn.incremental else turn.text(phase)
                     delta = {"role": "assistant", "content": content, "phase": phase, "status": "typing"}
                 yield self._delta(turn, delta)
                 sent += 1
@@ -2117,7 +2143,7 @@ class FakeQwen(Site2026Mixin):
                 self.stream_error_payload.get("code", "Internal_Server_Error"),
                 self.stream_error_payload.get("details", "Internal error occurred"),
             )
-        answer = turn.texts.get("answer", "")
+        answer = turn.text("answer")
         envelope = _compact(
             {
                 "success": True,

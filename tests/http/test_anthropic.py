@@ -202,7 +202,8 @@ def test_bad_requests_are_anthropic_400s(claude, server) -> None:
         "error": {"type": "invalid_request_error", "message": info.value.body["error"]["message"]},
     }
     assert info.value.body["error"]["message"].startswith("max_tokens")
-    r = requests.post(server.url + "/v1/messages?beta=true", data="{nope", timeout=10)
+    json_type = {"Content-Type": "application/json"}  # malformed JSON, not a wrong media type (415)
+    r = requests.post(server.url + "/v1/messages?beta=true", data="{nope", headers=json_type, timeout=10)
     assert r.status_code == 400 and r.json()["type"] == "error" and r.json()["error"]["type"] == "invalid_request_error"
     with pytest.raises(anthropic.BadRequestError, match="server tool"):
         claude.messages.create(

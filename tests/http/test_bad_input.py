@@ -50,7 +50,7 @@ def api(tmp_path: Path, fake_qwen) -> Iterator:
                 GIGACHAT_AUTH_URL=giga.auth_url,
                 GIGACHAT_VERIFY_SSL_CERTS=False,
                 GIGACHAT_TIMEOUT=5.0,
-                MAX_CONTENT_LENGTH_MB=1,
+                MAX_REQUEST_MB=1,
             )
         )
         yield app
@@ -193,7 +193,7 @@ CORPUS: list[tuple[str, str, dict]] = [
     ("GET", "/gigachat", {"query_string": {"query": "q", "session_id": "s", "stream": "maybe"}}),
     ("GET", "/qwen", {"query_string": {"query": "q", "session_id": "s", "max_tokens": "many"}}),
     ("GET", "/history", {"query_string": {"session_id": "s", "bot": "other"}}),
-    # huge bodies (MAX_CONTENT_LENGTH_MB=1 here)
+    # huge bodies (MAX_REQUEST_MB=1 here)
     ("POST", COMPLETIONS, {"data": b'{"messages": [{"role": "user", "content": "' + b"x" * 2_000_000 + b'"}]}'}),
     ("POST", "/api/chats/cleanup", {"data": b" " * 1_100_000 + b"{}"}),
     # invalid UTF-8
@@ -237,6 +237,8 @@ CORPUS: list[tuple[str, str, dict]] = [
 def test_corpus_gets_a_4xx_in_openai_shape(api, method, path, kwargs) -> None:
     kwargs = dict(kwargs)
     lowest = 200 if kwargs.pop("may_succeed", False) else 400
+    if "data" in kwargs and "content_type" not in kwargs:  # malformed JSON, not a wrong media type
+        kwargs["content_type"] = "application/json"
     response = api.test_client().open(path, method=method, **kwargs)
     assert lowest <= response.status_code < 500, (response.status_code, response.data[:300])
     check_answer(method, path, response.status_code, response.content_type or "", response.data)

@@ -119,7 +119,7 @@ def test_in_stream_errors_are_counted_and_logged(client, fake_qwen) -> None:
 
 def test_status_page_shows_accounts_models_requests_and_errors(client, fake_qwen) -> None:
     client.post("/api/chat/completions", json=CHAT)
-    client.post("/api/chat/completions", data=b"{broken")
+    client.post("/api/chat/completions", data=b"{broken", content_type="application/json")
     page = client.get("/")
     assert page.status_code == 200 and page.content_type.startswith("text/html")
     html = page.get_data(as_text=True)
@@ -142,8 +142,12 @@ def test_openapi_document_is_served_and_lists_the_routes(client, app) -> None:
 # --- CORS -------------------------------------------------------------------------------
 
 
-def test_cors_any_origin_by_default_and_preflight(client) -> None:
-    r = client.get("/api/models", headers={"Origin": "https://app.example"})
+def test_cors_any_origin_by_default_with_keys_and_preflight(tmp_path, fake_qwen) -> None:
+    key = issued("sk-cors-default-key")
+    (tmp_path / "Authorization.txt").write_text(key + "\n", encoding="utf-8")
+    _, client = _make(tmp_path, fake_qwen)
+    auth = {"Authorization": f"Bearer {key}"}
+    r = client.get("/api/models", headers={"Origin": "https://app.example", **auth})
     assert r.headers["Access-Control-Allow-Origin"] == "*"
     assert "X-Request-Id" in r.headers["Access-Control-Expose-Headers"]
     pre = client.options(

@@ -38,13 +38,14 @@ def _gunicorn_settings(tmp_path, **env: str) -> dict[str, str]:
 def test_gunicorn_conf_as_gunicorn_reads_it(tmp_path) -> None:
     s = _gunicorn_settings(tmp_path, HOST="127.0.0.1", PORT="4321", GRACEFUL_TIMEOUT="90", WEB_WORKERS="3")
     assert s["bind"] == "['127.0.0.1:4321']"
-    assert s["worker_class"] == "gevent" and s["workers"] == "3"
+    assert s["worker_class"] == "qwenproxy.runtime.gworker.GatewayWorker" and s["workers"] == "3"
+    assert s["limit_request_line"] == "8190" and int(s["limit_request_field_size"]) > 8190
     assert s["graceful_timeout"] == "90" and s["control_socket_disable"] == "True"
     assert s["preload_app"] == "False" and s["accesslog"] == "-"
     assert "x-request-id" in s["access_log_format"]
     tree = ast.parse((ROOT / "gunicorn.conf.py").read_text())
     hooks = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
-    assert {"on_starting", "when_ready", "post_worker_init", "child_exit", "on_exit"} <= hooks
+    assert {"on_starting", "when_ready", "child_exit", "on_exit"} <= hooks
     default = _gunicorn_settings(tmp_path)
     assert default["bind"] == "['0.0.0.0:3264']" and 2 <= int(default["workers"]) <= 8
 
@@ -76,7 +77,9 @@ def test_dockerfile_and_scripts() -> None:
     assert "xvfb" in dockerfile and "xvfb" in (ROOT / "scripts" / "setup.sh").read_text()
     assert "EXPOSE 3264" in dockerfile and "HEALTHCHECK" in dockerfile
     assert 'CMD ["sh", "scripts/boot.sh"]' in dockerfile
+    assert "useradd" in dockerfile and "QWENPROXY_USER=qwenproxy" in dockerfile and "chmod 700" in dockerfile
     boot = (ROOT / "scripts" / "boot.sh").read_text()
+    assert "setpriv --reuid=" in boot and boot.index("setpriv") < boot.index("db upgrade")
     assert "db upgrade" in boot and "exec" in boot and "gunicorn -c gunicorn.conf.py app:app" in boot
     subprocess.run(["sh", "-n", str(ROOT / "scripts" / "boot.sh")], check=True)
     bat = (ROOT / "start.bat").read_bytes()

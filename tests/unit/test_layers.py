@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-CORE = {"config", "errors", "events", "content", "jwt", "db", "netutil"}
+CORE = {"config", "errors", "events", "content", "jwt", "db", "netutil", "private"}
 LAYERS: list[set[str]] = [
     CORE,
     {"qwen", "wire", "ops"},
