@@ -292,14 +292,17 @@ class QwenWebProvider(Provider):
                 account_id=account.id, upstream_chat_id=chat_id, transport=response.served_by or "direct"
             )
             current["response"] = response
+            done = False
             try:
                 for event in events:
                     if isinstance(event, ResponseStarted) and not event.chat_id:
                         event = ResponseStarted(chat_id, event.parent_id, event.response_id)
                     yield event
+                done = True
                 self.pool.mark_success(account.id)
             finally:
-                response.close()
+                # read to ``finished``: the connection may serve the next turn; else abort it
+                response.release() if done else response.close()
                 self.pool.release(account.id)
             return
         raise last_error or UpstreamError("No Qwen account could serve the request")

@@ -13,10 +13,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-
 from ..errors import UpstreamError, UpstreamUnavailable
 from ..netutil import abort_response
+from .http import BrokenBody, HTTPClient, PooledResponse, Unreachable
 
 
 class UpstreamResponse(ABC):
@@ -36,6 +35,11 @@ class UpstreamResponse(ABC):
     @abstractmethod
     def close(self) -> None:
         """Abort the request; safe to call from another thread, and more than once."""
+
+    def release(self) -> None:
+        """The reader is done (e.g. the stream's ``finished`` event came): keep the connection
+        for the next request if the rest of the body follows at once, else close it."""
+        self.close()
 
     def header(self, name: str) -> str:
         name = name.lower()
@@ -107,20 +111,20 @@ def browser_headers(
 
 
 class _RequestsResponse(UpstreamResponse):
-    def __init__(self, response: requests.Response) -> None:
+    def __init__(self, response: Any) -> None:
         self._response = response
         self.status = response.status_code
         self.headers = response.headers
         self.served_by = "direct"
 
     def iter_bytes(self) -> Iterator[bytes]:
+        import requests
+
         try:
             # chunk_size=None: hand over each piece as soon as the socket yields it
             yield from self._response.iter_content(chunk_size=None)
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, AttributeError) as exc:
-            raise UpstreamError(
-                f"Qwen's answer broke off ({type(exc).__name__})", code="upstream_truncated"
-            ) from exc
+            raise UpstreamError(f"Qwen's answer broke off ({type(exc).__name__})", code="upstream_truncated") from exc
         finally:
             self._response.close()
 
@@ -128,12 +132,89 @@ class _RequestsResponse(UpstreamResponse):
         abort_response(self._response)
 
 
+class _PooledUpstreamResponse(UpstreamResponse):
+    """``http.PooledResponse`` behind the transport interface."""
+
+    served_by = "direct"
+
+    def __init__(self, response: PooledResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers = response.headers
+
+    def header(self, name: str) -> str:
+        return self._response.header(name)
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        try:
+            yield from self._response.iter_bytes()
+        except BrokenBody as exc:
+            raise UpstreamError(f"Qwen's answer broke off ({exc})", code="upstream_truncated") from exc
+
+    def release(self) -> None:
+        self._response.release()
+
+    def close(self) -> None:
+        # a body read to its end has already gone back to the pool: then this does nothing
+        self._response.abort()
+
+
 class DirectTransport(Transport):
-    """Plain HTTPS with the browser's headers; gevent makes ``requests`` cooperative."""
+    """Plain HTTPS with the browser's headers on kept-alive connections (``qwen.http``).
+
+    A proxy that ``qwen.http`` cannot speak (SOCKS, an https:// proxy) falls back to
+    ``requests`` for that origin. Sockets are gevent-cooperative in the web workers.
+    """
 
     name = "direct"
 
     def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+        self._timeout = (connect_timeout, read_timeout)
+        self.http = HTTPClient(connect_timeout, read_timeout)
+        self._fallback: RequestsTransport | None = None
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        json_body: Any = None,
+        stream: bool = False,
+        account_id: str | None = None,
+        timeout: float | None = None,
+    ) -> UpstreamResponse:
+        pool = self.http.pool(url)
+        if not pool.route.supported:
+            if self._fallback is None:
+                self._fallback = RequestsTransport(*self._timeout)
+            return self._fallback.request(
+                method, url, headers=headers, json_body=json_body, stream=stream, timeout=timeout
+            )
+        try:
+            response = self.http.request(method, url, headers=headers, json_body=json_body, timeout=timeout)
+        except Unreachable as exc:
+            raise UpstreamUnavailable(f"Cannot reach Qwen at {url.split('?')[0]}: {exc}") from exc
+        return _PooledUpstreamResponse(response)
+
+    def connections_opened(self) -> int:
+        """Upstream TCP connections opened so far (keep-alive makes this small)."""
+        return self.http.opened()
+
+    def close(self) -> None:
+        self.http.close()
+        if self._fallback is not None:
+            self._fallback.close()
+
+
+class RequestsTransport(Transport):
+    """The same over ``requests``: for proxies ``qwen.http`` does not speak."""
+
+    name = "direct"
+
+    def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+        import requests
+
         self._session = requests.Session()
         self._timeout = (connect_timeout, read_timeout)
         # requests reads proxies, the CA bundle and ~/.netrc from the environment on every
@@ -160,6 +241,8 @@ class DirectTransport(Transport):
         account_id: str | None = None,
         timeout: float | None = None,
     ) -> UpstreamResponse:
+        import requests
+
         try:
             settings = self._settings(url)
             response = self._session.request(
