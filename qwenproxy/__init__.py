@@ -26,6 +26,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Path(app.config["SESSION_DIR"]).mkdir(parents=True, exist_ok=True)
 
     from . import db
+    from .accounts import cli as accounts_cli
     from .accounts import store as account_store
     from .api import chat, chats, dual_chat, errors, files, health, images, openai, status
     from .ops import apikeys, middleware, ratelimit
@@ -51,5 +52,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.register_blueprint(module.bp)
 
     account_store.init_app(app)  # the Qwen accounts registry, before the providers use it
+    accounts_cli.init_app(app)
     app.extensions["providers"] = build_registry(app)
     return app

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-from flask import current_app
+from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from ..errors import ApiError, Unauthorized
-from ..jwt import jwt_expiry
-from .credentials import account_dir, save_credentials
+from ..jwt import jwt_expiry, jwt_user_id
+from .credentials import account_dir, load_credentials, save_credentials
 from .pool import MARKS, OK, WAIT, mask
-from .store import DatabasePool, check_account, iso, jwt_user_id, new_account_id, signin_client, state_of
+from .store import DatabasePool, check_account, iso, new_account_id, signin_client, state_of
 
 LABELS = {"OK": "OK", "WAIT": "WAIT", "INVALID": "INVALID", "ERROR": "ERROR"}
 
@@ -66,6 +66,11 @@ def render_table(statuses: list[dict[str, Any]]) -> str:
 
 
 accounts_cli = AppGroup("accounts", help="Qwen web accounts: list, add, relogin, remove, import, check.")
+
+
+def init_app(app: Flask) -> None:
+    """Register ``flask accounts`` (the pool itself is ``store.init_app``'s)."""
+    app.cli.add_command(accounts_cli)
 
 
 @accounts_cli.command("list", help="Show every account with its state (✅ OK, ⏳ WAIT, ❌ INVALID).")
@@ -268,7 +273,6 @@ def relogin_command(
     autofill_email: str | None,
     autofill_password: str | None,
 ) -> None:
-    from .credentials import load_credentials
 
     pool = _pool()
     session_dir = _session_dir()

@@ -1,21 +1,18 @@
 """Qwen web accounts: who a request is sent as.
 
 The provider only sees the ``AccountPool`` interface: acquire an account for the whole life
-of a request, report what upstream said about it. ``TokenPool`` serves the quick start
-(one ``QWEN_TOKEN``); the accounts registry replaces it with the database-backed pool.
+of a request, report what upstream said about it (``accounts/store.py`` keeps them in the
+database). ``Rotation`` is the one loop that moves on to another account on quota or expiry.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import RateLimited, UpstreamUnavailable
-from ..jwt import jwt_expiry
+from ..errors import ApiError, RateLimited, Unauthorized, UpstreamError
 
 OK, WAIT, INVALID = "OK", "WAIT", "INVALID"
 MARKS = {OK: "✅", WAIT: "⏳", INVALID: "❌"}
@@ -75,85 +72,48 @@ class AccountPool(ABC):
             return None
 
 
-class TokenPool(AccountPool):
-    """One or more tokens from configuration, state kept in memory (quick start only)."""
+class Rotation:
+    """Accounts tried one after another for one request: quota (``RateLimited``) or a dead
+    token (``Unauthorized``) marks the account and moves on; any other error is the caller's.
 
-    DEFAULT_WAIT_HOURS = 24.0
+    ``reuse_tried``: once every account was tried, take one of them again (the pool may have
+    re-logged it in) instead of giving up with the last refusal.
+    """
 
-    def __init__(self, tokens: list[str], clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._accounts = [Account(id=f"env_{i + 1}", token=t) for i, t in enumerate(tokens) if t]
-        self._reset_at: dict[str, float] = {}
-        self._invalid: dict[str, str] = {}
-        self._served: dict[str, int] = {}
-        self._next = 0
+    def __init__(
+        self, pool: AccountPool, *, attempts: int, prefer: str | None = None, reuse_tried: bool = False
+    ) -> None:
+        self.pool = pool
+        self.attempts = attempts
+        self.prefer = prefer
+        self.reuse_tried = reuse_tried
+        self.tried: set[str] = set()
+        self.last: ApiError | None = None
 
-    def _state(self, account: Account) -> str:
-        if account.id in self._invalid:
-            return INVALID
-        exp = jwt_expiry(account.token)
-        if exp is not None and exp <= self._clock():
-            return INVALID
-        if self._reset_at.get(account.id, 0) > self._clock():
-            return WAIT
-        return OK
+    def __iter__(self) -> Iterator[Account]:
+        for _ in range(self.attempts):
+            yield self._acquire()
 
-    def acquire(self, *, prefer: str | None = None, exclude: set[str] | frozenset = frozenset()) -> Account:
-        with self._lock:
-            candidates = [a for a in self._accounts if a.id not in exclude]
-            usable = [a for a in candidates if self._state(a) == OK]
-            for account in usable:
-                if account.id == prefer:
-                    return account
-            if usable:
-                account = usable[self._next % len(usable)]
-                self._next += 1
-                return account
-            waiting = [self._reset_at[a.id] for a in self._accounts if self._state(a) == WAIT]
-        if waiting:
-            retry = max(1.0, min(waiting) - self._clock())
-            raise RateLimited(
-                "Every Qwen account has reached its quota; try again later or add accounts with `flask accounts add`",
-                retry_after=retry,
-            )
-        if not self._accounts:
-            raise UpstreamUnavailable(
-                "No Qwen account is configured: set QWEN_TOKEN or run `flask accounts add`",
-                code="no_accounts",
-            )
-        raise UpstreamUnavailable(
-            "No usable Qwen account: tokens are expired or rejected; run `flask accounts relogin ID`",
-            code="accounts_invalid",
-        )
+    def _acquire(self) -> Account:
+        try:
+            return self.pool.acquire(prefer=self.prefer, exclude=self.tried)
+        except ApiError:
+            if not self.tried:
+                raise
+            if self.reuse_tried:  # nothing untried is left; one tried before may be usable again
+                return self.pool.acquire(prefer=self.prefer)
+            assert self.last is not None
+            raise self.last from None
 
-    def mark_rate_limited(self, account_id: str, hours: float | None) -> None:
-        with self._lock:
-            self._reset_at[account_id] = self._clock() + 3600 * (hours or self.DEFAULT_WAIT_HOURS)
+    def refused(self, account: Account, exc: RateLimited | Unauthorized) -> None:
+        """Upstream refused this account: mark it in the pool and try another."""
+        if isinstance(exc, RateLimited):  # the envelope's data.num (hours) is on the error
+            self.pool.mark_rate_limited(account.id, getattr(exc, "hours", None))
+        else:
+            self.pool.mark_invalid(account.id, exc.message)
+        self.tried.add(account.id)
+        self.last = exc
 
-    def mark_invalid(self, account_id: str, reason: str) -> None:
-        with self._lock:
-            self._invalid[account_id] = reason
-
-    def mark_success(self, account_id: str) -> None:
-        with self._lock:
-            self._served[account_id] = self._served.get(account_id, 0) + 1
-
-    def status(self) -> list[dict[str, Any]]:
-        with self._lock:
-            out = []
-            for a in self._accounts:
-                state = self._state(a)
-                reset = self._reset_at.get(a.id) if state == WAIT else None
-                out.append(
-                    {
-                        "id": a.id,
-                        "token": mask(a.token),
-                        "status": state,
-                        "mark": MARKS[state],
-                        "resetAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(reset)) if reset else None,
-                        "lastError": self._invalid.get(a.id),
-                        "requests": self._served.get(a.id, 0),
-                    }
-                )
-            return out
+    def exhausted(self, message: str) -> ApiError:
+        """The error once every attempt was refused."""
+        return self.last or UpstreamError(message)

@@ -15,7 +15,6 @@ JWT's ``exp`` has passed — computed, so no request is wasted on an expired tok
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -29,7 +28,7 @@ from typing import Any
 from .. import db
 from ..db.models import Account as AccountRow
 from ..errors import RateLimited, UpstreamUnavailable
-from ..jwt import jwt_expiry
+from ..jwt import jwt_expiry, jwt_user_id
 from .credentials import account_dir, load_credentials
 from .pool import INVALID, MARKS, OK, WAIT, Account, AccountPool, mask
 
@@ -82,19 +81,6 @@ def parse_time(value: Any) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
-
-
-def jwt_user_id(token: str) -> str | None:
-    """The ``id`` claim (Qwen user uuid) of a JWT, unverified."""
-    import base64
-
-    try:
-        payload = token.split(".")[1]
-        payload += "=" * (-len(payload) % 4)
-        value = json.loads(base64.urlsafe_b64decode(payload)).get("id")
-        return str(value) if value else None
-    except (IndexError, ValueError, TypeError, AttributeError):
-        return None
 
 
 def mask_email(email: str | None) -> str | None:
@@ -562,10 +548,8 @@ def signin_client(config: Mapping[str, Any]) -> Any:
 
 def init_app(app: Any) -> DatabasePool:
     """Put the pool at ``app.extensions["account_pool"]`` (before the providers are built),
-    import ``QWEN_TOKEN`` into the registry and register ``flask accounts``."""
+    import ``QWEN_TOKEN`` into the registry (``accounts/cli.py`` adds ``flask accounts``)."""
     from peewee import DatabaseError
-
-    from .cli import accounts_cli
 
     config = app.config
     client = signin_client(config) if config.get("ACCOUNT_AUTO_RELOGIN") else None
@@ -577,7 +561,6 @@ def init_app(app: Any) -> DatabasePool:
         except DatabaseError as exc:  # e.g. AUTO_MIGRATE=false before `flask db upgrade`
             log.warning("could not import QWEN_TOKEN into the accounts registry: %s", exc)
     app.extensions["account_pool"] = pool
-    app.cli.add_command(accounts_cli)
     sql_log = logging.getLogger("peewee")  # our own modules only ever log mask(token)
     if not any(isinstance(f, RedactTokens) for f in sql_log.filters):
         sql_log.addFilter(RedactTokens())

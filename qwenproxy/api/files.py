@@ -15,7 +15,8 @@ from ..db.models import UploadedFile
 from ..errors import BadRequest, NotFound, UpstreamUnavailable
 from ..uploads.spool import Spool
 from ..uploads.uploader import Uploader, file_object
-from ..uploads.validation import OPENAI_PURPOSES, FileTooLarge
+from ..uploads.validation import FileTooLarge
+from ..wire.openai import OPENAI_PURPOSES
 from .common import json_body
 
 bp = Blueprint("files", __name__)

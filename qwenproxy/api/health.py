@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
@@ -17,10 +16,10 @@ from ..ops import requestlog
 from ..ops.lifecycle import Health, health, workers_file
 from ..ops.metrics import Metrics, read_workers_file, state_metrics
 from .common import registry
+from .openapi import document
 
 bp = Blueprint("health", __name__)
 
-OPENAPI = Path(__file__).resolve().parent.parent / "openapi.json"
 # requests that are not worth a row in the request log (probes, scrapes, the page itself)
 QUIET_PREFIXES = ("/health", "/metrics", "/static", "/api/openapi.json", "/favicon.ico")
 
@@ -115,7 +114,11 @@ def metrics() -> Response:
 
 @bp.get("/api/openapi.json")
 def openapi() -> Response:
-    return Response(OPENAPI.read_bytes(), mimetype="application/json")
+    """The OpenAPI document, built from the routes and request models once per process."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if "openapi" not in app.extensions:
+        app.extensions["openapi"] = json.dumps(document(app), ensure_ascii=False, indent=2).encode("utf-8")
+    return Response(app.extensions["openapi"], mimetype="application/json")
 
 
 # --- the status page ------------------------------------------------------------------

@@ -10,48 +10,30 @@ import uuid
 import requests
 from flask import Blueprint, Response, current_app, g, jsonify
 
-from ..errors import BadRequest, UpstreamError
+from ..errors import UpstreamError
 from ..providers import ChatRequest
-from ..qwen.modes import aspect_ratio
 from ..serving.streaming import as_api_error
-from ..wire.openai import collect
+from ..wire.openai import ImageRequest, collect, parse_request
 from .common import json_body, registry
 
 bp = Blueprint("images", __name__)
 
-MAX_IMAGES = 4  # each image is one upstream chat turn
-
 
 @bp.post("/api/images/generations")
 def generations() -> Response:
-    body = json_body()
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise BadRequest("`prompt` must be a non-empty string", param="prompt")
-    n = body.get("n", 1)
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
-        raise BadRequest(f"`n` must be an integer between 1 and {MAX_IMAGES}", param="n")
-    response_format = body.get("response_format") or "url"
-    if response_format not in ("url", "b64_json"):
-        raise BadRequest("`response_format` must be url or b64_json", param="response_format")
-    try:
-        ratio = aspect_ratio(body.get("size")) or "1:1"
-    except ValueError as exc:
-        raise BadRequest(str(exc), param="size") from None
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest("`model` must be a string", param="model")
+    req = parse_request(ImageRequest.model_validate, json_body())
+    model = req.model
     # image models of other vendors (dall-e-3, gpt-image-1) fall back to the default model
     provider = registry().for_model(model)
     upstream_model, _shown, _options = provider.resolve_request(model)
 
     urls: list[str] = []
-    for _ in range(n):
+    for _ in range(req.n):
         request = ChatRequest(
             model=upstream_model,
-            messages=[{"role": "user", "content": prompt}],
+            messages=[{"role": "user", "content": req.prompt}],
             requested_model=model,
-            options={"image": True, "image_size": ratio},
+            options={"image": True, "image_size": req.ratio},
             request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
         )
         try:
@@ -64,7 +46,7 @@ def generations() -> Response:
             raise as_api_error(exc) from exc
     if not urls:
         raise UpstreamError("The upstream answered without an image", code="upstream_no_image")
-    if response_format == "b64_json":
+    if req.response_format == "b64_json":
         data = [{"b64_json": _download(url)} for url in urls]
     else:
         data = [{"url": url} for url in urls]

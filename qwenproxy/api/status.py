@@ -14,7 +14,9 @@ bp = Blueprint("status", __name__)
 @bp.get("/api/status")
 def status() -> Response:
     providers = {p.name: p.status() for p in registry()}
-    accounts = providers.get("qwen", {}).get("accounts", [])
+    # the accounts (and browser pool) of the provider that signs in with accounts
+    pooled = next((s for s in providers.values() if isinstance(s.get("accounts"), list)), {})
+    accounts = pooled.get("accounts", [])
     usable = any(a.get("status") == "OK" for a in accounts)
     body = {
         "status": "ok" if usable else "degraded",
@@ -25,8 +27,8 @@ def status() -> Response:
         "defaultModel": current_app.config["DEFAULT_MODEL"],
         "worker": os.getpid(),
     }
-    if "browserPool" in providers.get("qwen", {}):
-        body["browserPool"] = providers["qwen"]["browserPool"]  # browsers, pages, queue, served, restarts
+    if "browserPool" in pooled:
+        body["browserPool"] = pooled["browserPool"]  # browsers, pages, queue, served, restarts
     return jsonify(body)
 
 

@@ -32,6 +32,7 @@ class ChatRequest:
     stop: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    tool_spec: Any = None  # ``tools``/``tool_choice`` parsed once (wire.tools.ToolSpec), when the route did
     options: dict[str, Any] = field(default_factory=dict)  # provider-specific extras; the modes
     # (docs/MODES.md) use thinking, thinking_budget, search, image, image_size, parallel_tool_calls
     request_id: str = ""
@@ -57,7 +58,8 @@ class Provider(ABC):
 
     @abstractmethod
     def owns(self, model: str) -> bool:
-        """Whether a requested model name belongs to this provider."""
+        """Whether a requested model name belongs to this provider. Cheap: from its own names
+        and prefixes only, never a network call (the registry asks it for every request)."""
 
     def resolve_model(self, model: str | None) -> str:
         """Map an alias or a missing name to the id sent upstream."""

@@ -32,6 +32,7 @@ from gigachat.models.chat import ChatCompletion, ChatCompletionChunk
 from gigachat.models.chat import Usage as GigaUsage
 from gigachat.settings import Settings
 
+from ..content import is_text_part, json_text, text_of
 from ..errors import (
     ApiError,
     BadRequest,
@@ -490,24 +491,11 @@ class GigaChatProvider(Provider):
     def _message(message: dict[str, Any]) -> dict[str, Any]:
         role = message.get("role") or "user"
         content = message.get("content")
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
-                    texts.append(part.get("text") or "")
-                elif isinstance(part, str):
-                    texts.append(part)
-                else:
-                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise BadRequest(
-                        f"GigaChat models take text only here, not {kind!r} parts",
-                        param="messages",
-                    )
-            content = "\n".join(texts)
-        elif content is None:
-            content = ""
-        elif not isinstance(content, str):
-            content = json.dumps(content, ensure_ascii=False)
+        for part in content if isinstance(content, list) else ():
+            if not (is_text_part(part) or isinstance(part, str)):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise BadRequest(f"GigaChat models take text only here, not {kind!r} parts", param="messages")
+        content = text_of(content, joiner="\n", bare_strings=True, other=json_text)
         if role == "developer":
             role = "system"
         out: dict[str, Any] = {"role": role, "content": content}

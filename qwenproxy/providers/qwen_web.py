@@ -9,15 +9,16 @@ from typing import Any
 
 from flask import Flask
 
-from ..accounts.pool import AccountPool, TokenPool
-from ..errors import ApiError, RateLimited, Unauthorized, UpstreamError
+from ..accounts.pool import Account, AccountPool, Rotation
+from ..content import is_text_part, part_text, text_of
+from ..errors import BadRequest, RateLimited, Unauthorized
 from ..events import Event, EventStream, ResponseStarted
 from ..qwen import modes
 from ..qwen.catalog import ALIAS_TO_CANONICAL, ModelCatalog
 from ..qwen.client import QwenClient
 from ..qwen.files import QwenFiles
 from ..qwen.protocol import completion_body
-from ..qwen.transport import DirectTransport, Transport
+from ..qwen.transport import DirectTransport, Transport, UpstreamResponse
 from ..uploads.attachments import Attachments, media_part
 from ..uploads.uploader import Uploader
 from ..wire import tools
@@ -61,16 +62,6 @@ def last_user_turn(messages: list[dict[str, Any]]) -> tuple[Any, str | None]:
     return content, system
 
 
-def text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text")
-        )
-    return "" if content is None else str(content)
-
-
 Attach = Callable[[str, Any], "dict[str, Any] | None"]
 
 
@@ -95,8 +86,8 @@ def to_qwen_message(
     for part in content:
         if not isinstance(part, dict):
             continue
-        if part.get("type") in ("text", "input_text"):
-            items.append({"type": "text", "text": str(part.get("text", ""))})
+        if is_text_part(part):
+            items.append({"type": "text", "text": part_text(part)})
             continue
         media = media_part(part)
         if media is None:
@@ -142,11 +133,7 @@ class QwenWebProvider(Provider):
     @classmethod
     def from_app(cls, app: Flask) -> QwenWebProvider:
         config = app.config
-        pool = app.extensions.get("account_pool")
-        if pool is None:
-            tokens = [t.strip() for t in str(config.get("QWEN_TOKEN") or "").split(",") if t.strip()]
-            pool = TokenPool(tokens)
-            app.extensions["account_pool"] = pool
+        pool = app.extensions["account_pool"]  # accounts/store.py's init_app, run before the providers
         client = QwenClient(make_transport(config), config)
         catalog = ModelCatalog(
             config["MODELS_FILE"],
@@ -166,7 +153,9 @@ class QwenWebProvider(Provider):
 
     # --- names
     def owns(self, model: str) -> bool:
-        return self.catalog.known(model)
+        """Its own names only (aliases, the models file, the last upstream list): asking
+        must never fetch the model list, since every request's routing asks."""
+        return self.catalog.known(model, fetch=False)
 
     def resolve_model(self, model: str | None) -> str:
         return self.catalog.resolve(model)
@@ -197,8 +186,10 @@ class QwenWebProvider(Provider):
             if response is not None:
                 response.close()
 
-        stream.events = self._events(request, stream, current)
-        spec = tools.ToolSpec.parse(request.tools, request.tool_choice, request.options.get("parallel_tool_calls"))
+        spec = request.tool_spec or tools.ToolSpec.parse(
+            request.tools, request.tool_choice, request.options.get("parallel_tool_calls")
+        )
+        stream.events = self._events(request, spec, stream, current)
         if spec.active:
 
             def retry(started: ResponseStarted | None) -> Iterator[Event]:
@@ -209,81 +200,32 @@ class QwenWebProvider(Provider):
                     parent_id=started.response_id if started else None,
                     account_id=stream.info.get("account_id"),
                 )
-                return self._events(again, stream, current)
+                return self._events(again, spec, stream, current)
 
             stream.events = tools.ToolCallFilter(stream.events, spec, retry=retry)
         stream.on_cancel = cancel
         return stream
 
-    @staticmethod
-    def _turn(request: ChatRequest, continuing: bool) -> tuple[Any, str | None]:
-        """The user content and system message of this turn; with tools, the tool prompt
-        and the earlier calls and results are written into it (tools.fold_turn)."""
-        spec = tools.ToolSpec.parse(request.tools, request.tool_choice, request.options.get("parallel_tool_calls"))
-        if tools.engaged(request.messages, spec):
-            return tools.fold_turn(request.messages, spec, continuing=continuing)
-        return last_user_turn(request.messages)
-
-    def _events(self, request: ChatRequest, stream: EventStream, current: dict[str, Any]) -> Iterator[Event]:
-        content, system = last_user_turn(request.messages)
-        chat_type, features, extra = modes.upstream_mode(request.options)
+    def _events(
+        self, request: ChatRequest, spec: tools.ToolSpec, stream: EventStream, current: dict[str, Any]
+    ) -> Iterator[Event]:
+        """Pin an account (another one on quota or expiry, before anything was sent), start
+        the upstream turn as it, then relay its events."""
+        content, _system = last_user_turn(request.messages)
+        mode = modes.upstream_mode(request.options)
         if content is None:
-            from ..errors import BadRequest
-
             raise BadRequest("No user message to send", param="messages")
-        tried: set[str] = set()
-        last_error: Exception | None = None
         # uploaded files belong to the account that uploaded them: prefer it for a new chat
         prefer = request.account_id or (self.attachments.owner_hint(content) if self.attachments else None)
-        for _attempt in range(self.max_attempts):
+        rotation = Rotation(self.pool, attempts=self.max_attempts, prefer=prefer, reuse_tried=True)
+        for account in rotation:
             try:
-                account = self.pool.acquire(prefer=prefer, exclude=tried)
-            except ApiError:
-                if not tried:
-                    raise
-                # nothing untried is left; one tried before may be usable again (re-login)
-                account = self.pool.acquire(prefer=prefer)
-            # a conversation lives in the account that created it upstream
-            same_account = request.account_id in (None, account.id)
-            chat_id = request.conversation_id if same_account else None
-            parent_id = request.parent_id if chat_id else None
-            content, system = self._turn(request, continuing=bool(chat_id and parent_id))
-            try:
-                attach = self.attachments.resolver(account) if self.attachments else None
-                qwen_content, files = to_qwen_message(content, attach)
-                model = self._vision_model(request.model, qwen_content, files, stream)
-                if not chat_id:
-                    chat_id = self.client.create_chat(
-                        account.token,
-                        model,
-                        chat_type=chat_type,
-                        account_id=account.id,
-                    )
-                body = completion_body(
-                    chat_id=chat_id,
-                    model=model,
-                    content=qwen_content,
-                    parent_id=parent_id,
-                    system=system,
-                    files=[*(request.options.get("files") or []), *files],
-                    chat_type=chat_type,
-                    feature_config=features,
-                    extra=extra,
-                )
-                events, response = self.client.open_completion(account.token, body, account_id=account.id)
-            except RateLimited as exc:  # the envelope's data.num (hours) is on the error
-                log.warning("account %s rate limited; trying another", account.id)
-                self.pool.mark_rate_limited(account.id, getattr(exc, "hours", None))
+                chat_id, events, response = self._start(request, spec, account, mode, stream)
+            except (RateLimited, Unauthorized) as exc:
+                why = "rate limited" if isinstance(exc, RateLimited) else "unauthorized"
+                log.warning("account %s %s; trying another", account.id, why)
+                rotation.refused(account, exc)
                 self.pool.release(account.id)
-                tried.add(account.id)
-                last_error = exc
-                continue
-            except Unauthorized as exc:
-                log.warning("account %s unauthorized; trying another", account.id)
-                self.pool.mark_invalid(account.id, exc.message)
-                self.pool.release(account.id)
-                tried.add(account.id)
-                last_error = exc
                 continue
             except BaseException:
                 self.pool.release(account.id)
@@ -292,20 +234,70 @@ class QwenWebProvider(Provider):
                 account_id=account.id, upstream_chat_id=chat_id, transport=response.served_by or "direct"
             )
             current["response"] = response
-            done = False
-            try:
-                for event in events:
-                    if isinstance(event, ResponseStarted) and not event.chat_id:
-                        event = ResponseStarted(chat_id, event.parent_id, event.response_id)
-                    yield event
-                done = True
-                self.pool.mark_success(account.id)
-            finally:
-                # read to ``finished``: the connection may serve the next turn; else abort it
-                response.release() if done else response.close()
-                self.pool.release(account.id)
+            yield from self._relay(events, response, account, chat_id)
             return
-        raise last_error or UpstreamError("No Qwen account could serve the request")
+        raise rotation.exhausted("No Qwen account could serve the request")
+
+    def _start(
+        self,
+        request: ChatRequest,
+        spec: tools.ToolSpec,
+        account: Account,
+        mode: tuple[str, dict[str, Any], dict[str, Any]],
+        stream: EventStream,
+    ) -> tuple[str, Iterator[Event], UpstreamResponse]:
+        """The upstream turn as ``account``: its chat (new unless the conversation lives in
+        this account), the message with its files, the opened completion."""
+        chat_type, features, extra = mode
+        # a conversation lives in the account that created it upstream
+        same_account = request.account_id in (None, account.id)
+        chat_id = request.conversation_id if same_account else None
+        parent_id = request.parent_id if chat_id else None
+        content, system = self._turn(request, spec, continuing=bool(chat_id and parent_id))
+        attach = self.attachments.resolver(account) if self.attachments else None
+        qwen_content, files = to_qwen_message(content, attach)
+        model = self._vision_model(request.model, qwen_content, files, stream)
+        if not chat_id:
+            chat_id = self.client.create_chat(account.token, model, chat_type=chat_type, account_id=account.id)
+        body = completion_body(
+            chat_id=chat_id,
+            model=model,
+            content=qwen_content,
+            parent_id=parent_id,
+            system=system,
+            files=[*(request.options.get("files") or []), *files],
+            chat_type=chat_type,
+            feature_config=features,
+            extra=extra,
+        )
+        events, response = self.client.open_completion(account.token, body, account_id=account.id)
+        return chat_id, events, response
+
+    def _relay(
+        self, events: Iterator[Event], response: UpstreamResponse, account: Account, chat_id: str
+    ) -> Iterator[Event]:
+        """The upstream events (``ResponseStarted`` completed with the chat id); the account
+        is released however the stream ends."""
+        done = False
+        try:
+            for event in events:
+                if isinstance(event, ResponseStarted) and not event.chat_id:
+                    event = ResponseStarted(chat_id, event.parent_id, event.response_id)
+                yield event
+            done = True
+            self.pool.mark_success(account.id)
+        finally:
+            # read to ``finished``: the connection may serve the next turn; else abort it
+            response.release() if done else response.close()
+            self.pool.release(account.id)
+
+    @staticmethod
+    def _turn(request: ChatRequest, spec: tools.ToolSpec, continuing: bool) -> tuple[Any, str | None]:
+        """The user content and system message of this turn; with tools, the tool prompt
+        and the earlier calls and results are written into it (tools.fold_turn)."""
+        if tools.engaged(request.messages, spec):
+            return tools.fold_turn(request.messages, spec, continuing=continuing)
+        return last_user_turn(request.messages)
 
     def _vision_model(self, model: str, content: Any, files: list[dict[str, Any]], stream: EventStream) -> str:
         """``VISION_MODEL`` instead of a model known to lack vision when images are sent;

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ..errors import UpstreamBlocked, UpstreamError, UpstreamUnavailable
-from ..netutil import shutdown
+from ..netutil import UnixHTTPConnection, shutdown
 from .protocol import error_from_response
 from .transport import DirectTransport, Transport, UpstreamResponse
 
@@ -40,24 +40,6 @@ def pool_address(config: Mapping[str, Any]) -> str:
         return configured.rstrip("/")
     path = Path(configured) if configured else Path(str(config["SESSION_DIR"])) / "browser_pool.sock"
     return str(path.resolve())
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over a Unix socket; ``socket.socket`` is looked up at call time (gevent)."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("browser-pool", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class PoolResponse(UpstreamResponse):
@@ -156,7 +138,7 @@ class BrowserTransport(Transport):
         if self.address.startswith("http://"):
             parts = urlsplit(self.address)
             return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
-        return _UnixConnection(self.address, timeout)
+        return UnixHTTPConnection(self.address, timeout, host="browser-pool")
 
     def _not_running(self, exc: BaseException) -> UpstreamUnavailable:
         return UpstreamUnavailable(

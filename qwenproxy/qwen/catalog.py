@@ -142,11 +142,22 @@ class ModelCatalog:
             return [str(m["id"]) for m in upstream]
         return read_models_file(self.models_file) or [self.default_model]
 
-    def known(self, model: str) -> bool:
-        if model in ALIAS_TO_CANONICAL or model in self.ids():
+    def cached_ids(self) -> list[str]:
+        """``ids()`` without asking upstream: the last list fetched, else the models file."""
+        with self._lock:
+            upstream = self._upstream
+        if upstream:
+            return [str(m["id"]) for m in upstream]
+        return read_models_file(self.models_file) or [self.default_model]
+
+    def known(self, model: str, *, fetch: bool = True) -> bool:
+        """Whether ``model`` (an alias or id, maybe with mode suffixes) is a Qwen model.
+        ``fetch=False`` never asks upstream (routing a request to a provider must not)."""
+        ids = self.ids() if fetch else self.cached_ids()
+        if model in ALIAS_TO_CANONICAL or model in ids:
             return True
         base, modes = split_model(model)
-        return modes != Modes() and base is not None and (base in ALIAS_TO_CANONICAL or base in self.ids())
+        return modes != Modes() and base is not None and (base in ALIAS_TO_CANONICAL or base in ids)
 
     def resolve(self, model: str | None) -> str:
         """Alias → canonical id; unknown or missing → the configured default model."""

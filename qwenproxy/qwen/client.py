@@ -23,7 +23,7 @@ class QwenClient:
         self.config = config
         self.base_url = str(config["QWEN_BASE_URL"]).rstrip("/")
 
-    def _json(
+    def call(
         self,
         method: str,
         path: str,
@@ -32,8 +32,8 @@ class QwenClient:
         body: Any = None,
         account_id: str | None = None,
         accept: str = "*/*",
-    ) -> Any:
-        """One JSON request; every failure shape of §3.0 becomes a typed error."""
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One whole (non-stream) request: ``(status, headers, body bytes)``."""
         response = self.transport.request(
             method,
             self.base_url + path,
@@ -42,16 +42,24 @@ class QwenClient:
             account_id=account_id,
         )
         try:
-            raw = response.read()
+            return response.status, response.headers, response.read()
         finally:
             response.close()
-        err = error_from_response(response.status, response.headers, raw)
+
+    @staticmethod
+    def decode(path: str, status: int, headers: Mapping[str, str], raw: bytes) -> Any:
+        """A JSON answer; every failure shape of §3.0 becomes a typed error."""
+        err = error_from_response(status, headers, raw)
         if err is not None:
             raise err
         try:
             return json.loads(raw.decode("utf-8")) if raw.strip() else None
-        except ValueError as exc:
+        except ValueError as exc:  # UnicodeDecodeError included
             raise UpstreamError(f"Qwen answered {path} with something that is not JSON") from exc
+
+    def _json(self, method: str, path: str, *, token: str | None, body: Any = None, **kwargs: Any) -> Any:
+        """One JSON request (``call`` + ``decode``)."""
+        return self.decode(path, *self.call(method, path, token=token, body=body, **kwargs))
 
     def create_chat(
         self,

@@ -16,10 +16,6 @@ from typing import Any
 
 SUFFIXES: dict[str, str] = {"-thinking": "thinking", "-search": "search", "-image": "image"}
 
-# OpenAI image sizes → Qwen aspect ratios (§3.5 ``size``)
-ASPECT_RATIOS: dict[str, float] = {"1:1": 1.0, "16:9": 16 / 9, "9:16": 9 / 16, "4:3": 4 / 3, "3:4": 3 / 4}
-_EXACT_SIZES = {"1024x1024": "1:1", "1792x1024": "16:9", "1024x1792": "9:16"}
-
 
 @dataclass(frozen=True)
 class Modes:
@@ -64,29 +60,6 @@ def split_model(model: str | None) -> tuple[str | None, Modes]:
     if "image" in found:  # image generation excludes the text modes
         return name, Modes(image=True)
     return name, Modes(thinking="thinking" in found, search="search" in found)
-
-
-def aspect_ratio(size: Any) -> str | None:
-    """``1024x1024`` → ``1:1``; ``1792x1024`` → ``16:9``; other ``WxH`` → the nearest ratio;
-    a ratio such as ``4:3`` is kept; ``None``/``auto`` → ``None`` (Qwen's default)."""
-    if size is None:
-        return None
-    text = str(size).strip().lower()
-    if not text or text == "auto":
-        return None
-    if text in ASPECT_RATIOS:
-        return text
-    if text in _EXACT_SIZES:
-        return _EXACT_SIZES[text]
-    sep = "x" if "x" in text else ("*" if "*" in text else ":")
-    try:
-        width, height = (float(p) for p in text.split(sep))
-    except ValueError:
-        raise ValueError(f"size must look like 1024x1024 or 16:9, not {size!r}") from None
-    if width <= 0 or height <= 0:
-        raise ValueError(f"size must be positive, not {size!r}")
-    ratio = width / height
-    return min(ASPECT_RATIOS, key=lambda r: abs(ASPECT_RATIOS[r] - ratio) / ASPECT_RATIOS[r])
 
 
 def upstream_mode(options: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:

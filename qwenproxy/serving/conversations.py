@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from peewee import ModelSelect
+
 from .. import db
 from ..db.models import Chat, Message, now_ms
 from ..events import Event, ResponseStarted
@@ -59,13 +61,26 @@ def open_chat(
     return Chat.create(name=name or default_chat_name(), provider=provider, model=model), True
 
 
-def stored_history(chat: Chat, limit: int | None = None) -> list[dict[str, Any]]:
-    """The chat's messages as OpenAI messages, oldest first (the last ``limit`` if given)."""
-    query = Message.select().where((Message.chat == chat) & (Message.status != "error")).order_by(Message.id.desc())
+def kept_messages(chat: Chat, bot: str | None = None) -> ModelSelect:
+    """The chat's messages without failed exchanges (``status = error``), oldest first;
+    only one Dual AI Chat bot's when ``bot`` is given."""
+    query = Message.select().where((Message.chat == chat) & (Message.status != "error"))
+    if bot:
+        query = query.where(Message.bot == bot)
+    return query.order_by(Message.id)
+
+
+def last_messages(chat: Chat, limit: int | None = None) -> list[Message]:
+    """The last ``limit`` kept messages (all when ``None`` or 0), oldest first."""
+    query = kept_messages(chat).order_by(Message.id.desc())
     if limit:
         query = query.limit(limit)
-    rows = list(query)[::-1]
-    return [{"role": m.role, "content": m.content_value} for m in rows]
+    return list(query)[::-1]
+
+
+def stored_history(chat: Chat, limit: int | None = None) -> list[dict[str, Any]]:
+    """The chat's messages as OpenAI messages, oldest first (the last ``limit`` if given)."""
+    return [{"role": m.role, "content": m.content_value} for m in last_messages(chat, limit)]
 
 
 def save_message(chat: Chat, role: str, content: Any, **fields: Any) -> Message:

@@ -4,7 +4,7 @@ It pulls the first event before anything is sent, so an early failure is a norma
 error with a real status; afterwards errors go in-band, followed by ``[DONE]``. While the
 upstream is silent it sends ``: ping`` comments (WSGI only learns that a client left when a
 write fails); when the client leaves, the upstream request is cancelled and what was
-produced is saved.
+produced is saved. Both answers, JSON and SSE, end in the same ``_Run.finish`` step.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from ..errors import ApiError, UpstreamError
 from ..events import Event, EventStream, Finished, ResponseStarted
 from ..ops import requestlog
 from ..ops.metrics import TurnStats
-from ..wire.openai import DONE, PING, ChunkRenderer, Collected, sse
+from ..wire.openai import DONE, PING, ChunkRenderer, Collected, completion_id, sse
 from .conversations import Turn
 
 log = logging.getLogger(__name__)
 
 Extras = Callable[[Collected, dict[str, Any]], dict[str, Any]]
+Shape = Callable[[Collected, dict[str, Any]], dict[str, Any]]
 
 
 def as_api_error(exc: BaseException) -> ApiError:
@@ -37,25 +38,6 @@ def as_api_error(exc: BaseException) -> ApiError:
         return exc
     log.error("provider failed: %r", exc, exc_info=exc)
     return UpstreamError("The upstream failed while answering")
-
-
-def _prime(stream: EventStream, turn: Turn, stats: TurnStats) -> tuple[list[Event], bool]:
-    """Events up to and including the first one (errors raise); ``True`` if it already ended."""
-    first: list[Event] = []
-    try:
-        event = next(stream)
-    except StopIteration:
-        return first, True
-    finally:
-        stats.upstream_answered()
-    turn.observe(event)
-    stats.observe(event)
-    first.append(event)
-    return first, isinstance(event, Finished)
-
-
-def _stats(turn: Turn, model: str) -> TurnStats:
-    return TurnStats(current_app.extensions.get("metrics"), turn.provider, model)
 
 
 def _usage(turn: Turn) -> tuple[int | None, int | None]:
@@ -86,6 +68,113 @@ def _pump(stream: EventStream, out: queue.Queue[tuple[str, Any]]) -> None:
         out.put(("error", exc))
 
 
+class _Run:
+    """One completion between its first event and its end: what both answers share."""
+
+    def __init__(self, stream_factory: Callable[[], EventStream], turn: Turn, model: str) -> None:
+        self.turn = turn
+        self.stats = TurnStats(current_app.extensions.get("metrics"), turn.provider, model)
+        self.first: list[Event] = []
+        self.ended = False
+        try:
+            self.events = stream_factory()
+            turn.info = self.events.info
+            self._prime()
+        except BaseException as exc:
+            err = as_api_error(exc)
+            g.request_log = self.finish("error", error=err, note=str(exc))
+            raise err from exc
+
+    def _prime(self) -> None:
+        """Pull the first event (errors raise); note whether it already ended the answer."""
+        try:
+            event = next(self.events)
+        except StopIteration:
+            self.ended = True
+            return
+        finally:
+            self.stats.upstream_answered()
+        self.observe(event)
+        self.first.append(event)
+        self.ended = isinstance(event, Finished)
+
+    def observe(self, event: Event) -> None:
+        self.turn.observe(event)
+        self.stats.observe(event)
+
+    def finish(
+        self,
+        status: str,
+        *,
+        error: ApiError | None = None,
+        stage: str = "early",
+        note: str | None = None,
+        record: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """The end of every turn, however it ended: count it, save the answer, and return
+        what the request log keeps. ``record`` writes that row at once, in the same
+        database connection as the answer (a stream ends after its request did)."""
+        if error is not None:
+            self.stats.error(error.code, stage)
+        self.stats.finish(status, *_usage(self.turn))
+        fields = _log_fields(self.stats, self.turn, error)
+        if record is None:
+            self.turn.close(status, error=note)
+            return fields
+        try:
+            with db.session():
+                self.turn.close(status, error=note)
+                record(fields)
+        except Exception:
+            log.exception("could not save the end of a stream")
+        return fields
+
+    def collect(self) -> None:
+        """The JSON path: read the rest of the answer; a failure is still an HTTP error."""
+        try:
+            if not self.ended:
+                for event in self.events:
+                    self.observe(event)
+        except BaseException as exc:
+            outcome = "partial" if self.turn.collected.text else "error"
+            err = as_api_error(exc)
+            g.request_log = self.finish(outcome, error=err, note=str(exc))
+            raise err from exc
+        g.request_log = self.finish("complete")
+
+    def relay(self, renderer: ChunkRenderer, ping_interval: float) -> Iterator[str]:
+        """The SSE path: chunks as events arrive, pings while the upstream is silent."""
+        yield sse(renderer.role())
+        for event in self.first:
+            yield from map(sse, renderer.render(event))
+        if self.ended:
+            return
+        pending: queue.Queue[tuple[str, Any]] = queue.Queue()
+        # the pump runs in this request's context, so its log lines carry the request id
+        context = contextvars.copy_context()
+        threading.Thread(target=context.run, args=(_pump, self.events, pending), daemon=True, name="upstream").start()
+        while True:
+            try:
+                kind, value = pending.get(timeout=ping_interval)
+            except queue.Empty:
+                yield PING
+                continue
+            if kind == "end":
+                return
+            if kind == "error":
+                raise _InBand(as_api_error(value))
+            self.observe(value)
+            yield from map(sse, renderer.render(value))
+
+
+class _InBand(Exception):
+    """An upstream failure after the first chunk: reported in the stream, not as a status."""
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 def serve(
     stream_factory: Callable[[], EventStream],
     turn: Turn,
@@ -95,7 +184,7 @@ def serve(
     extras: Extras,
     include_usage: bool = False,
     ping_interval: float = 15.0,
-    shape: Callable[[Collected, dict[str, Any]], dict[str, Any]] | None = None,
+    shape: Shape | None = None,
     reasoning_in_content: bool = False,
 ) -> Response:
     """Run one completion and answer it as JSON or as SSE.
@@ -103,122 +192,76 @@ def serve(
     ``extras(collected, info)`` gives the fields added to every body/chunk (``chatId``,
     ``parentId``); ``shape`` builds the non-stream body from the collected answer.
     """
-    stats = _stats(turn, model)
-    try:
-        events = stream_factory()
-        turn.info = events.info
-        first, ended = _prime(events, turn, stats)
-    except BaseException as exc:
-        turn.close("error", error=str(exc))
-        err = as_api_error(exc)
-        stats.error(err.code, "early")
-        stats.finish("error", None, None)
-        g.request_log = _log_fields(stats, turn, err)
-        raise err from exc
-
-    started = turn.collected.started
-    response_id = started.response_id if isinstance(started, ResponseStarted) else None
+    run = _Run(stream_factory, turn, model)
     headers = _headers(turn, extras)
-
     if not stream:
-        try:
-            if not ended:
-                for event in events:
-                    turn.observe(event)
-                    stats.observe(event)
-        except BaseException as exc:
-            outcome = "partial" if turn.collected.text else "error"
-            turn.close(outcome, error=str(exc))
-            err = as_api_error(exc)
-            stats.error(err.code, "early")
-            stats.finish(outcome, *_usage(turn))
-            g.request_log = _log_fields(stats, turn, err)
-            raise err from exc
-        turn.close("complete")
-        stats.finish("complete", *_usage(turn))
-        g.request_log = _log_fields(stats, turn)
         assert shape is not None
-        body = shape(turn.collected, extras(turn.collected, turn.info))
-        response = jsonify(body)
-        response.headers.update(headers)
-        return response
-
-    from ..wire.openai import completion_id
-
+        return _json_answer(run, headers, shape, extras)
+    started = turn.collected.started
     renderer = ChunkRenderer(
-        id=completion_id(response_id),
+        id=completion_id(started.response_id if isinstance(started, ResponseStarted) else None),
         model=model,
         include_usage=include_usage,
         extras=extras(turn.collected, turn.info),
         reasoning_in_content=reasoning_in_content,
     )
+    return _sse_answer(run, headers, renderer, ping_interval)
 
+
+def _json_answer(run: _Run, headers: dict[str, str], shape: Shape, extras: Extras) -> Response:
+    run.collect()
+    collected = run.turn.collected
+    response = jsonify(shape(collected, extras(collected, run.turn.info)))
+    response.headers.update(headers)
+    return response
+
+
+def _sse_answer(run: _Run, headers: dict[str, str], renderer: ChunkRenderer, ping_interval: float) -> Response:
+    turn = run.turn
     metrics = current_app.extensions.get("metrics")
     log_keep = int(current_app.config.get("REQUEST_LOG_KEEP") or 1000)
     log_base = {"request_id": g.get("request_id"), "method": request.method, "route": _route()}
     g.request_log_deferred = True
 
-    def relay() -> Iterator[str]:
+    def body() -> Iterator[str]:
         status = "partial"
         failed: ApiError | None = None
         if metrics:
             metrics.streams.inc()
         try:
-            yield sse(renderer.role())
-            for event in first:
-                for chunk in renderer.render(event):
-                    yield sse(chunk)
-            if not ended:
-                pending: queue.Queue[tuple[str, Any]] = queue.Queue()
-                # the pump runs in this request's context, so its log lines carry the request id
-                context = contextvars.copy_context()
-                threading.Thread(
-                    target=context.run, args=(_pump, events, pending), daemon=True, name="upstream"
-                ).start()
-                while True:
-                    try:
-                        kind, value = pending.get(timeout=ping_interval)
-                    except queue.Empty:
-                        yield PING
-                        continue
-                    if kind == "event":
-                        turn.observe(value)
-                        stats.observe(value)
-                        for chunk in renderer.render(value):
-                            yield sse(chunk)
-                    elif kind == "end":
-                        break
-                    else:
-                        failed = as_api_error(value)
-                        yield sse(renderer.error(failed))
-                        break
+            try:
+                yield from run.relay(renderer, ping_interval)
+            except _InBand as exc:
+                failed = exc.error
+                yield sse(renderer.error(failed))
             if failed is None:
-                for chunk in renderer.finish(turn.collected.finish_reason or "stop"):
-                    yield sse(chunk)
+                yield from map(sse, renderer.finish(turn.collected.finish_reason or "stop"))
                 status = "complete"
             yield DONE
         finally:
             if status != "complete":
-                events.cancel()
+                run.events.cancel()
             if failed is not None:
                 status = "partial" if turn.collected.text else "error"
             if metrics:
                 metrics.streams.dec()
-            if failed is not None:
-                stats.error(failed.code, "in_stream")
-            stats.finish(status, *_usage(turn))
-            fields = {**log_base, **_log_fields(stats, turn, failed), "status": 200}
-            fields["duration_ms"] = round((time.perf_counter() - stats.started) * 1000, 2)
-            if status == "partial" and failed is None:
-                fields["error_code"] = "client_disconnected"
-            try:
-                with db.session():  # one connection for the answer and its log row
-                    turn.close(status, error=failed.message if failed else None)
-                    requestlog.record(log_keep, **fields)
-            except Exception:
-                log.exception("could not save the end of a stream")
 
-    response = Response(stream_with_context(relay()), mimetype="text/event-stream")
+            def record(fields: dict[str, Any]) -> None:
+                row = {**log_base, **fields, "status": 200}
+                row["duration_ms"] = round((time.perf_counter() - run.stats.started) * 1000, 2)
+                if status == "partial" and failed is None:
+                    row["error_code"] = "client_disconnected"
+                requestlog.record(log_keep, **row)
+
+            run.finish(
+                status,
+                error=failed,
+                stage="in_stream",
+                note=failed.message if failed else None,
+                record=record,
+            )
+
+    response = Response(stream_with_context(body()), mimetype="text/event-stream")
     response.headers.update(headers)
     response.headers["Cache-Control"] = "no-cache, no-store, must-revalidate"
     response.headers["X-Accel-Buffering"] = "no"

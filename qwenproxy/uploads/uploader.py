@@ -9,9 +9,6 @@ always removes them. ``Attachments`` turns the media parts of a chat message int
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -20,9 +17,10 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from .. import db
-from ..accounts.pool import Account, AccountPool
+from ..accounts.pool import Account, AccountPool, Rotation
 from ..db.models import UploadedFile
-from ..errors import BadRequest, RateLimited, Unauthorized, UpstreamError
+from ..errors import BadRequest, RateLimited, Unauthorized
+from ..jwt import jwt_user_id
 from ..qwen import oss
 from ..qwen.files import QwenFiles
 from .spool import Spool
@@ -34,16 +32,6 @@ T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def jwt_user_id(token: str) -> str | None:
-    """The ``id`` claim of a Qwen JWT (§2.3): the owner of uploaded files."""
-    try:
-        part = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-        return str(claims["id"]) if isinstance(claims, dict) and claims.get("id") else None
-    except (IndexError, ValueError, TypeError, KeyError, binascii.Error):
-        return None
 
 
 # --------------------------------------------------------------------------- temporary files
@@ -88,28 +76,15 @@ class Uploader:
     # --- accounts
     def with_account(self, fn: Callable[[Account], T], *, prefer: str | None = None) -> T:
         """Run ``fn`` as an account, moving on to another on quota or expiry (like chats)."""
-        tried: set[str] = set()
-        last: Exception | None = None
-        for _ in range(self.max_attempts):
-            try:
-                account = self.pool.acquire(prefer=prefer, exclude=tried)
-            except Exception:
-                if last is not None:
-                    raise last from None
-                raise
+        rotation = Rotation(self.pool, attempts=self.max_attempts, prefer=prefer)
+        for account in rotation:
             try:
                 return fn(account)
-            except RateLimited as exc:
-                self.pool.mark_rate_limited(account.id, getattr(exc, "hours", None))
-                tried.add(account.id)
-                last = exc
-            except Unauthorized as exc:
-                self.pool.mark_invalid(account.id, exc.message)
-                tried.add(account.id)
-                last = exc
+            except (RateLimited, Unauthorized) as exc:
+                rotation.refused(account, exc)
             finally:
                 self.pool.release(account.id)
-        raise last or UpstreamError("No Qwen account could take the upload")
+        raise rotation.exhausted("No Qwen account could take the upload")
 
     def raw_sts(self, filename: str, filesize: Any, filetype: str) -> Any:
         """The seed's ``/api/files/getstsToken``: upstream's answer, unchanged (§7.7)."""

@@ -90,7 +90,6 @@ for _ext, _mime in (*IMAGE_TYPES.items(), *BINARY_DOCUMENTS.items(), *TEXT_DOCUM
 MIME_EXTENSIONS["image/jpg"] = "jpg"
 
 
-OPENAI_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 
 
 class FileTooLarge(ApiError):

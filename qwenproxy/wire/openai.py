@@ -9,11 +9,24 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
-from ..errors import ApiError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+from ..errors import ApiError, BadRequest
 from ..events import (
     Annotation,
     Event,
@@ -25,6 +38,7 @@ from ..events import (
     ToolCallDelta,
     Usage,
 )
+from .tools import ToolSpec
 
 DONE = "data: [DONE]\n\n"
 PING = ": ping\n\n"
@@ -279,3 +293,409 @@ class ChunkRenderer:
     def error(err: ApiError) -> dict[str, Any]:
         """An in-band error after the stream has begun."""
         return err.to_dict()
+
+
+# OpenAI image sizes → aspect ratios, the ``image_size`` option (Qwen's §3.5 ``size``)
+ASPECT_RATIOS: dict[str, float] = {"1:1": 1.0, "16:9": 16 / 9, "9:16": 9 / 16, "4:3": 4 / 3, "3:4": 3 / 4}
+_EXACT_SIZES = {"1024x1024": "1:1", "1792x1024": "16:9", "1024x1792": "9:16"}
+
+
+def aspect_ratio(size: Any) -> str | None:
+    """``1024x1024`` → ``1:1``; ``1792x1024`` → ``16:9``; other ``WxH`` → the nearest ratio;
+    a ratio such as ``4:3`` is kept; ``None``/``auto`` → ``None`` (Qwen's default)."""
+    if size is None:
+        return None
+    text = str(size).strip().lower()
+    if not text or text == "auto":
+        return None
+    if text in ASPECT_RATIOS:
+        return text
+    if text in _EXACT_SIZES:
+        return _EXACT_SIZES[text]
+    sep = "x" if "x" in text else ("*" if "*" in text else ":")
+    try:
+        width, height = (float(p) for p in text.split(sep))
+    except ValueError:
+        raise ValueError(f"size must look like 1024x1024 or 16:9, not {size!r}") from None
+    if width <= 0 or height <= 0:
+        raise ValueError(f"size must be positive, not {size!r}")
+    ratio = width / height
+    return min(ASPECT_RATIOS, key=lambda r: abs(ASPECT_RATIOS[r] - ratio) / ASPECT_RATIOS[r])
+
+
+# --------------------------------------------------------------------------- requests
+#
+# Each request is a pydantic model: its fields are the OpenAPI schema (api/openapi.py) and
+# their validators the checks. A check raises ``BadRequest`` itself (pydantic lets any error
+# but ValueError/AssertionError through), so a client sees OpenAI's error with the same
+# message and ``param`` as before; fields are validated in order, so the first bad field wins.
+
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+IMAGE_FORMATS = ("url", "b64_json")
+OPENAI_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+MAX_IMAGES = 4  # each image is one upstream chat turn
+
+
+T = TypeVar("T")
+
+
+def parse_request(parse: Callable[..., T], *args: Any) -> T:
+    """``parse(*args)``; a pydantic error that no check foresaw is still a 400 in OpenAI's shape."""
+    try:
+        return parse(*args)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise BadRequest(f"`{param}`: {first['msg']}", param=param) from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check(test: Callable[[Any], bool], message: str, param: str, *, none: bool = True) -> BeforeValidator:
+    """A field check: ``test(value)`` or ``BadRequest(message, param)``; ``None`` passes
+    when ``none`` (an absent optional field)."""
+
+    def validate(value: Any) -> Any:
+        if (value is None and none) or (value is not None and test(value)):
+            return value
+        raise BadRequest(message, param=param)
+
+    return BeforeValidator(validate)
+
+
+def _between(key: str, lo: float, hi: float) -> BeforeValidator:
+    return _check(lambda v: _is_number(v) and lo <= v <= hi, f"`{key}` must be a number between {lo} and {hi}", key)
+
+
+def _string(key: str) -> BeforeValidator:
+    return _check(lambda v: isinstance(v, str), f"`{key}` must be a string", key)
+
+
+def _boolean(key: str) -> BeforeValidator:
+    return _check(lambda v: isinstance(v, bool), f"`{key}` must be a boolean", key)
+
+
+def _positive(key: str) -> BeforeValidator:
+    return _check(lambda v: _is_int(v) and v >= 1, f"`{key}` must be a positive integer", key)
+
+
+def check_messages(messages: Any) -> list[dict[str, Any]]:
+    """OpenAI ``messages``: objects with a known role and string or part-list content, one
+    of them from the user."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("`messages` must be a non-empty array (Сообщения не указаны)", param="messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages[{i}] must be an object", param=f"messages[{i}]")
+        if message.get("role") not in ROLES:
+            raise BadRequest(f"messages[{i}].role must be one of {sorted(ROLES)}", param=f"messages[{i}].role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise BadRequest(f"messages[{i}].content must be a string or an array", param=f"messages[{i}].content")
+        if isinstance(content, list) and not all(
+            isinstance(p, dict) and isinstance(p.get("type"), str) for p in content
+        ):
+            raise BadRequest(
+                f"messages[{i}].content parts must be objects with a `type`", param=f"messages[{i}].content"
+            )
+    if not any(m.get("role") == "user" for m in messages):
+        raise BadRequest("No user message in `messages` (В запросе нет сообщений от пользователя)", param="messages")
+    return messages
+
+
+class ContentPart(BaseModel):
+    """One part of a message's content (``text``, ``image_url``, ``file``, the seed's ``image``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class Message(BaseModel):
+    """An OpenAI chat message (its other fields, ``tool_calls`` and the like, pass through)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal[ROLES]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+def schema_ref(model: type[BaseModel]) -> dict[str, str]:
+    """A reference to ``model``'s schema from a schema written by hand (a field kept as plain
+    JSON); ``api/openapi.py`` turns ``x-ref`` into ``$ref`` (pydantic resolves ``$ref`` itself)."""
+    return {"x-ref": model.__name__}
+
+
+def _stop(value: Any) -> Any:
+    stop = [value] if isinstance(value, str) else value
+    if stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise BadRequest("`stop` must be a string or an array of strings", param="stop")
+    return stop
+
+
+def _size(value: Any) -> str | None:
+    try:
+        return aspect_ratio(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc), param="size") from None
+
+
+class ChatOptions(BaseModel):
+    """Everything of a chat request but its messages, in the order it is checked."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    stream: Annotated[
+        bool, _check(lambda v: isinstance(v, bool), "`stream` must be a boolean", "stream", none=False)
+    ] = Field(False, validate_default=True)
+    model: Annotated[str | None, _string("model")] = None
+    max_tokens: Annotated[int | None, _positive("max_tokens")] = Field(None, ge=1)
+    max_completion_tokens: SkipJsonSchema[Any] = None  # folded into max_tokens
+    stop: Annotated[str | list[str] | None, BeforeValidator(_stop)] = None
+    stream_options: Annotated[
+        dict[str, Any] | None,
+        _check(lambda v: isinstance(v, dict), "`stream_options` must be an object", "stream_options"),
+        WithJsonSchema({"type": "object", "properties": {"include_usage": {"type": "boolean"}}}),
+    ] = None
+    chatId: Annotated[str | None, _string("chatId")] = Field(None, description="continue this chat (extension)")
+    parentId: Annotated[str | None, _string("parentId")] = Field(
+        None, description="answer after this message (extension)"
+    )
+    chat_id: Annotated[str | None, _string("chat_id")] = None
+    parent_id: Annotated[str | None, _string("parent_id")] = None
+    tools: Annotated[
+        list[Any] | None,
+        _check(lambda v: isinstance(v, list), "`tools` must be an array", "tools"),
+        WithJsonSchema({"type": "array", "items": {"type": "object"}}),
+    ] = None
+    parallel_tool_calls: Annotated[Any, WithJsonSchema({"type": "boolean"})] = None
+    tool_choice: Annotated[Any, WithJsonSchema({})] = None
+    # ToolSpec.parse, once per request, at the place the checks always ran it
+    tool_spec: SkipJsonSchema[Any] = Field(None, validate_default=True, exclude=True)
+    temperature: Annotated[float | None, _between("temperature", 0, 2)] = Field(None, ge=0, le=2)
+    top_p: Annotated[float | None, _between("top_p", 0, 1)] = Field(None, ge=0, le=1)
+    reasoning_effort: Annotated[
+        Literal[REASONING_EFFORTS] | None,
+        _check(
+            lambda v: v in REASONING_EFFORTS,
+            f"`reasoning_effort` must be one of {list(REASONING_EFFORTS)}",
+            "reasoning_effort",
+        ),
+    ] = None
+    enable_thinking: Annotated[bool | None, _boolean("enable_thinking")] = None
+    thinking_budget: Annotated[int | None, _positive("thinking_budget")] = Field(None, ge=1)
+    web_search_options: Annotated[
+        dict[str, Any] | None,
+        _check(lambda v: isinstance(v, dict), "`web_search_options` must be an object", "web_search_options"),
+    ] = None
+    enable_search: Annotated[bool | None, _boolean("enable_search")] = None
+    size: Annotated[str | None, BeforeValidator(_size), WithJsonSchema({"type": "string"})] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        """``max_completion_tokens`` and the legacy ``functions``/``function_call`` (seed §7.3)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "max_tokens" not in data and "max_completion_tokens" in data:
+            data["max_tokens"] = data["max_completion_tokens"]
+        if data.get("tools") is None and isinstance(data.get("functions"), list):
+            data["tools"] = [{"type": "function", "function": fn} for fn in data["functions"]]
+        if data.get("tool_choice") is None and data.get("function_call") is not None:
+            legacy = data["function_call"]
+            data["tool_choice"] = {"type": "function", "function": legacy} if isinstance(legacy, dict) else legacy
+        return data
+
+    @field_validator("tool_spec", mode="before")
+    @classmethod
+    def _tool_spec(cls, value: Any, info: ValidationInfo) -> ToolSpec:
+        data = info.data
+        return ToolSpec.parse(data.get("tools"), data.get("tool_choice"), data.get("parallel_tool_calls"))
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
+
+    @property
+    def conversation(self) -> tuple[str | None, str | None]:
+        """``(chat id, parent id)`` the client continues from (the extension fields)."""
+        return self.chatId or self.chat_id, self.parentId or self.parent_id
+
+    def mode_options(self) -> dict[str, Any]:
+        """Fields that pick a mode (docs/MODES.md) as ``ChatRequest.options`` flags; they win
+        over a model-name suffix."""
+        out: dict[str, Any] = {}
+        if self.reasoning_effort is not None:
+            out["thinking"] = self.reasoning_effort != "none"
+        if self.enable_thinking is not None:
+            out["thinking"] = self.enable_thinking
+        if self.thinking_budget is not None:
+            out["thinking_budget"] = self.thinking_budget
+        if self.web_search_options is not None:
+            out["search"] = True
+        if self.enable_search is not None:
+            out["search"] = self.enable_search
+        if self.size is not None:
+            out["image_size"] = self.size
+        if self.parallel_tool_calls is not None:
+            out["parallel_tool_calls"] = bool(self.parallel_tool_calls)
+        return out
+
+
+class _Messages(BaseModel):
+    messages: Annotated[
+        list[dict[str, Any]],
+        BeforeValidator(check_messages),
+        WithJsonSchema({"type": "array", "minItems": 1, "items": schema_ref(Message)}),
+    ]
+
+
+class ChatCompletionRequest(ChatOptions, _Messages):
+    """``POST /api/chat/completions``: ``messages`` (checked first), then ``ChatOptions``."""
+
+    @classmethod
+    def parse(cls, body: dict[str, Any], messages: Any) -> ChatCompletionRequest:
+        """The request for ``body`` with these ``messages`` (the seed's ``/api/chat`` makes them)."""
+        return cls.model_validate({**body, "messages": messages})
+
+
+def _simple_message(value: Any) -> Any:
+    if value is None or value == "" or value == []:
+        raise BadRequest("`message` is required (Сообщение не указано)", param="message")
+    if not isinstance(value, (str, list)):
+        raise BadRequest(
+            "`message` must be a string or an array of parts (Неподдерживаемый формат сообщения)", param="message"
+        )
+    if isinstance(value, list) and not all(
+        isinstance(p, dict) and p.get("type") in ("text", "image", "file", "image_url") for p in value
+    ):
+        raise BadRequest("Malformed message parts (Некорректная структура составного сообщения)", param="message")
+    return value
+
+
+class SimpleChatRequest(BaseModel):
+    """The seed's ``POST /api/chat``: ``messages`` with a user message, else ``message``; the
+    other fields are ``ChatOptions``'."""
+
+    model_config = ConfigDict(extra="allow")
+
+    message: Annotated[
+        str | list[ContentPart] | None,
+        WithJsonSchema(
+            {
+                "oneOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "minItems": 1, "items": schema_ref(ContentPart)},
+                ]
+            }
+        ),
+    ] = None
+    messages: Annotated[Any, WithJsonSchema({"type": "array", "items": schema_ref(Message)})] = None
+    model: str | None = None
+    stream: bool | None = None
+    chatId: str | None = None
+    parentId: str | None = None
+
+    @staticmethod
+    def messages_of(body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The chat messages this body asks for (``message`` checked only when it is used)."""
+        messages = body.get("messages")
+        if isinstance(messages, list) and any(isinstance(m, dict) and m.get("role") == "user" for m in messages):
+            return messages
+        return [{"role": "user", "content": _simple_message(body.get("message"))}]
+
+
+class ImageRequest(BaseModel):
+    """``POST /api/images/generations`` (OpenAI's images API on Qwen's ``t2i`` mode)."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"required": ["prompt"]})
+
+    prompt: Annotated[
+        str,
+        _check(lambda v: isinstance(v, str) and v.strip(), "`prompt` must be a non-empty string", "prompt", none=False),
+    ] = Field(None, validate_default=True, json_schema_extra={"minLength": 1})
+    n: Annotated[
+        int,
+        _check(
+            lambda v: _is_int(v) and 1 <= v <= MAX_IMAGES, f"`n` must be an integer between 1 and {MAX_IMAGES}", "n"
+        ),
+    ] = Field(1, ge=1, le=MAX_IMAGES, validate_default=True)
+    response_format: Annotated[
+        Literal[IMAGE_FORMATS] | None,
+        _check(lambda v: v in IMAGE_FORMATS, "`response_format` must be url or b64_json", "response_format"),
+        BeforeValidator(lambda v: v or "url"),  # runs first (before-validators run right to left)
+        WithJsonSchema({"type": "string", "enum": list(IMAGE_FORMATS)}),
+    ] = Field("url", validate_default=True)
+    size: Annotated[str | None, BeforeValidator(_size), WithJsonSchema({"type": "string"})] = Field(
+        None, validate_default=True
+    )
+    model: Annotated[str | None, _string("model")] = None
+
+    @property
+    def ratio(self) -> str:
+        return self.size or "1:1"
+
+
+class CreateFileForm(BaseModel):
+    """``POST /api/files`` (multipart), OpenAI's file upload; checked in ``api/files.py``."""
+
+    file: bytes = Field(json_schema_extra={"format": "binary"})
+    purpose: Literal[OPENAI_PURPOSES]
+
+
+class ListFilesQuery(BaseModel):
+    """``GET /api/files``; checked in ``api/files.py``."""
+
+    purpose: str | None = None
+    order: Literal["asc", "desc"] | None = None
+    limit: int | None = Field(None, ge=1, le=10000)
+    after: str | None = None
+
+
+# --------------------------------------------------------------------------- response shapes
+# (documentation: the bodies themselves are built by ``completion_response`` and the routes)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class Error(BaseModel):
+    """Every error of the OpenAI routes."""
+
+    error: ErrorDetail
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: str
+    created: int | None = None
+    model: str | None = None
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
+    chatId: str | None = None
+    parentId: str | None = None
+
+
+class ModelEntry(BaseModel):
+    id: str
+    object: str
+    owned_by: str | None = None
+
+
+class ModelList(BaseModel):
+    object: str
+    data: list[ModelEntry]

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..content import is_text_part, json_text, text_of
 from ..errors import BadRequest
 from ..events import Event, Finished, ResponseStarted, TextDelta, ToolCallDelta, Usage
 
@@ -148,13 +149,7 @@ class ToolSpec:
 
 
 def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text")
-        )
-    return "" if content is None else json.dumps(content, ensure_ascii=False)
+    return text_of(content, other=json_text)
 
 
 def render_call(call: dict[str, Any]) -> str:
@@ -226,7 +221,7 @@ def fold_turn(messages: list[dict[str, Any]], spec: ToolSpec, *, continuing: boo
     # keep the images/files of the last user message
     user_content = next((m.get("content") for m in reversed(segment) if m.get("role") == "user"), None)
     if isinstance(user_content, list):
-        others = [p for p in user_content if isinstance(p, dict) and p.get("type") not in ("text", "input_text")]
+        others = [p for p in user_content if isinstance(p, dict) and not is_text_part(p)]
         if others:
             return [{"type": "text", "text": text}, *others], system
     return text, system

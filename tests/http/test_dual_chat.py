@@ -382,3 +382,34 @@ def test_gigachat_under_gunicorn_gevent(tmp_path, fake):
         assert fake.oauth_calls == 1
     finally:
         server.stop()
+
+
+# --- routing by model name ---------------------------------------------------------------
+
+
+def test_gigachat_and_local_requests_never_fetch_qwens_model_list(tmp_path, fake) -> None:
+    """Routing asks each provider's own names: a GigaChat or local request must not make
+    the Qwen provider fetch chat.qwen.ai's model list (a fake Qwen counts the calls)."""
+    from tests.fakes.qwen_web import FakeQwen
+
+    qwen = FakeQwen().start()
+    try:
+        app = make_app(tmp_path, fake, QWEN_BASE_URL=qwen.url, QWEN_TOKEN=qwen.make_token(), QWEN_TRANSPORT="direct")
+        app.extensions["providers"].register(StubLocalCoder())
+        client = app.test_client()
+        for model in ("GigaChat-2-Max", "qwen2.5-coder-local"):
+            answer = client.post(
+                "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "hi"}]}
+            )
+            assert answer.status_code == 200, answer.get_json()
+            assert answer.get_json()["model"] == model
+        assert [r["path"] for r in qwen.requests] == []
+        # a Qwen request does fetch it (the check above could see one)
+        answer = client.post(
+            "/v1/chat/completions", json={"model": "qwen-max-latest", "messages": [{"role": "user", "content": "hi"}]}
+        )
+        assert answer.status_code == 200, answer.get_json()
+        assert "/api/models" in [r["path"] for r in qwen.requests]
+        app.extensions["providers"].close()
+    finally:
+        qwen.stop()

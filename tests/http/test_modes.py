@@ -277,3 +277,27 @@ def test_bad_mode_fields_are_400(client, fake_qwen) -> None:
         validate("ErrorResponse", r.get_json())
         assert r.get_json()["error"]["param"] == param
     assert completions(fake_qwen) == []
+
+
+def test_tools_are_parsed_once_per_request_even_with_a_retry(client, fake_qwen, monkeypatch) -> None:
+    """The request model parses tools/tool_choice once; the provider and its retry reuse it."""
+    from qwenproxy.wire.tools import ToolSpec
+
+    parsed = []
+    original = ToolSpec.parse.__func__
+
+    def counting(cls, *args, **kwargs):  # type: ignore[no-untyped-def]
+        parsed.append(args)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(ToolSpec, "parse", classmethod(counting))
+    fake_qwen.answer = lambda text: (
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+        if "You must call a tool now" in text
+        else "Just chatting."
+    )
+    body = {"messages": [{"role": "user", "content": "x"}], "tools": [WEATHER], "tool_choice": "required"}
+    answer = client.post("/api/chat/completions", json=body)
+    assert answer.status_code == 200 and answer.get_json()["choices"][0]["message"]["tool_calls"]
+    assert len(completions(fake_qwen)) == 2  # the retry ran
+    assert len(parsed) == 1

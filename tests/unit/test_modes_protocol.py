@@ -9,9 +9,9 @@ import pytest
 from qwenproxy.errors import UpstreamError
 from qwenproxy.events import Annotation, Finished, ImageResult, ReasoningDelta, TextDelta
 from qwenproxy.qwen.catalog import ModelCatalog
-from qwenproxy.qwen.modes import Modes, aspect_ratio, split_model, upstream_mode, variants
+from qwenproxy.qwen.modes import Modes, split_model, upstream_mode, variants
 from qwenproxy.qwen.protocol import parse_stream
-from qwenproxy.wire.openai import ChunkRenderer, collect, completion_response
+from qwenproxy.wire.openai import ChunkRenderer, aspect_ratio, collect, completion_response
 from tests.openai_schema import validate
 
 CREATED = b'data: {"response.created":{"chat_id":"c","parent_id":"p","response_id":"r"}}\n\n'
