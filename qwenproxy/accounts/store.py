@@ -3,10 +3,13 @@
 The database is the source of truth, not process memory, so every gunicorn worker (and every
 gateway machine sharing a PostgreSQL database) sees the same states and the same rotation.
 
-Rotation: the OK account used least recently is taken with one compare-and-swap
-``UPDATE account SET last_used_at = :new WHERE id = :id AND last_used_at = :old AND <usable>``;
-a process that loses the race reads again. Two workers therefore never take the same
-account twice in a row, and the accounts are used in strict turn across all processes.
+Rotation: each request reads the accounts (one SELECT: a WAIT or INVALID set anywhere counts
+at once) and takes the OK one used least recently, by the database's ``last_used_at`` and this
+process's own picks. The pick itself writes nothing: ``last_used_at`` and ``requests_served``
+are written with the turn's answer, in its transaction (``flush_usage``). One process uses the
+accounts in strict turn; several processes or machines are fair within a few requests (a
+turn's use is seen by the others when it ends). State changes (WAIT, INVALID, a new token)
+are written at once.
 
 States (seed §7.10): OK, WAIT (``reset_at`` in the future), INVALID (``invalid`` set, or the
 JWT's ``exp`` has passed — computed, so no request is wasted on an expired token).
@@ -24,6 +27,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
+
+from peewee import Case
 
 from .. import db
 from ..db.models import Account as AccountRow
@@ -154,6 +159,12 @@ class DatabasePool(AccountPool):
         self.relogin = relogin
         self._relogin_after: dict[str, float] = {}  # account id -> earliest next automatic try
         self._relogin_lock = threading.Lock()
+        # usage not yet written (flush_usage): picks and served counts of this process
+        self._usage_lock = threading.Lock()
+        self._picked: dict[str, float] = {}  # account id -> when this process last took it
+        self._stamp = 0.0
+        self._used: dict[str, float] = {}
+        self._served: dict[str, int] = {}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], client: Any = None) -> DatabasePool:
@@ -165,29 +176,33 @@ class DatabasePool(AccountPool):
     # ------------------------------------------------------------------ AccountPool
 
     def acquire(self, *, prefer: str | None = None, exclude: set[str] | frozenset = frozenset()) -> Account:
+        """The usable account used least recently (``prefer`` if usable); no write.
+
+        The states are read from the database on every call, so a WAIT or INVALID set by any
+        worker or machine counts at once. Who used what: this process's own picks at once,
+        other processes' when their turns end (``flush_usage``).
+        """
         with db.session():
-            for _ in range(50):
+            for _ in range(3):
                 now = self.clock()
                 rows = list(AccountRow.select().order_by(AccountRow.last_used_at, AccountRow.id))
-                if self.relogin is not None and self._auto_relogin(rows, now):
-                    continue  # tokens changed: read again
-                usable = [r for r in rows if r.id not in exclude and state_of(r, now) == OK]
-                if not usable:
-                    raise self.unavailable(rows, now)
-                choice = next((r for r in usable if r.id == prefer), usable[0])
-                stamp = max(now, max(r.last_used_at or 0.0 for r in rows) + 0.001)
-                # compare-and-swap: only if nobody took it (or gave it a new token) since we read
-                # it, and it is still OK
-                same = (
-                    (AccountRow.id == choice.id)
-                    & (AccountRow.last_used_at == choice.last_used_at)
-                    & (AccountRow.token == choice.token)
-                )
-                taken = AccountRow.update(last_used_at=stamp).where(same & _usable(now)).execute()
-                if taken == 1:
-                    return Account(id=choice.id, token=choice.token, email=choice.email, profile_dir=choice.profile_dir)
-                # another request (maybe in another process) took it first: look again
-        raise UpstreamUnavailable("The accounts registry is too busy; try again", code="accounts_busy")
+                if self.relogin is None or not self._auto_relogin(rows, now):
+                    break  # else tokens changed: read again
+        usable = [r for r in rows if r.id not in exclude and state_of(r, now) == OK]
+        if not usable:
+            raise self.unavailable(rows, now)
+        with self._usage_lock:
+            picked = self._picked
+
+            def last_use(row: AccountRow) -> float:
+                return max(row.last_used_at or 0.0, picked.get(row.id, 0.0))
+
+            choice = next((r for r in usable if r.id == prefer), None) or min(usable, key=last_use)
+            latest = max(max(last_use(r) for r in rows), self._stamp)
+            self._stamp = stamp = max(now, latest + 0.001)
+            picked[choice.id] = stamp
+            self._used[choice.id] = stamp
+        return Account(id=choice.id, token=choice.token, email=choice.email, profile_dir=choice.profile_dir)
 
     def any_token(self) -> str | None:
         """A token for background calls (the model list), without a turn in the rotation."""
@@ -254,13 +269,34 @@ class DatabasePool(AccountPool):
                     self._try_relogin(row, self.clock())
 
     def mark_success(self, account_id: str) -> None:
+        """Counted in memory; written with the turn's answer (``flush_usage``)."""
+        with self._usage_lock:
+            self._served[account_id] = self._served.get(account_id, 0) + 1
+
+    def flush_usage(self) -> None:
+        """Write this process's picks (``last_used_at``) and served counts since the last
+        flush. Runs inside the transaction that saves a turn's answer (``db.flush_deferred``),
+        so the rotation costs no write of its own."""
+        with self._usage_lock:
+            used, self._used = self._used, {}
+            served, self._served = self._served, {}
+        if not used and not served:
+            return
         with db.session():
-            AccountRow.update(requests_served=AccountRow.requests_served + 1).where(
-                AccountRow.id == account_id
-            ).execute()
+            for account_id in used.keys() | served.keys():
+                values: dict[Any, Any] = {}
+                if account_id in served:
+                    values[AccountRow.requests_served] = AccountRow.requests_served + served[account_id]
+                if account_id in used:
+                    stamp = used[account_id]
+                    values[AccountRow.last_used_at] = Case(
+                        None, [(AccountRow.last_used_at < stamp, stamp)], AccountRow.last_used_at
+                    )
+                AccountRow.update(values).where(AccountRow.id == account_id).execute()
 
     def status(self) -> list[dict[str, Any]]:
         now = self.clock()
+        self.flush_usage()
         with db.session():
             rows = list(AccountRow.select().order_by(AccountRow.created_at, AccountRow.id))
         return [self.describe(r, now) for r in rows]
@@ -561,6 +597,7 @@ def init_app(app: Any) -> DatabasePool:
         except DatabaseError as exc:  # e.g. AUTO_MIGRATE=false before `flask db upgrade`
             log.warning("could not import QWEN_TOKEN into the accounts registry: %s", exc)
     app.extensions["account_pool"] = pool
+    db.defer_writes("accounts", pool.flush_usage)
     sql_log = logging.getLogger("peewee")  # our own modules only ever log mask(token)
     if not any(isinstance(f, RedactTokens) for f in sql_log.filters):
         sql_log.addFilter(RedactTokens())

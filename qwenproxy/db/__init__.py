@@ -8,24 +8,39 @@ from __future__ import annotations
 
 from flask import Flask
 
-from .connection import bind, database, keep_wal_open, make_database, session
+from .connection import (
+    bind,
+    database,
+    defer_writes,
+    flush_deferred,
+    keep_wal_open,
+    make_database,
+    session,
+    shared_connection,
+    write_transaction,
+)
 from .migrations import db_cli, migration_files, upgrade
 
 __all__ = [
     "bind",
     "database",
+    "defer_writes",
+    "flush_deferred",
     "db_cli",
     "init_app",
     "keep_wal_open",
     "make_database",
     "migration_files",
     "session",
+    "shared_connection",
     "upgrade",
+    "write_transaction",
 ]
 
 
 def init_app(app: Flask) -> None:
-    """Bind the database, migrate if asked, and open/close a connection per request."""
+    """Bind the database, migrate if asked, and open/close a connection per request (a
+    shared SQLite connection under gevent stays open: ``connection.make_database``)."""
     keep_wal_open(bind(app.config["DATABASE_URL"]))
     if app.config.get("AUTO_MIGRATE", True):
         upgrade()
@@ -36,7 +51,7 @@ def init_app(app: Flask) -> None:
 
     @app.teardown_request
     def _close(exc: BaseException | None) -> None:
-        if not database.is_closed():
+        if not database.is_closed() and not shared_connection():
             database.close()
 
     app.cli.add_command(db_cli)

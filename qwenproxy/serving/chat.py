@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Response, current_app, g
 
+from .. import db
 from ..providers import ChatRequest, Provider
 from ..wire.openai import ChatCompletionRequest, Collected, completion_response
 from .conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
@@ -21,19 +22,22 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
     chat_id, parent_id = req.conversation
     upstream_model, model, options = provider.resolve_request(req.model)
     options.update(req.mode_options())
-    chat, is_new = open_chat(
-        chat_id,
-        provider=provider.name,
-        model=model,
-        name=None if simple else OPENAI_CHAT_NAME,
-        adopt_upstream=provider.server_side_history,
-    )
-    # a new chat stores everything the client sent; a continuing one only the new turn
-    last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
-    last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
-    if last_user < last_assistant < len(messages) - 1:
-        last_user = last_assistant + 1  # a tool loop: the new turn is the results after the call
-    new_messages = messages if is_new else messages[last_user:]
+    with db.session(), db.write_transaction():  # the chat and the user's messages: one commit
+        chat, is_new = open_chat(
+            chat_id,
+            provider=provider.name,
+            model=model,
+            name=None if simple else OPENAI_CHAT_NAME,
+            adopt_upstream=provider.server_side_history,
+        )
+        # a new chat stores everything the client sent; a continuing one only the new turn
+        last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+        last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+        if last_user < last_assistant < len(messages) - 1:
+            last_user = last_assistant + 1  # a tool loop: the new turn is the results after the call
+        new_messages = messages if is_new else messages[last_user:]
+        turn = Turn(chat=chat, provider=provider.name, model=model)
+        turn.begin(new_messages)
     send = messages
     if simple and not provider.server_side_history and not is_new:
         send = stored_history(chat) + messages[last_user:]
@@ -55,9 +59,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         options=options,
         request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
     )
-    turn = Turn(chat=chat, provider=provider.name, model=model)
     reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
-    turn.begin(new_messages)
 
     def extras(collected: Collected, info: dict[str, Any]) -> dict[str, Any]:
         rid = collected.started.response_id if collected.started else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,7 +101,8 @@ class Turn:
     closed: bool = False
 
     def begin(self, new_messages: list[dict[str, Any]]) -> None:
-        with db.session():
+        """Save the user's messages (one transaction, or the caller's)."""
+        with db.session(), db.write_transaction():
             for message in new_messages:
                 save_message(
                     self.chat,
@@ -113,15 +115,17 @@ class Turn:
     def observe(self, event: Event) -> None:
         self.collected.add(event)
 
-    def close(self, status: str, error: str | None = None) -> None:
-        """Save the answer (``complete``, ``partial`` or ``error``) and the chat's upstream ids."""
+    def close(self, status: str, error: str | None = None, also: Callable[[], None] | None = None) -> None:
+        """Save the answer (``complete``, ``partial`` or ``error``), the chat's upstream ids,
+        the writes deferred until a turn ends (``db.flush_deferred``: the accounts' usage) and
+        ``also`` (the request-log row) in one transaction."""
         if self.closed:
             return
         self.closed = True
         c = self.collected
         started: ResponseStarted | None = c.started
         try:
-            with db.session():
+            with db.session(), db.write_transaction():
                 if started is not None or c.text or c.reasoning or c.tool_calls:
                     content: Any = c.text
                     if c.tool_calls:
@@ -152,5 +156,8 @@ class Turn:
                 if started is not None and started.response_id and status == "complete":
                     updates["last_response_id"] = started.response_id
                 Chat.update(**updates).where(Chat.id == self.chat.id).execute()
+                db.flush_deferred()
+                if also is not None:
+                    also()
         except Exception:
             log.exception("could not save the answer of chat %s", self.chat.id)

@@ -118,19 +118,13 @@ class _Run:
             self.stats.error(error.code, stage)
         self.stats.finish(status, *_usage(self.turn))
         fields = _log_fields(self.stats, self.turn, error)
-        if record is None:
-            self.turn.close(status, error=note)
-            return fields
-        try:
-            with db.session():
-                self.turn.close(status, error=note)
-                record(fields)
-        except Exception:
-            log.exception("could not save the end of a stream")
+        also = (lambda: record(fields)) if record is not None else None
+        self.turn.close(status, error=note, also=also)  # one transaction; never raises
         return fields
 
-    def collect(self) -> None:
-        """The JSON path: read the rest of the answer; a failure is still an HTTP error."""
+    def collect(self, record: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """The JSON path: read the rest of the answer; a failure is still an HTTP error.
+        ``record`` writes the request-log row of a success with the answer."""
         try:
             if not self.ended:
                 for event in self.events:
@@ -140,7 +134,8 @@ class _Run:
             err = as_api_error(exc)
             g.request_log = self.finish(outcome, error=err, note=str(exc))
             raise err from exc
-        g.request_log = self.finish("complete")
+        g.request_log = self.finish("complete", record=record)
+        g.request_log_deferred = record is not None
 
     def relay(self, renderer: ChunkRenderer, ping_interval: float) -> Iterator[str]:
         """The SSE path: chunks as events arrive, pings while the upstream is silent."""
@@ -209,7 +204,14 @@ def serve(
 
 
 def _json_answer(run: _Run, headers: dict[str, str], shape: Shape, extras: Extras) -> Response:
-    run.collect()
+    keep = int(current_app.config.get("REQUEST_LOG_KEEP") or 1000)
+    base = {"request_id": g.get("request_id"), "method": request.method, "route": _route(), "status": 200}
+
+    def record(fields: dict[str, Any]) -> None:
+        duration = round((time.perf_counter() - g.get("started", run.stats.started)) * 1000, 2)
+        requestlog.record(keep, **base, **fields, duration_ms=duration)
+
+    run.collect(record)
     collected = run.turn.collected
     response = jsonify(shape(collected, extras(collected, run.turn.info)))
     response.headers.update(headers)
@@ -266,8 +268,9 @@ def _sse_answer(run: _Run, headers: dict[str, str], renderer: ChunkRenderer, pin
     response.headers["Cache-Control"] = "no-cache, no-store, must-revalidate"
     response.headers["X-Accel-Buffering"] = "no"
     # a stream may stay open for minutes: it must not hold a database connection (memory, file
-    # descriptors) meanwhile; the turn opens one again to save the answer
-    if not db.database.is_closed():
+    # descriptors) meanwhile; the turn opens one again to save the answer (a shared SQLite
+    # connection serves the whole worker and stays)
+    if not db.database.is_closed() and not db.shared_connection():
         db.database.close()
     return response
 
