@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import signal
 import statistics
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -214,6 +216,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout served beside this one")
     parser.add_argument("--litellm", action="store_true", help="also measure the LiteLLM proxy")
     parser.add_argument("--litellm-version", default=None)
+    parser.add_argument("--py-spy", type=Path, help="record the gateway worker's stacks here (collapsed)")
     args = parser.parse_args()
     raise_fd_limit()
     fake = Fake()
@@ -242,15 +245,45 @@ def main() -> None:
             pairs["litellm"] = "openai-direct"
         for stream in (False, True):
             asyncio.run(phase(targets, 1, args.warmup, f"words:{args.words}", stream))
+        spy = None
+        if args.py_spy:
+            from bench.profile_summary import py_spy
+
+            spy = subprocess.Popen(
+                [
+                    str(py_spy()),
+                    "record",
+                    "--pid",
+                    str(gw.worker_pids()[0]),
+                    "--rate",
+                    "250",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(args.py_spy),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         rounds = []
         for n in range(args.repeat):
             rounds.append(run_round(targets, cpu, args))
             print(f"# round {n + 1}/{args.repeat} done", flush=True)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
     finally:
         for proc in reversed(started):
             proc.stop()
         fake.stop()
     report(rounds, pairs, args)
+    if args.py_spy:
+        from bench.profile_summary import summarize
+
+        print("| gateway worker: concern | share of CPU samples |\n|---|---:|")
+        for label, share in summarize(args.py_spy):
+            print(f"| {label} | {share:.1f} % |")
 
 
 if __name__ == "__main__":

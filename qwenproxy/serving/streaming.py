@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from flask import Response, current_app, g, jsonify, request, stream_with_context
@@ -137,13 +137,17 @@ class _Run:
         g.request_log = self.finish("complete", record=record)
         g.request_log_deferred = record is not None
 
-    def relay(self, renderer: ChunkRenderer, ping_interval: float) -> Iterator[str]:
-        """The SSE path: chunks as events arrive, pings while the upstream is silent."""
-        yield sse(renderer.role())
+    def relay(self, renderer: ChunkRenderer, ping_interval: float) -> Generator[str, None, str]:
+        """The SSE path: chunks as events arrive, pings while the upstream is silent.
+
+        Chunks that are ready together go out in one write (nothing waits for more); what
+        is ready at the end is returned, for the caller to send with the final chunks."""
+        ready = [sse(renderer.role())]
         for event in self.first:
-            yield from map(sse, renderer.render(event))
+            ready.extend(map(sse, renderer.render(event)))
         if self.ended:
-            return
+            return "".join(ready)
+        yield "".join(ready)
         pending: queue.Queue[tuple[str, Any]] = queue.Queue()
         # the pump runs in this request's context, so its log lines carry the request id
         context = contextvars.copy_context()
@@ -154,20 +158,28 @@ class _Run:
             except queue.Empty:
                 yield PING
                 continue
+            ready = []
+            while kind == "event":
+                self.observe(value)
+                ready.extend(map(sse, renderer.render(value)))
+                try:
+                    kind, value = pending.get_nowait()
+                except queue.Empty:
+                    kind = ""
             if kind == "end":
-                return
+                return "".join(ready)
             if kind == "error":
-                raise _InBand(as_api_error(value))
-            self.observe(value)
-            yield from map(sse, renderer.render(value))
+                raise _InBand(as_api_error(value), "".join(ready))
+            yield "".join(ready)
 
 
 class _InBand(Exception):
     """An upstream failure after the first chunk: reported in the stream, not as a status."""
 
-    def __init__(self, error: ApiError) -> None:
+    def __init__(self, error: ApiError, ready: str = "") -> None:
         super().__init__(error.message)
         self.error = error
+        self.ready = ready  # chunks rendered before the failure, not sent yet
 
 
 def serve(
@@ -232,14 +244,14 @@ def _sse_answer(run: _Run, headers: dict[str, str], renderer: ChunkRenderer, pin
             metrics.streams.inc()
         try:
             try:
-                yield from run.relay(renderer, ping_interval)
+                tail = yield from run.relay(renderer, ping_interval)
             except _InBand as exc:
                 failed = exc.error
-                yield sse(renderer.error(failed))
+                tail = exc.ready + sse(renderer.error(failed))
             if failed is None:
-                yield from map(sse, renderer.finish(turn.collected.finish_reason or "stop"))
+                tail += "".join(map(sse, renderer.finish(turn.collected.finish_reason or "stop")))
                 status = "complete"
-            yield DONE
+            yield tail + DONE  # the last chunks and [DONE]: one write
         finally:
             if status != "complete":
                 run.events.cancel()
