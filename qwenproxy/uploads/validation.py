@@ -90,8 +90,6 @@ for _ext, _mime in (*IMAGE_TYPES.items(), *BINARY_DOCUMENTS.items(), *TEXT_DOCUM
 MIME_EXTENSIONS["image/jpg"] = "jpg"
 
 
-
-
 class FileTooLarge(ApiError):
     status = 413
     type = "invalid_request_error"
