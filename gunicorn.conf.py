@@ -50,7 +50,7 @@ Path(_metrics_dir).mkdir(parents=True, exist_ok=True)  # --check-config loads th
 _supervisor = None
 
 
-def on_starting(server):  # noqa: ANN001 - gunicorn hook signature
+def on_starting(server):
     """Once, in the master, before any worker: logs to LOGS_DIR, a fresh metrics directory,
     migrations."""
     from qwenproxy import db
@@ -62,7 +62,7 @@ def on_starting(server):  # noqa: ANN001 - gunicorn hook signature
     db.upgrade()
 
 
-def when_ready(server):  # noqa: ANN001
+def when_ready(server):
     """Start the long-running workers (browser pool, local model) from the master, never in a
     gevent worker."""
     global _supervisor
@@ -71,7 +71,7 @@ def when_ready(server):  # noqa: ANN001
     _supervisor = start_configured(_config)
 
 
-def post_worker_init(worker):  # noqa: ANN001
+def post_worker_init(worker):
     """SIGTERM first marks the worker draining (``/health/ready`` -> 503), then gunicorn's own
     handler stops accepting and waits for the running streams."""
     from qwenproxy.ops.lifecycle import drain_on_sigterm
@@ -79,14 +79,14 @@ def post_worker_init(worker):  # noqa: ANN001
     drain_on_sigterm(worker.wsgi, worker.handle_exit)
 
 
-def child_exit(server, worker):  # noqa: ANN001
+def child_exit(server, worker):
     """A web worker is gone: drop its live gauges from the metrics."""
     from qwenproxy.ops import metrics
 
     metrics.mark_worker_dead(worker.pid, _metrics_dir)
 
 
-def on_exit(server):  # noqa: ANN001
+def on_exit(server):
     """Stop the supervised workers (after the web workers have finished their streams)."""
     if _supervisor is not None:
         # the browser pool drains its running jobs before closing Chromium

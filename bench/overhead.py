@@ -63,7 +63,8 @@ async def _read_stream(response: aiohttp.ClientResponse, started: float, end: by
 
 
 def qwen_direct(fake: Fake, config: dict) -> Call:
-    async def call(session: aiohttp.ClientSession, prompt: str, stream: bool) -> tuple[float, float]:
+    async def call(session: aiohttp.ClientSession, prompt: str, _stream: bool) -> tuple[float, float]:
+        """What the gateway does upstream, streamed or not for its client."""
         started = time.perf_counter()
         headers = browser_headers(config, token=fake.token)
         async with session.post(f"{fake.url}/api/v2/chats/new", json=new_chat_body(MODEL), headers=headers) as r:
@@ -114,7 +115,7 @@ async def phase(targets: dict[str, Call], concurrency: int, total: int, prompt: 
                 for name in names[shift:] + names[:shift]:
                     try:
                         results[name].append(await targets[name](session, prompt, stream))
-                    except Exception as exc:  # noqa: BLE001 - counted and shown
+                    except Exception as exc:
                         errors[name] += 1
                         if errors[name] == 1:
                             print(f"# {name}: {exc}")

@@ -8,9 +8,9 @@ from typing import Any
 
 from flask import Flask
 
-from .config import load_config
+from .config import VERSION, load_config
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

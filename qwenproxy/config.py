@@ -14,6 +14,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parent.parent
+VERSION = "0.1.0"  # qwenproxy.__version__
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 
@@ -60,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
         "(KHTML, like Gecko) Chrome/141.0.0.0 Safari/537.36"
     ),
     "QWEN_BX_V": "2.5.31",
+    # conversations (README "Conversations"): recognise re-sent histories; the body size wall
+    "QWEN_HISTORY_MATCHING": True,  # false: every request without chatId folds its history into a new chat
+    "QWEN_MAX_BODY_BYTES": 120000,  # larger completions bodies move their long part into a document
     "QWEN_FRONTEND_VERSION": "0.2.63",
     # browser pool (QWEN_TRANSPORT=browser|auto): workers/browser_pool/, docs/BROWSER_POOL.md
     "BROWSER_POOL_SOCKET": None,  # Unix socket path (default <SESSION_DIR>/browser_pool.sock) or http://127.0.0.1:PORT

@@ -12,12 +12,14 @@ a client left).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
 from requests.adapters import HTTPAdapter
+from typing_extensions import override
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
 
@@ -26,10 +28,8 @@ def shutdown(sock: Any) -> None:
     """``shutdown(SHUT_RDWR)`` on a socket that may be gone already."""
     if sock is None:
         return
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 def abort_response(response: Any) -> None:
@@ -108,13 +108,16 @@ class UnixSocketAdapter(HTTPAdapter):
             pool = self._pools[path] = _UnixPool(path, maxsize=16)
         return pool
 
-    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):  # noqa: ANN001
+    @override
+    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
         return self._pool(request.url)
 
-    def get_connection(self, url, proxies=None):  # noqa: ANN001 - requests < 2.32
+    @override
+    def get_connection(self, url, proxies=None):
         return self._pool(url)
 
-    def request_url(self, request, proxies):  # noqa: ANN001
+    @override
+    def request_url(self, request, proxies):
         return request.path_url
 
     def close(self) -> None:

@@ -36,6 +36,25 @@ def _yes(answer: str) -> bool:
     return answer.strip().lower() in ("y", "yes", "д", "да")
 
 
+def _add(ask: Callable[[str], str], run: Callable[[list[str]], Any]) -> None:
+    """Menu item 1: add an account by browser, e-mail and password, or a pasted token."""
+    how = ask(
+        "Как войти / How to sign in: 1 - браузер / browser (Enter), "
+        "2 - e-mail + пароль / password, 3 - вставить токен / paste a token: "
+    ).strip()
+    if how in ("", "1"):
+        run(flask_accounts("add"))
+    elif how == "2":
+        email = ask("E-mail: ").strip()
+        if email:
+            args = ["add", "--email", email]
+            if _yes(ask("Запомнить для автоматического входа? / Remember for automatic re-login? [y/N] ")):
+                args.append("--remember")
+            run(flask_accounts(*args))
+    elif how == "3":
+        run(flask_accounts("add", "--token", "-"))
+
+
 def run_menu(
     app: Any,
     *,
@@ -64,21 +83,7 @@ def run_menu(
                 )
             return True
         if choice == "1":
-            how = ask(
-                "Как войти / How to sign in: 1 - браузер / browser (Enter), "
-                "2 - e-mail + пароль / password, 3 - вставить токен / paste a token: "
-            ).strip()
-            if how in ("", "1"):
-                run(flask_accounts("add"))
-            elif how == "2":
-                email = ask("E-mail: ").strip()
-                if email:
-                    args = ["add", "--email", email]
-                    if _yes(ask("Запомнить для автоматического входа? / Remember for automatic re-login? [y/N] ")):
-                        args.append("--remember")
-                    run(flask_accounts(*args))
-            elif how == "3":
-                run(flask_accounts("add", "--token", "-"))
+            _add(ask, run)
         elif choice == "2":
             statuses = pool.status()
             if not statuses:

@@ -198,7 +198,7 @@ class DatabasePool(AccountPool):
                 return max(row.last_used_at or 0.0, picked.get(row.id, 0.0))
 
             choice = next((r for r in usable if r.id == prefer), None) or min(usable, key=last_use)
-            latest = max(max(last_use(r) for r in rows), self._stamp)
+            latest = max(self._stamp, *(last_use(r) for r in rows))
             self._stamp = stamp = max(now, latest + 0.001)
             picked[choice.id] = stamp
             self._used[choice.id] = stamp

@@ -36,7 +36,7 @@ def init_app(app: Flask) -> None:
         return response
 
     @app.errorhandler(Exception)
-    def _crash(exc: Exception) -> Response:
+    def _crash(_exc: Exception) -> Response:
         log.exception("unhandled error")
         response = jsonify(
             error_body("Internal server error (Внутренняя ошибка сервера)", "server_error", "internal_error")

@@ -13,6 +13,7 @@ from werkzeug.formparser import FormDataParser
 from .. import db
 from ..db.models import UploadedFile
 from ..errors import BadRequest, NotFound, UpstreamUnavailable
+from ..uploads.context import CONTEXT_PURPOSE
 from ..uploads.spool import Spool
 from ..uploads.uploader import Uploader, file_object
 from ..uploads.validation import FileTooLarge
@@ -129,7 +130,8 @@ def create_file() -> Response:
 
 @bp.get("/api/files")
 def list_files() -> Response:
-    query = UploadedFile.select()
+    # long contexts the gateway moved into documents itself (uploads/context.py) are not the client's
+    query = UploadedFile.select().where(UploadedFile.purpose != CONTEXT_PURPOSE)
     purpose = request.args.get("purpose")
     if purpose:
         query = query.where(UploadedFile.purpose == purpose)

@@ -11,7 +11,8 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
 
-from .. import __version__, db
+from .. import db
+from ..config import VERSION
 from ..ops import requestlog
 from ..ops.lifecycle import Health, health, workers_file
 from ..ops.metrics import Metrics, read_workers_file, state_metrics
@@ -60,7 +61,7 @@ def database_check() -> str:
 def live() -> Response:
     """The process answers (a container's healthcheck)."""
     h = health()
-    return jsonify({"status": "ok", "pid": h.pid, "uptime": round(time.time() - h.started, 1), "version": __version__})
+    return jsonify({"status": "ok", "pid": h.pid, "uptime": round(time.time() - h.started, 1), "version": VERSION})
 
 
 @bp.get("/health/ready")
@@ -145,7 +146,7 @@ def status_page() -> Response:
     ready_now = database == "ok" and any(usable.values()) and not h.draining
     html = render_template(
         "status.html",
-        version=__version__,
+        version=VERSION,
         ready=ready_now,
         draining=h.draining,
         database=database,

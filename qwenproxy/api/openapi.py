@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask
 from pydantic import BaseModel
 
-from .. import __version__
+from ..config import VERSION
 from ..wire import openai, seed
 
 REF = "#/components/schemas/{model}"
@@ -187,7 +187,7 @@ def document(app: Flask) -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {
             "title": "qwenproxy",
-            "version": __version__,
+            "version": VERSION,
             "description": (
                 "OpenAI-compatible gateway to Qwen web, GigaChat and a local Qwen2.5-Coder. Every error is "
                 'OpenAI\'s {"error": {message, type, param, code}}. Paths under /api also answer under '

@@ -24,9 +24,9 @@ from .migrations import db_cli, migration_files, upgrade
 __all__ = [
     "bind",
     "database",
+    "db_cli",
     "defer_writes",
     "flush_deferred",
-    "db_cli",
     "init_app",
     "keep_wal_open",
     "make_database",
@@ -50,7 +50,7 @@ def init_app(app: Flask) -> None:
         database.connect(reuse_if_open=True)
 
     @app.teardown_request
-    def _close(exc: BaseException | None) -> None:
+    def _close(_exc: BaseException | None) -> None:
         if not database.is_closed() and not shared_connection():
             database.close()
 

@@ -93,7 +93,7 @@ def session() -> Iterator[None]:
             database.close()
 
 
-def write_transaction():  # noqa: ANN201 - a Peewee transaction context
+def write_transaction():
     """A transaction that will write: on SQLite it takes the write lock at ``BEGIN``
     (``IMMEDIATE``), so a read followed by a write waits for other writers (busy timeout)
     instead of failing with "database is locked" when another process committed between.
@@ -123,7 +123,7 @@ def flush_deferred() -> None:
             log.exception("deferred %s writes failed", name)
 
 
-def keep_wal_open(db) -> None:  # noqa: ANN001 - any Peewee database
+def keep_wal_open(db) -> None:
     """Hold one idle SQLite connection for the life of the process.
 
     SQLite checkpoints and deletes the WAL whenever the *last* connection closes; with a

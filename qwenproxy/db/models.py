@@ -134,6 +134,24 @@ class UploadedFile(BaseModel):
     account_id = CharField(max_length=100, null=True)
     created_at = DoubleField(default=time.time)  # unix seconds (OpenAI shows them as an integer)
     status = CharField(max_length=20, default="processed")  # uploaded | processed | error
+    content_sha256 = CharField(max_length=64, null=True, index=True)  # long contexts sent as documents
 
     class Meta:
         table_name = "uploaded_file"
+
+
+class ConversationPoint(BaseModel):
+    """A conversation held upstream, after one complete answer: the hash of the history up to
+    and including that answer, and where to continue it (serving/history.py)."""
+
+    id = AutoField()
+    fingerprint = CharField(max_length=64, index=True)  # sha256 chain of the normalised messages
+    depth = IntegerField()  # messages the fingerprint covers
+    upstream_chat_id = CharField(max_length=100)
+    response_id = CharField(max_length=100)  # the next turn's parent_id
+    account_id = CharField(max_length=100, null=True)  # the account the upstream chat lives in
+    chat = ForeignKeyField(Chat, backref="points", on_delete="CASCADE", null=True, index=True)
+    created = DoubleField(default=time.time)
+
+    class Meta:
+        table_name = "conversation_point"

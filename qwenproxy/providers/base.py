@@ -26,6 +26,10 @@ class ChatRequest:
     conversation_id: str | None = None  # upstream conversation (Qwen chat_id)
     parent_id: str | None = None  # upstream message to continue from (Qwen parent_id)
     account_id: str | None = None  # account the conversation is pinned to, if any
+    # Stateless history (serving/history.py): how many leading ``messages`` the upstream chat
+    # ``conversation_id`` already holds; the provider folds the rest before the new turn into
+    # a transcript (all of it in a new chat). None: only the new turn is sent (chatId clients).
+    upstream_known: int | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from typing_extensions import override
 
 from ..content import text_of
 from ..errors import BadRequest, ContextTooLong, UpstreamError, UpstreamUnavailable
@@ -98,6 +99,7 @@ class LocalCoderProvider(Provider):
     def owns(self, model: str) -> bool:
         return model.lower() in {n.lower() for n in self._names()}
 
+    @override
     def resolve_model(self, model: str | None) -> str:
         return self.model_name
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from flask import Flask
 
 from ..accounts.pool import Account, AccountPool, Rotation
 from ..content import is_text_part, part_text, text_of
-from ..errors import BadRequest, RateLimited, Unauthorized
+from ..errors import BadRequest, Conflict, RateLimited, Unauthorized
 from ..events import Event, EventStream, ResponseStarted
 from ..qwen import modes
 from ..qwen.catalog import ALIAS_TO_CANONICAL, ModelCatalog
@@ -20,8 +21,9 @@ from ..qwen.files import QwenFiles
 from ..qwen.protocol import completion_body
 from ..qwen.transport import DirectTransport, Transport, UpstreamResponse
 from ..uploads.attachments import Attachments, media_part
+from ..uploads.context import CHAT_ID_PLACEHOLDER, Context, ContextFitter
 from ..uploads.uploader import Uploader
-from ..wire import tools
+from ..wire import tools, transcript
 from .base import ChatRequest, ModelCard, Provider
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ def last_user_turn(messages: list[dict[str, Any]]) -> tuple[Any, str | None]:
     system: str | None = None
     for message in messages:
         role = message.get("role")
-        if role == "system" and system is None:
+        if role in ("system", "developer") and system is None:
             system = text_of(message.get("content"))
         elif role == "user":
             content = message.get("content")
@@ -122,6 +124,7 @@ class QwenWebProvider(Provider):
         *,
         attachments: Attachments | None = None,
         vision_model: str | None = None,
+        fitter: ContextFitter | None = None,
     ) -> None:
         self.client = client
         self.pool = pool
@@ -129,6 +132,7 @@ class QwenWebProvider(Provider):
         self.max_attempts = max_attempts
         self.attachments = attachments
         self.vision_model = vision_model
+        self.fitter = fitter or ContextFitter(attachments.uploader if attachments else None, 120000)
 
     @classmethod
     def from_app(cls, app: Flask) -> QwenWebProvider:
@@ -149,6 +153,7 @@ class QwenWebProvider(Provider):
             catalog,
             attachments=Attachments(uploader),
             vision_model=str(config.get("VISION_MODEL") or "") or None,
+            fitter=ContextFitter(uploader, int(config.get("QWEN_MAX_BODY_BYTES") or 120000)),
         )
 
     # --- names
@@ -199,6 +204,7 @@ class QwenWebProvider(Provider):
                     conversation_id=stream.info.get("upstream_chat_id"),
                     parent_id=started.response_id if started else None,
                     account_id=stream.info.get("account_id"),
+                    upstream_known=None,
                 )
                 return self._events(again, spec, stream, current)
 
@@ -221,6 +227,16 @@ class QwenWebProvider(Provider):
         for account in rotation:
             try:
                 chat_id, events, response = self._start(request, spec, account, mode, stream)
+            except Conflict:
+                self.pool.release(account.id)
+                if not (request.upstream_known is not None and request.conversation_id):
+                    raise
+                # another request is continuing the same stored conversation right now: this
+                # one goes to a new chat with its whole history folded
+                log.info("upstream chat %s is busy; folding the history into a new chat", request.conversation_id)
+                request = replace(request, conversation_id=None, parent_id=None, account_id=None, upstream_known=0)
+                rotation.prefer = None
+                continue
             except (RateLimited, Unauthorized) as exc:
                 why = "rate limited" if isinstance(exc, RateLimited) else "unauthorized"
                 log.warning("account %s %s; trying another", account.id, why)
@@ -253,23 +269,26 @@ class QwenWebProvider(Provider):
         same_account = request.account_id in (None, account.id)
         chat_id = request.conversation_id if same_account else None
         parent_id = request.parent_id if chat_id else None
-        content, system = self._turn(request, spec, continuing=bool(chat_id and parent_id))
+        stateless = request.upstream_known is not None
+        content, system = self._turn(request, spec, continuing=bool(chat_id and parent_id) or stateless)
+        history = self._history(request, spec, known=(request.upstream_known or 0) if chat_id else 0)
         attach = self.attachments.resolver(account) if self.attachments else None
         qwen_content, files = to_qwen_message(content, attach)
         model = self._vision_model(request.model, qwen_content, files, stream)
+        fields = {
+            "model": model,
+            "parent_id": parent_id,
+            "files": files,
+            "chat_type": chat_type,
+            "feature_config": features,
+            "extra": extra,
+        }
+        # never above the body size wall: long parts go as documents (uploads/context.py)
+        measure = partial(self._body, request, chat_id=chat_id or CHAT_ID_PLACEHOLDER, **fields)
+        context = self.fitter.fit(Context(system, history, qwen_content), measure, account)
         if not chat_id:
             chat_id = self.client.create_chat(account.token, model, chat_type=chat_type, account_id=account.id)
-        body = completion_body(
-            chat_id=chat_id,
-            model=model,
-            content=qwen_content,
-            parent_id=parent_id,
-            system=system,
-            files=[*(request.options.get("files") or []), *files],
-            chat_type=chat_type,
-            feature_config=features,
-            extra=extra,
-        )
+        body = self._body(request, context, chat_id, **fields)
         events, response = self.client.open_completion(account.token, body, account_id=account.id)
         return chat_id, events, response
 
@@ -282,8 +301,9 @@ class QwenWebProvider(Provider):
         try:
             for event in events:
                 if isinstance(event, ResponseStarted) and not event.chat_id:
-                    event = ResponseStarted(chat_id, event.parent_id, event.response_id)
-                yield event
+                    yield ResponseStarted(chat_id, event.parent_id, event.response_id)
+                else:
+                    yield event
             done = True
             self.pool.mark_success(account.id)
         finally:
@@ -298,6 +318,26 @@ class QwenWebProvider(Provider):
         if tools.engaged(request.messages, spec):
             return tools.fold_turn(request.messages, spec, continuing=continuing)
         return last_user_turn(request.messages)
+
+    @staticmethod
+    def _history(request: ChatRequest, spec: tools.ToolSpec, known: int) -> str:
+        """The earlier turns a stateless client sent that the upstream chat does not hold
+        (``messages[known:]`` up to the new turn), as a transcript; "" for chatId clients."""
+        if request.upstream_known is None:
+            return ""
+        start = transcript.turn_start(request.messages, tools_engaged=tools.engaged(request.messages, spec))
+        return transcript.folded(request.messages, known, start)
+
+    def _body(self, request: ChatRequest, context: Context, chat_id: str, **fields: Any) -> dict[str, Any]:
+        """The completions body of a turn; ``fields``: model, parent_id, files and the mode."""
+        files = fields.pop("files")
+        return completion_body(
+            chat_id=chat_id,
+            content=context.content(),
+            system=context.system,
+            files=[*context.documents, *(request.options.get("files") or []), *files],
+            **fields,
+        )
 
     def _vision_model(self, model: str, content: Any, files: list[dict[str, Any]], stream: EventStream) -> str:
         """``VISION_MODEL`` instead of a model known to lack vision when images are sent;

@@ -11,6 +11,7 @@ with its captcha/WAF wall; ``UpstreamResponse.served_by`` tells which one served
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -25,7 +26,7 @@ from urllib.parse import quote, urlsplit
 from ..errors import UpstreamBlocked, UpstreamError, UpstreamUnavailable
 from ..netutil import UnixHTTPConnection, shutdown
 from .protocol import error_from_response
-from .transport import DirectTransport, Transport, UpstreamResponse
+from .transport import DirectTransport, Transport, UpstreamResponse, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +94,10 @@ class PoolResponse(UpstreamResponse):
         # a read blocked in another greenlet/thread returns now; the pool sees the
         # connection close and aborts the fetch inside the page
         shutdown(self._conn.sock)
-        try:
+        with contextlib.suppress(Exception):
             self._resp.close()
-        except Exception:
-            pass
-        try:
+        with contextlib.suppress(Exception):
             self._conn.close()
-        except Exception:
-            pass
 
 
 class BrowserTransport(Transport):
@@ -168,7 +165,8 @@ class BrowserTransport(Transport):
             "method": method,
             "url": url,
             "headers": dict(headers),
-            "body": json_body,
+            # as a string: the page sends exactly these bytes, the size uploads/context measured
+            "body": None if json_body is None else json_bytes(json_body).decode("utf-8"),
             "account_id": account_id,
             "timeout": job_timeout,
         }
@@ -239,7 +237,7 @@ class BrowserTransport(Transport):
     def pool_status(self) -> dict[str, Any]:
         """The pool's ``/health``, for ``/api/status``; never raises."""
         try:
-            status, info = self._get("/health", timeout=2.0)
+            _status, info = self._get("/health", timeout=2.0)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             return {"running": False, "address": self.address, "error": f"{type(exc).__name__}: {exc}"}
         out = {"running": True, "address": self.address}
@@ -318,7 +316,11 @@ class AutoTransport(Transport):
         err = error_from_response(response.status, response.headers, body)
         if not isinstance(err, UpstreamBlocked):
             return BufferedResponse(response.status, response.headers, body, served_by=response.served_by or "direct")
-        log.warning("direct call to %s hit the anti-bot wall (%s); using the browser pool", url.split("?")[0], err.code)
+        log.warning(
+            "direct call to %s hit the anti-bot wall (%s); using the browser pool",
+            url.split("?", maxsplit=1)[0],
+            err.code,
+        )
         self._browser_until = time.monotonic() + self.sticky_seconds
         try:
             return self.browser.request(method, url, **kwargs)

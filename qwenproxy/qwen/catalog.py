@@ -83,8 +83,8 @@ def read_models_file(path: str | Path) -> list[str]:
     except OSError:
         return []
     seen: list[str] = []
-    for line in lines:
-        line = line.strip()
+    for raw in lines:
+        line = raw.strip()
         if line and not line.startswith("#") and line not in seen:
             seen.append(line)
     return seen

@@ -130,7 +130,7 @@ def _complete(response: http.client.HTTPResponse) -> bool:
 def _close(conn: http.client.HTTPConnection) -> None:
     try:
         conn.close()
-    except Exception:  # noqa: BLE001 - closing a broken connection may raise; it is closed
+    except Exception:
         pass
 
 
@@ -367,7 +367,7 @@ class HTTPClient:
         pool = self.pool(url)
         route = pool.route
         if json_body is not None and body is None:
-            body = json.dumps(json_body, allow_nan=False).encode("utf-8")  # as requests encodes it
+            body = json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         parts = urlsplit(url)
         target = parts.path or "/"
         if parts.query:

@@ -6,12 +6,15 @@ the same interface, so neither the protocol module nor the routes change with th
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
+
+from typing_extensions import override
 
 from ..errors import UpstreamError, UpstreamUnavailable
 from ..netutil import abort_response
@@ -110,6 +113,12 @@ def browser_headers(
     return headers
 
 
+def json_bytes(body: Any) -> bytes:
+    """A JSON body as the front end's ``JSON.stringify`` sends it: compact, raw UTF-8 (the
+    size the upstream's body wall counts; ``uploads/context.json_size`` measures the same)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 class _RequestsResponse(UpstreamResponse):
     def __init__(self, response: Any) -> None:
         self._response = response
@@ -173,6 +182,7 @@ class DirectTransport(Transport):
         self.http = HTTPClient(connect_timeout, read_timeout)
         self._fallback: RequestsTransport | None = None
 
+    @override
     def request(
         self,
         method: str,
@@ -192,9 +202,10 @@ class DirectTransport(Transport):
                 method, url, headers=headers, json_body=json_body, stream=stream, timeout=timeout
             )
         try:
-            response = self.http.request(method, url, headers=headers, json_body=json_body, timeout=timeout)
+            body = None if json_body is None else json_bytes(json_body)
+            response = self.http.request(method, url, headers=headers, body=body, timeout=timeout)
         except Unreachable as exc:
-            raise UpstreamUnavailable(f"Cannot reach Qwen at {url.split('?')[0]}: {exc}") from exc
+            raise UpstreamUnavailable(f"Cannot reach Qwen at {url.split('?', maxsplit=1)[0]}: {exc}") from exc
         return _PooledUpstreamResponse(response)
 
     def connections_opened(self) -> int:
@@ -230,6 +241,7 @@ class RequestsTransport(Transport):
             self._session.trust_env = False
         return settings
 
+    @override
     def request(
         self,
         method: str,
@@ -249,7 +261,7 @@ class RequestsTransport(Transport):
                 method,
                 url,
                 headers=dict(headers),
-                json=json_body,
+                data=None if json_body is None else json_bytes(json_body),
                 stream=stream,
                 timeout=(self._timeout[0], timeout or self._timeout[1]),
                 proxies=settings["proxies"],
@@ -257,7 +269,9 @@ class RequestsTransport(Transport):
                 cert=settings["cert"],
             )
         except requests.RequestException as exc:
-            raise UpstreamUnavailable(f"Cannot reach Qwen at {url.split('?')[0]}: {type(exc).__name__}") from exc
+            raise UpstreamUnavailable(
+                f"Cannot reach Qwen at {url.split('?', maxsplit=1)[0]}: {type(exc).__name__}"
+            ) from exc
         return _RequestsResponse(response)
 
     def close(self) -> None:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from typing_extensions import override
+
 log = logging.getLogger(__name__)
 
 CHROME_ARGS = [
@@ -113,6 +115,7 @@ class _PipeReader(asyncio.Protocol):
         self.messages.put_nowait(None)
         return False
 
+    @override
     def connection_lost(self, exc: Exception | None) -> None:
         self.messages.put_nowait(None)
 
@@ -185,6 +188,7 @@ def _pipe_connection_class() -> type:
             self._closeCallback = None
             self._recv_fut = loop.create_task(self._recv_loop())
 
+        @override
         async def _async_send(self, msg: str, callback_id: int) -> None:
             while not self._connected:
                 await asyncio.sleep(0)
@@ -223,13 +227,13 @@ class Chromium:
             try:
                 await asyncio.wait_for(asyncio.shield(self.browser._connection.send("Browser.close")), timeout=2)
                 asked = True
-            except Exception:  # noqa: BLE001 - dead or hung: the signals below
+            except Exception:
                 pass
         # waiting for the process blocks: not on the event loop's thread
         await asyncio.get_running_loop().run_in_executor(None, kill_process_group, self.process, timeout, asked)
         try:
             await asyncio.wait_for(self.browser.disconnect(), timeout=2)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         if self.stderr is not None:
             self.stderr.close()
@@ -293,7 +297,7 @@ async def _start(
     commands_read, commands_write = os.pipe()  # we write, Chromium reads (its fd 3)
     replies_read, replies_write = os.pipe()  # Chromium writes (its fd 4), we read
     commands_read, replies_write = _high_fd(commands_read), _high_fd(replies_write)
-    stderr = tempfile.TemporaryFile(prefix="qwenproxy-chrome-")
+    stderr = tempfile.TemporaryFile(prefix="qwenproxy-chrome-")  # noqa: SIM115 - Chromium.close closes it
     child_env = dict(os.environ)
     child_env.update(env or {})
     try:
@@ -305,7 +309,7 @@ async def _start(
             env=child_env,
             # fds 3/4 must survive exec: every other fd of ours is close-on-exec (PEP 446)
             close_fds=False,
-            preexec_fn=lambda: _child_setup(commands_read, replies_write),
+            preexec_fn=lambda: _child_setup(commands_read, replies_write),  # noqa: PLW1509 - dup2 + prctl only
         )
     except BaseException:
         for fd in (commands_read, commands_write, replies_read, replies_write):
@@ -361,7 +365,7 @@ async def launch(
 
     ``env``: added to Chromium's environment (``DISPLAY``/``XAUTHORITY`` of a virtual display).
     """
-    global _sandbox_works
+    global _sandbox_works  # noqa: PLW0603 - learnt once per process
 
     temporary = profile_dir is None
     profile = Path(profile_dir) if profile_dir else Path(tempfile.mkdtemp(prefix="qwenproxy-chrome-"))

@@ -6,6 +6,7 @@ worker, which must not fork. Plain threads and ``subprocess`` only.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -177,7 +178,5 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
-        except ProcessLookupError:
-            pass

@@ -11,6 +11,7 @@ from flask import Response, current_app, g
 from .. import db
 from ..providers import ChatRequest, Provider
 from ..wire.openai import ChatCompletionRequest, Collected, completion_response
+from . import history
 from .conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from .streaming import serve
 
@@ -22,9 +23,14 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
     chat_id, parent_id = req.conversation
     upstream_model, model, options = provider.resolve_request(req.model)
     options.update(req.mode_options())
+    # a stateless client (no chatId) re-sends its history: continue the upstream chat that
+    # holds it, or fold it into a new one (serving/history.py)
+    plan = None
+    if provider.server_side_history and not simple and not chat_id:
+        plan = history.plan(messages, matching=bool(current_app.config.get("QWEN_HISTORY_MATCHING", True)))
     with db.session(), db.write_transaction():  # the chat and the user's messages: one commit
         chat, is_new = open_chat(
-            chat_id,
+            plan.local_chat_id if plan else chat_id,
             provider=provider.name,
             model=model,
             name=None if simple else OPENAI_CHAT_NAME,
@@ -35,7 +41,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
         if last_user < last_assistant < len(messages) - 1:
             last_user = last_assistant + 1  # a tool loop: the new turn is the results after the call
-        new_messages = messages if is_new else messages[last_user:]
+        new_messages = messages if is_new else messages[plan.known if plan else last_user :]
         turn = Turn(chat=chat, provider=provider.name, model=model)
         turn.begin(new_messages)
     send = messages
@@ -59,9 +65,15 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         options=options,
         request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
     )
+    if plan is not None:
+        chat_request.conversation_id = plan.upstream_chat_id
+        chat_request.parent_id = plan.parent_id
+        chat_request.account_id = plan.account_id
+        chat_request.upstream_known = plan.known
+        turn.on_complete = history.recorder(messages, chat.id)
     reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
 
-    def extras(collected: Collected, info: dict[str, Any]) -> dict[str, Any]:
+    def extras(collected: Collected, _info: dict[str, Any]) -> dict[str, Any]:
         rid = collected.started.response_id if collected.started else None
         return {"chatId": chat.id, "parentId": rid}
 

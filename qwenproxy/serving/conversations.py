@@ -99,6 +99,9 @@ class Turn:
     collected: Collected = field(default_factory=Collected)
     info: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
+    # called with the answer and the stream's info after a complete answer is saved, in the
+    # same database session (serving/history.py remembers the conversation point there)
+    on_complete: Callable[[Collected, dict[str, Any]], None] | None = None
 
     def begin(self, new_messages: list[dict[str, Any]]) -> None:
         """Save the user's messages (one transaction, or the caller's)."""
@@ -115,7 +118,7 @@ class Turn:
     def observe(self, event: Event) -> None:
         self.collected.add(event)
 
-    def close(self, status: str, error: str | None = None, also: Callable[[], None] | None = None) -> None:
+    def close(self, status: str, error: str | None = None, also: Callable[[], None] | None = None) -> None:  # noqa: ARG002 - callers report it; DualTurn's
         """Save the answer (``complete``, ``partial`` or ``error``), the chat's upstream ids,
         the writes deferred until a turn ends (``db.flush_deferred``: the accounts' usage) and
         ``also`` (the request-log row) in one transaction."""
@@ -156,6 +159,8 @@ class Turn:
                 if started is not None and started.response_id and status == "complete":
                     updates["last_response_id"] = started.response_id
                 Chat.update(**updates).where(Chat.id == self.chat.id).execute()
+                if status == "complete" and self.on_complete is not None:
+                    self.on_complete(c, self.info)
                 db.flush_deferred()
                 if also is not None:
                     also()

@@ -96,7 +96,7 @@ class DualTurn(Turn):
             log.exception("could not label the answer of session chat %s", self.chat.id)
 
 
-def _no_extras(collected: Collected, info: dict[str, Any]) -> dict[str, Any]:
+def _no_extras(_collected: Collected, _info: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
@@ -134,7 +134,7 @@ def run_bot(
     turn.begin([{"role": "user", "content": query}])
     body: dict[str, Any] = {}
 
-    def shape_body(collected: Collected, fields: dict[str, Any]) -> dict[str, Any]:
+    def shape_body(collected: Collected, _fields: dict[str, Any]) -> dict[str, Any]:
         body.update(shape(collected))
         return body
 

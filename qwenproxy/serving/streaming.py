@@ -240,6 +240,15 @@ def _sse_answer(run: _Run, headers: dict[str, str], renderer: ChunkRenderer, pin
     def body() -> Iterator[str]:
         status = "partial"
         failed: ApiError | None = None
+        saved = False
+
+        def record(fields: dict[str, Any]) -> None:
+            row = {**log_base, **fields, "status": 200}
+            row["duration_ms"] = round((time.perf_counter() - run.stats.started) * 1000, 2)
+            if status == "partial" and failed is None:
+                row["error_code"] = "client_disconnected"
+            requestlog.record(log_keep, **row)
+
         if metrics:
             metrics.streams.inc()
         try:
@@ -251,29 +260,27 @@ def _sse_answer(run: _Run, headers: dict[str, str], renderer: ChunkRenderer, pin
             if failed is None:
                 tail += "".join(map(sse, renderer.finish(turn.collected.finish_reason or "stop")))
                 status = "complete"
+                # saved (answer, usage, log row: one transaction) before [DONE]: a client may
+                # send its next turn the moment it reads it, and that request must find this
+                # answer (serving/history.py's point)
+                run.finish(status, stage="in_stream", record=record)
+                saved = True
             yield tail + DONE  # the last chunks and [DONE]: one write
         finally:
-            if status != "complete":
-                run.events.cancel()
-            if failed is not None:
-                status = "partial" if turn.collected.text else "error"
             if metrics:
                 metrics.streams.dec()
-
-            def record(fields: dict[str, Any]) -> None:
-                row = {**log_base, **fields, "status": 200}
-                row["duration_ms"] = round((time.perf_counter() - run.stats.started) * 1000, 2)
-                if status == "partial" and failed is None:
-                    row["error_code"] = "client_disconnected"
-                requestlog.record(log_keep, **row)
-
-            run.finish(
-                status,
-                error=failed,
-                stage="in_stream",
-                note=failed.message if failed else None,
-                record=record,
-            )
+            if not saved:
+                if status != "complete":
+                    run.events.cancel()
+                if failed is not None:
+                    status = "partial" if turn.collected.text else "error"
+                run.finish(
+                    status,
+                    error=failed,
+                    stage="in_stream",
+                    note=failed.message if failed else None,
+                    record=record,
+                )
 
     response = Response(stream_with_context(body()), mimetype="text/event-stream")
     response.headers.update(headers)

@@ -122,7 +122,7 @@ class Attachments:
             raise BadRequest(f"A `{kind}` part needs a URL or a data: URI", code="invalid_content_part")
         ref = ref.strip()
         if ref.startswith("data:"):
-            return self._inline(ref, None, kind, account)
+            return self._inline(ref, None, account)
         if ref.startswith("file-"):
             return self._known(ref)
         if ref.startswith(("http://", "https://")):
@@ -160,7 +160,7 @@ class Attachments:
         data = ref.get("file_data")
         if isinstance(data, str) and data:
             uri = data if data.startswith("data:") else f"data:;base64,{data}"
-            return self._inline(uri, ref.get("filename"), "file", account)
+            return self._inline(uri, ref.get("filename"), account)
         url = ref.get("url")
         if isinstance(url, str) and url:
             item = self.resolve("file", url, account)
@@ -168,7 +168,7 @@ class Attachments:
                 return item
         raise BadRequest("A `file` part needs `file_id` or `file_data` (with `filename`)", code="invalid_content_part")
 
-    def _inline(self, uri: str, filename: Any, kind: str, account: Account) -> dict[str, Any]:
+    def _inline(self, uri: str, filename: Any, account: Account) -> dict[str, Any]:
         mime, data = decode_data_uri(uri, self.uploader.limit)
         if isinstance(filename, str) and filename.strip():
             name = filename

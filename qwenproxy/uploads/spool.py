@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -45,7 +46,11 @@ class Spool:
         self.files: list[_CappedFile] = []
 
     def factory(
-        self, total_content_length: int | None, content_type: str | None, filename: str | None, content_length=None
+        self,
+        total_content_length: int | None,  # noqa: ARG002 - werkzeug's stream_factory keywords
+        content_type: str | None,  # noqa: ARG002
+        filename: str | None,  # noqa: ARG002
+        content_length: int | None = None,  # noqa: ARG002
     ) -> _CappedFile:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"upload-{secrets.token_hex(16)}.part"
@@ -56,10 +61,8 @@ class Spool:
 
     def close(self) -> None:
         for capped in self.files:
-            try:
+            with contextlib.suppress(OSError):
                 capped.raw.close()
-            except OSError:
-                pass
             try:
                 capped.path.unlink(missing_ok=True)
             except OSError:

@@ -143,10 +143,8 @@ class Uploader:
             key=creds.file_path,
             content_type=kind.mime,
         )
-        if self.signature == "v1":
-            headers = oss.sign_put_v1(**signed)
-        else:
-            headers = oss.sign_put(region=creds.region, **signed)
+        v1 = self.signature == "v1"
+        headers = oss.sign_put_v1(**signed) if v1 else oss.sign_put(region=creds.region, **signed)
         headers.update({"Origin": self.origin, "Referer": self.origin + "/"})
         if self.user_agent:
             headers["User-Agent"] = self.user_agent

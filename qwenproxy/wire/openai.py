@@ -518,7 +518,7 @@ class ChatOptions(BaseModel):
 
     @field_validator("tool_spec", mode="before")
     @classmethod
-    def _tool_spec(cls, value: Any, info: ValidationInfo) -> ToolSpec:
+    def _tool_spec(cls, _value: Any, info: ValidationInfo) -> ToolSpec:
         data = info.data
         return ToolSpec.parse(data.get("tools"), data.get("tool_choice"), data.get("parallel_tool_calls"))
 
@@ -570,7 +570,7 @@ class ChatCompletionRequest(ChatOptions, _Messages):
 
 
 def _simple_message(value: Any) -> Any:
-    if value is None or value == "" or value == []:
+    if value is None or value in ("", []):
         raise BadRequest("`message` is required (Сообщение не указано)", param="message")
     if not isinstance(value, (str, list)):
         raise BadRequest(

@@ -18,6 +18,7 @@ and ``finish_reason: "tool_calls"``. Flask-free; it knows nothing of Qwen either
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -157,10 +158,8 @@ def render_call(call: dict[str, Any]) -> str:
     fn = call.get("function") or {}
     args: Any = fn.get("arguments") or "{}"
     if isinstance(args, str):
-        try:
+        with contextlib.suppress(ValueError):
             args = json.loads(args)
-        except ValueError:
-            pass
     body = json.dumps({"name": fn.get("name", ""), "arguments": args}, ensure_ascii=False)
     return f"{OPEN_TAG}\n{body}\n{CLOSE_TAG}"
 
@@ -498,8 +497,7 @@ class CallParser:
         if _OPEN_RE.search(body):  # a fence around tagged calls
             out: list[tuple[str, str]] = []
             for piece in _OPEN_RE.split(body)[1:]:
-                piece = _CLOSE_RE.split(piece)[0]
-                calls = self.parse_calls(piece)
+                calls = self.parse_calls(_CLOSE_RE.split(piece)[0])
                 if calls is None:
                     return None
                 out += calls

@@ -411,7 +411,7 @@ class FakeGigaChat:
             pieces = split_pieces(text)
             kept: list[str] = []
             for piece in pieces:
-                if count_tokens("".join(kept + [piece])) > max_tokens:
+                if count_tokens("".join([*kept, piece])) > max_tokens:
                     break
                 kept.append(piece)
             text, finish = "".join(kept), "length"

@@ -117,7 +117,7 @@ def test_search_returns_sources_as_annotations(oai, fake_qwen) -> None:
         )
     )
     assert content == "Echo: more [[1]] [[2]]"
-    final = [c for c in chunks if c.choices and c.choices[0].finish_reason][0]
+    final = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
     assert len(final.choices[0].delta.model_extra["annotations"]) == 2
 
 
@@ -154,7 +154,9 @@ def test_images_b64_and_image_chat_suffix(client, fake_qwen) -> None:
 def weather_script(text: str) -> str:
     """The scripted model: call the tool, then answer from its result."""
     if "Result of get_weather" in text:
-        temp = json.loads(text.split("<tool_response>\n")[-1].split("\n</tool_response>")[0])["temp"]
+        temp = json.loads(text.rsplit("<tool_response>\n", maxsplit=1)[-1].split("\n</tool_response>", maxsplit=1)[0])[
+            "temp"
+        ]
         return f"It is {temp} degrees in Paris."
     return 'I will look it up.\n```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'
 

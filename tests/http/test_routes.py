@@ -65,27 +65,30 @@ def test_two_turns_continue_the_upstream_conversation(client, fake_qwen) -> None
         ("user", "two"),
         ("assistant", "Echo: two"),
     ]
-    assistant = [m for m in stored if m.role == "assistant"][0]
+    assistant = next(m for m in stored if m.role == "assistant")
     assert assistant.response_id == first["parentId"] and assistant.completion_tokens > 0
     assert assistant.model == "qwen3-max" and assistant.provider == "qwen"
 
 
-def test_only_the_last_user_turn_and_first_system_message_go_upstream(client, fake_qwen) -> None:
+def test_with_chat_id_only_the_last_user_turn_and_first_system_message_go_upstream(client, fake_qwen) -> None:
+    first = _ask(client, "old").get_json()
     r = client.post(
         "/api/chat/completions",
         json={
+            "chatId": first["chatId"],
             "messages": [
                 {"role": "system", "content": "Be brief"},
                 {"role": "user", "content": "old"},
                 {"role": "assistant", "content": "old answer"},
                 {"role": "user", "content": "new"},
-            ]
+            ],
         },
     )
     assert r.status_code == 200
     sent = [x for x in fake_qwen.requests if x["path"] == "/api/v2/chat/completions"][-1]["json"]
     assert len(sent["messages"]) == 1 and sent["messages"][0]["content"] == "new"
     assert sent["system_message"] == "Be brief"
+    assert sent["parent_id"] == first["parentId"]
     assert sent["model"] == "qwen-max-latest"  # the default model
 
 

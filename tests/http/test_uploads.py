@@ -86,7 +86,7 @@ def test_upload_a_png_then_ask_about_it(client, fake_qwen, fake_oss, tmp_path) -
     (key,) = fake_oss.objects
     assert key.startswith(f"{USER_ID}/") and key.endswith("_cat.png")
     assert fake_oss.objects[key] == {"data": PNG, "content_type": "image/png"}
-    put = [x for x in fake_oss.requests if x["method"] == "PUT"][0]
+    put = next(x for x in fake_oss.requests if x["method"] == "PUT")
     assert put["headers"]["authorization"].startswith("OSS4-HMAC-SHA256 Credential=STS.")
     assert file["url"].startswith(fake_oss.url + "/" + key.replace(" ", "%20"))
     assert leftovers(tmp_path) == []
@@ -322,7 +322,7 @@ def test_v1_signatures_and_v1_sts(tmp_path, fake_qwen, fake_oss) -> None:
     )
     r = upload(app.test_client())
     assert r.status_code == 200, r.get_json()
-    put = [x for x in fake_oss.requests if x["method"] == "PUT"][0]
+    put = next(x for x in fake_oss.requests if x["method"] == "PUT")
     assert put["headers"]["authorization"].startswith("OSS STS.") and len(fake_oss.objects) == 1
 
 

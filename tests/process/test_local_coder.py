@@ -319,7 +319,7 @@ def test_q4_cache_gives_the_same_greedy_tokens(workers) -> None:
             ChatRequest(
                 model="tiny-qwen", messages=body["messages"], temperature=0, max_tokens=48, options={"min_tokens": 48}
             )
-        )  # fmt: skip
+        )
     )
     q4_text = "".join(e.text for e in events if isinstance(e, TextDelta))
     normal_text = "".join(x["text"] for x in normal if x["type"] == "text")

@@ -15,6 +15,11 @@ from tests.http.test_chats import (  # noqa: F401
     test_crud,
     test_history_of_a_real_conversation,
 )
+from tests.http.test_conversations import (  # noqa: F401
+    sdk,
+    test_a_resent_history_continues_the_same_upstream_chat,
+    test_an_edited_turn_branches_from_the_last_matching_answer,
+)
 from tests.http.test_routes import (  # noqa: F401
     test_completion_stream_chunks_match_openai_schema,
     test_truncated_stream_reports_in_band_and_keeps_partial,
