@@ -215,6 +215,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the table shows medians")
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--baseline", type=Path, help="another checkout served beside this one")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="another gateway from this checkout with other settings, e.g. pg:DATABASE_SHARED_CONNECTION=false",
+    )
     parser.add_argument("--litellm", action="store_true", help="also measure the LiteLLM proxy")
     parser.add_argument("--litellm-version", default=None)
     parser.add_argument("--py-spy", type=Path, help="record the gateway worker's stacks here (collapsed)")
@@ -235,6 +242,14 @@ def main() -> None:
             targets["baseline"] = openai_call(base.url + "/api", MODEL)
             cpu["baseline"] = base.cpu_seconds
             pairs["baseline"] = "direct"
+        for spec in args.variant:
+            name, _, settings = spec.partition(":")
+            env = dict(item.split("=", 1) for item in settings.split(",") if "=" in item)
+            variant = Gateway(fake, **env)
+            started.append(variant)
+            targets[name] = openai_call(variant.url + "/api", MODEL)
+            cpu[name] = variant.cpu_seconds
+            pairs[name] = "direct"
         if args.litellm:
             from bench.litellm_side import DEFAULT_VERSION, LiteLLM, ensure_litellm
 

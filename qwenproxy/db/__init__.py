@@ -41,7 +41,14 @@ __all__ = [
 def init_app(app: Flask) -> None:
     """Bind the database, migrate if asked, and open/close a connection per request (a
     shared SQLite connection under gevent stays open: ``connection.make_database``)."""
-    keep_wal_open(bind(app.config["DATABASE_URL"]))
+    shared = str(app.config.get("DATABASE_SHARED_CONNECTION", "auto")).strip().lower()
+    keep_wal_open(
+        bind(
+            app.config["DATABASE_URL"],
+            shared=None if shared in ("", "auto") else shared in ("1", "true", "yes", "on"),
+            pool_size=int(app.config.get("DATABASE_POOL_SIZE") or 20),
+        )
+    )
     if app.config.get("AUTO_MIGRATE", True):
         upgrade()
 

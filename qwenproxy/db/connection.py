@@ -71,9 +71,9 @@ def shared_connection() -> bool:
     return bool(getattr(database.obj, "qwenproxy_shared", False))
 
 
-def bind(url: str):
+def bind(url: str, *, shared: bool | None = None, pool_size: int = 20):
     """Point the proxy at the database for ``url`` and return it."""
-    db = make_database(url)
+    db = make_database(url, shared=shared, pool_size=pool_size)
     database.initialize(db)
     return db
 
