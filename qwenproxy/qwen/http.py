@@ -133,12 +133,26 @@ def route_for(url: str) -> Route:
     return Route(scheme, host, port, (proxy.hostname, proxy.port or 80), auth, context)
 
 
+def _poll_now() -> Any:
+    """``select.select`` as the C library has it: gevent's cooperative one yields to the hub
+    even with a zero timeout, which an instant check does not need."""
+    try:
+        from gevent import monkey
+
+        return monkey.get_original("select", "select")
+    except ImportError:
+        return select.select
+
+
+_select_now = _poll_now()
+
+
 def _dropped(sock: socket.socket | None) -> bool:
     """Whether an idle connection was closed by the server (EOF or junk is readable)."""
     if sock is None:
         return True
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        readable, _, _ = _select_now([sock.fileno()], [], [], 0)
     except (OSError, ValueError):
         return True
     return bool(readable)
