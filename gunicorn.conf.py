@@ -28,7 +28,7 @@ workers = int(_config.get("WEB_WORKERS") or min(8, max(2, _cpus())))
 worker_connections = int(_config["WORKER_CONNECTIONS"])  # open SSE streams count here
 timeout = 120  # heartbeat: a gevent worker notifies every second unless its hub is blocked
 graceful_timeout = int(_config["GRACEFUL_TIMEOUT"])  # long enough for a streamed answer to end
-keepalive = int(_config["KEEPALIVE"])
+keepalive = int(_config["KEEPALIVE"])  # idle client connections; announced in a Keep-Alive header
 # gunicorn >= 25 opens a control socket at one fixed path per user: two servers (or a test run
 # beside a real one) would fight over it. Nothing here uses gunicornc.
 control_socket_disable = True
@@ -73,10 +73,13 @@ def when_ready(server):
 
 def post_worker_init(worker):
     """SIGTERM first marks the worker draining (``/health/ready`` -> 503), then gunicorn's own
-    handler stops accepting and waits for the running streams."""
+    handler stops accepting and waits for the running streams. Responses that keep their
+    connection open say for how long (``Keep-Alive: timeout=KEEPALIVE``)."""
     from qwenproxy.ops.lifecycle import drain_on_sigterm
+    from qwenproxy.runtime.keepalive import announce_under_gunicorn
 
     drain_on_sigterm(worker.wsgi, worker.handle_exit)
+    announce_under_gunicorn(keepalive)
 
 
 def child_exit(server, worker):

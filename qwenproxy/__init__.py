@@ -28,7 +28,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from . import db
     from .accounts import cli as accounts_cli
     from .accounts import store as account_store
-    from .api import chat, chats, dual_chat, errors, files, health, images, openai, status
+    from .api import anthropic, chat, chats, dual_chat, errors, files, health, images, openai, responses, status
     from .ops import apikeys, middleware, ratelimit
     from .providers import build_registry
 
@@ -47,6 +47,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         dual_chat,
         images,
         files,
+        anthropic,
+        responses,
     )
     for module in blueprints:
         app.register_blueprint(module.bp)

@@ -36,7 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "GRACEFUL_TIMEOUT": 60,
     "MAX_CONTENT_LENGTH_MB": 150,
     "WORKER_CONNECTIONS": 4000,  # gunicorn: connections (open streams included) one gevent worker holds
-    "KEEPALIVE": 2,  # seconds an idle keep-alive connection stays open (gunicorn's default)
+    "KEEPALIVE": 10,  # seconds an idle keep-alive connection stays open (sent as Keep-Alive: timeout=N)
     # operations (docs/OPERATIONS.md)
     "CORS_ORIGINS": "*",  # browser origins allowed to call the API: "*", a comma-separated list, or "" for none
     "RATE_LIMIT_PER_MINUTE": 0,  # requests per API key (per client address without keys) a minute; 0 = off
@@ -48,6 +48,9 @@ DEFAULTS: dict[str, Any] = {
     "MODELS_FILE": "./AvailableModels.txt",
     "DEFAULT_MODEL": "qwen-max-latest",
     "MODELS_CACHE_SECONDS": 600,
+    # Anthropic Messages API (docs/AGENTS.md): claude-* names -> served models; "name=target|fallback,…",
+    # a target may be auto:max (newest coder/max model) or auto:fast (newest flash/turbo/plus)
+    "ANTHROPIC_MODEL_MAP": "opus=auto:max,sonnet=auto:max,haiku=auto:fast",
     # streaming
     "PING_INTERVAL": 15.0,  # seconds of upstream silence before a ": ping" comment
     # Qwen web modes (docs/MODES.md)
@@ -105,6 +108,12 @@ DEFAULTS: dict[str, Any] = {
     "ACCOUNT_AUTO_RELOGIN": False,  # sign in again with credentials kept by `add --remember`
     "ACCOUNT_LOGIN_TIMEOUT": 300.0,  # seconds `accounts add`/`relogin` wait for a browser login
     "CHROME_PATH": None,  # Chrome/Chromium binary; default: Debian's /usr/bin/chromium
+    "ACCOUNT_REFRESH_AHEAD_HOURS": 6.0,  # renew a token (refresh token) when less than this is left
+    "ACCOUNT_KEEP_MEMORY": False,  # `accounts add/relogin` leave the account's memory and tools on
+    "ACCOUNT_QUOTA_MINUTES": 30.0,  # ask entitlement_quota at most this often per account; 0 = never
+    "QWEN_QUOTA_FEATURES": "model,thinking,search,t2i,t2v,image_edit,deep_research_deep_research",
+    "ACCOUNT_WALLS_FOR_HUMAN": 3,  # captcha walls in a row before an account "needs a human"
+    "QWEN_GUEST": "auto",  # auto: chat as a guest when no account is usable | off
     # shared by the bots
     "DEFAULT_SYSTEM_PROMPT": None,
     # local Qwen2.5-Coder (GPTQ) inference worker: workers/inference.py, requirements-local.txt

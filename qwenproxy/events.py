@@ -62,6 +62,18 @@ class Finished:
     reason: str = "stop"
 
 
+def add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
+    """The usage of two answers of one request added up (the later one's raw figures kept)."""
+    if a is None or b is None:
+        return a or b
+    return Usage(
+        a.prompt_tokens + b.prompt_tokens,
+        a.completion_tokens + b.completion_tokens,
+        a.total_tokens + b.total_tokens,
+        b.raw,
+    )
+
+
 Event = Union[ResponseStarted, TextDelta, ReasoningDelta, ToolCallDelta, Annotation, ImageResult, Usage, Finished]
 
 

@@ -108,6 +108,8 @@ def app_config(tmp_path: Path, fake: FakeQwen, **extra) -> dict:
         "QWEN_READ_TIMEOUT": 10.0,
         "PING_INTERVAL": 15.0,
         "LOG_LEVEL": "WARNING",
+        "QWEN_GUEST": "off",  # tests of guest mode say so
+        "ACCOUNT_QUOTA_MINUTES": 0,  # no background quota calls unless a test asks
     }
     config.update(extra)
     return config
@@ -177,6 +179,8 @@ class Gunicorn:
                 "LOG_LEVEL": "WARNING",
                 "QWENPROXY_ENV_FILE": "",
                 "QWEN_TRANSPORT": "direct",
+                "QWEN_GUEST": "off",
+                "ACCOUNT_QUOTA_MINUTES": "0",
             }
         )
         full_env["LOGS_DIR"] = str(Path(env["SESSION_DIR"]).parent / "logs")

@@ -1,4 +1,5 @@
-"""Getting a Qwen token through a real Chromium: the browser path of ``flask accounts add``.
+"""Getting a Qwen token through a real Chromium: the browser path of ``flask accounts add``,
+and ``flask accounts solve``: an account's profile shown to a person to pass a captcha.
 
 A person signs in on ``QWEN_BASE_URL/auth?action=signin`` (GitHub, Google, e-mail, sliders —
 whatever the site asks); we poll until the page holds a token — ``localStorage.token`` on
@@ -15,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -166,5 +169,91 @@ async def browser_login(
         raise
     except Exception as exc:
         raise LoginError(f"The browser login failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        await chrome.close()
+
+
+NO_DISPLAY = "No display: run this on a machine with a screen (or over `ssh -X`), with the same SESSION_DIR"
+
+
+def has_display() -> bool:
+    """Whether a window can be shown here (X11 or Wayland)."""
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _watch_enter(loop: asyncio.AbstractEventLoop, pressed: asyncio.Event) -> None:
+    """Enter on the terminal sets ``pressed`` (a daemon thread: stdin has no asyncio reader
+    that works everywhere). End of input is not Enter: nobody confirmed anything."""
+    stdin = sys.stdin
+
+    def read() -> None:
+        try:
+            line = stdin.readline()
+        except (OSError, ValueError):
+            return
+        if line:
+            loop.call_soon_threadsafe(pressed.set)
+
+    threading.Thread(target=read, name="solve-enter", daemon=True).start()
+
+
+async def solve_in_browser(
+    *,
+    base_url: str,
+    profile_dir: str | os.PathLike,
+    token: str | None = None,
+    headless: bool = False,
+    timeout: float = 300.0,
+    chrome_path: str | None = None,
+    user_agent: str | None = None,
+    note: Callable[[str], None] = print,
+    poll_interval: float = 0.25,
+) -> None:
+    """Open ``profile_dir`` on the chat page for a person to pass Qwen's captcha (2026 §4).
+
+    The account's token goes into the profile first (cookie and ``localStorage``), so the
+    page is the account's own. Returns when the person presses Enter or closes the window;
+    raises ``LoginError`` when Chromium cannot start or nobody answers within ``timeout``."""
+    from ..runtime import chromium
+
+    if not headless and not has_display():
+        raise LoginError(NO_DISPLAY)
+    try:
+        chrome = await chromium.launch(profile_dir, headless=headless, chrome_path=chrome_path)
+    except FileNotFoundError as exc:
+        raise LoginError(str(exc)) from exc
+    except (RuntimeError, TimeoutError) as exc:
+        raise LoginError(f"Chromium could not start: {exc}") from exc
+    pressed = asyncio.Event()
+    try:
+        pages = await chrome.browser.pages()
+        page = pages[0] if pages else await chrome.browser.newPage()
+        if headless and user_agent:
+            await page.setUserAgent(user_agent)
+        url = base_url.rstrip("/") + "/"
+        if token:
+            await page.setCookie({"name": "token", "value": token, "url": url, "sameSite": "Lax"})
+        await page.goto(url, waitUntil="domcontentloaded", timeout=60000)
+        if token:
+            await page.evaluate("(t) => { try { localStorage.setItem('token', t); } catch (e) {} }", token)
+        note(
+            f"Qwen is open in the browser window ({url}). Pass the captcha or slider if one shows "
+            "(send a message to make sure), then press Enter here or close the window."
+        )
+        _watch_enter(asyncio.get_running_loop(), pressed)
+        deadline = time.monotonic() + timeout
+        while not pressed.is_set():
+            if chrome.process.poll() is not None:
+                return  # the window was closed
+            if time.monotonic() >= deadline:
+                raise LoginError(f"Nobody confirmed within {timeout:g} s")
+            try:
+                await asyncio.wait_for(pressed.wait(), timeout=poll_interval)
+            except asyncio.TimeoutError:
+                pass
+    except LoginError:
+        raise
+    except Exception as exc:
+        raise LoginError(f"The browser failed: {type(exc).__name__}: {exc}") from exc
     finally:
         await chrome.close()

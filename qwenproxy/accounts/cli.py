@@ -1,4 +1,4 @@
-"""``flask accounts list | add | relogin ID | remove ID | import FILE | check``.
+"""``flask accounts list | add | relogin ID | remove ID | import FILE | check | solve ID``.
 
 Tokens are never printed in full: every output shows ``mask(token)``.
 """
@@ -19,10 +19,11 @@ from flask.cli import AppGroup
 from ..errors import ApiError, Unauthorized
 from ..jwt import jwt_expiry, jwt_user_id
 from .credentials import account_dir, load_credentials, save_credentials
-from .pool import MARKS, OK, WAIT, mask
-from .store import DatabasePool, check_account, iso, new_account_id, signin_client, state_of
+from .pool import LABELS as STATE_LABELS
+from .pool import MARKS, NEEDS_HUMAN, OK, WAIT, mask
+from .store import DatabasePool, check_account, iso, new_account_id, refresh_fields, signin_client, state_of
 
-LABELS = {"OK": "OK", "WAIT": "WAIT", "INVALID": "INVALID", "ERROR": "ERROR"}
+LABELS = {**STATE_LABELS, "ERROR": "ERROR"}
 
 
 def _pool() -> DatabasePool:
@@ -45,7 +46,7 @@ def render_table(statuses: list[dict[str, Any]]) -> str:
     """The seed's account table (N | ID | Status), with reset time, requests, e-mail, token."""
     if not statuses:
         return "No Qwen accounts (Аккаунтов нет): `flask accounts add`"
-    head = ("N", "ID", "Status", "Reset at (UTC)", "Requests", "E-mail", "Token", "Last error")
+    head = ("N", "ID", "Status", "Reset at (UTC)", "Requests", "E-mail", "Token", "Quota", "Last error")
     rows = [
         (
             str(i),
@@ -55,6 +56,7 @@ def render_table(statuses: list[dict[str, Any]]) -> str:
             str(s["requests"]),
             s.get("email") or "",
             s.get("token") or "",
+            ((s.get("quota") or {}).get("text") or "")[:100],
             (s.get("lastError") or "")[:60],
         )
         for i, s in enumerate(statuses, 1)
@@ -65,7 +67,7 @@ def render_table(statuses: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-accounts_cli = AppGroup("accounts", help="Qwen web accounts: list, add, relogin, remove, import, check.")
+accounts_cli = AppGroup("accounts", help="Qwen web accounts: list, add, relogin, remove, import, check, solve.")
 
 
 def init_app(app: Flask) -> None:
@@ -73,9 +75,14 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(accounts_cli)
 
 
-@accounts_cli.command("list", help="Show every account with its state (✅ OK, ⏳ WAIT, ❌ INVALID).")
+@accounts_cli.command(
+    "list", help="Show every account with its state (✅ OK, ⏳ WAIT, ❌ INVALID, 🙋 needs a human) and quota."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the shape of /api/status).")
-def list_command(as_json: bool) -> None:
+@click.option("--no-quota", is_flag=True, help="Show the cached quota; do not ask Qwen for a newer one.")
+def list_command(as_json: bool, no_quota: bool) -> None:
+    if not no_quota:
+        _pool().refresh_quotas()  # at most every ACCOUNT_QUOTA_MINUTES per account
     statuses = _pool().status()
     if as_json:
         click.echo(json.dumps(statuses, ensure_ascii=False, indent=2))
@@ -100,15 +107,53 @@ def _ask_token(token: str) -> str:
     return token
 
 
-def _signin(email: str, password: str) -> tuple[str, str | None]:
+def _signin(email: str, password: str, *, prehashed: bool = False) -> dict[str, Any]:
+    """The sign-in API's answer: ``token``, ``email``, and ``refresh_token`` from v2."""
     client = signin_client(current_app.config)
     try:
-        payload = client.signin(email, password)
+        payload = client.signin(email, password, prehashed=prehashed)
     except ApiError as exc:
         _fail(f"Sign-in failed: {exc.message}")
     finally:
         client.transport.close()
-    return str(payload["token"]), str(payload.get("email") or email)
+    return {**payload, "token": str(payload["token"]), "email": str(payload.get("email") or email)}
+
+
+def _settings_client() -> Any:
+    """A client for account settings: direct, and the browser pool when Qwen walls it
+    (``QWEN_TRANSPORT=browser|auto`` with the gateway running)."""
+    config = current_app.config
+    if str(config.get("QWEN_TRANSPORT") or "").lower() not in ("browser", "auto"):
+        return signin_client(config)
+    from ..qwen.browser_transport import make_browser_transport
+    from ..qwen.client import QwenClient
+
+    return QwenClient(make_browser_transport("auto", config), config)
+
+
+def _keep_private(token: str, account_id: str, keep_memory: bool) -> None:
+    """Switch off the account's memory and native tools (2026 §5) unless asked not to."""
+    if keep_memory or current_app.config.get("ACCOUNT_KEEP_MEMORY"):
+        click.echo("Account memory and native tools left as they are (--keep-memory)")
+        return
+    client = _settings_client()
+    try:
+        client.switch_off_memory_and_tools(token, account_id=account_id)
+    except ApiError as exc:
+        click.echo(
+            f"Warning: could not switch off the account's memory and tools ({exc.message}); "
+            "run `flask accounts relogin` again later",
+            err=True,
+        )
+    else:
+        click.echo(
+            "Switched off the account's memory and native tools (every client shares it; --keep-memory keeps them)"
+        )
+    finally:
+        client.transport.close()
+        # the call may have opened the account's profile in the browser pool: let it go again,
+        # as after the sign-in (the pool reopens it on the next chat)
+        _release_profile(account_id)
 
 
 def _probe(token: str) -> str | None:
@@ -126,17 +171,22 @@ def _probe(token: str) -> str | None:
     return str(info.get("email")) if info.get("email") else None
 
 
+def _release_profile(account_id: str) -> None:
+    """A profile takes one Chromium at a time: the browser pool lets go of this account's."""
+    config = current_app.config
+    if str(config.get("QWEN_TRANSPORT") or "").lower() in ("browser", "auto"):
+        from ..qwen.browser_transport import BrowserTransport, pool_address
+
+        BrowserTransport(pool_address(config)).release_profile(account_id)
+
+
 def _browser_token(
     profile: Path, *, headless: bool, timeout: float | None, reject: tuple[str, ...], autofill: Any
 ) -> str:
     from .browser_login import LoginError, browser_login
 
     config = current_app.config
-    if str(config.get("QWEN_TRANSPORT") or "").lower() in ("browser", "auto"):
-        # a profile takes one Chromium at a time: the browser pool lets go of this one
-        from ..qwen.browser_transport import BrowserTransport, pool_address
-
-        BrowserTransport(pool_address(config)).release_profile(profile.name)
+    _release_profile(profile.name)
     try:
         return asyncio.run(
             browser_login(
@@ -181,6 +231,11 @@ def _login_options(func):
         click.option("--timeout", type=float, help="Seconds to wait for the browser sign-in (ACCOUNT_LOGIN_TIMEOUT)."),
         click.option("--autofill-email", hidden=True, help="Type this e-mail into the sign-in form (scripts, tests)."),
         click.option("--autofill-password", hidden=True, help="Type this password into the sign-in form."),
+        click.option(
+            "--keep-memory",
+            is_flag=True,
+            help="Leave the account's memory and native tools on (ACCOUNT_KEEP_MEMORY); by default they go off.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -212,11 +267,13 @@ def add_command(
     timeout: float | None,
     autofill_email: str | None,
     autofill_password: str | None,
+    keep_memory: bool,
     no_check: bool,
 ) -> None:
     pool = _pool()
     session_dir = _session_dir()
     profile: Path | None = None
+    refresh: dict[str, Any] = {}
     if token:
         token = _ask_token(token)
         source, found_email = "token", (None if no_check else _probe(token))
@@ -224,7 +281,8 @@ def add_command(
     elif email:
         if not password:
             password = click.prompt(f"Password for {email}", hide_input=True)
-        token, found_email = _signin(email, password)
+        answer = _signin(email, password)
+        token, found_email, refresh = answer["token"], answer["email"], refresh_fields(answer)
         source = "password"
     else:
         autofill = _autofill(autofill_email, autofill_password)
@@ -252,10 +310,12 @@ def add_command(
         email=found_email or email,
         account_id=profile.name if profile is not None else None,
         profile_dir=str(profile) if profile is not None else None,
+        **refresh,
     )
     if remember and email and password:
         path = save_credentials(session_dir, row.id, email, password)
         click.echo(f"Credentials kept for automatic re-login in {path} (mode 0600)")
+    _keep_private(token, row.id, keep_memory)
     _report(row.id, "Added" if created else "Updated (same Qwen user)")
 
 
@@ -272,6 +332,7 @@ def relogin_command(
     timeout: float | None,
     autofill_email: str | None,
     autofill_password: str | None,
+    keep_memory: bool,
 ) -> None:
 
     pool = _pool()
@@ -287,15 +348,19 @@ def relogin_command(
     elif email:
         if not password:
             password = click.prompt(f"Password for {email}", hide_input=True)
-        token, fields["email"] = _signin(email, password)
+        answer = _signin(email, password)
+        token, fields["email"] = answer["token"], answer["email"]
+        fields.update(refresh_fields(answer))
     elif (creds := load_credentials(session_dir, row.id)) is not None:
         client = signin_client(current_app.config)
         try:
-            token = str(client.signin(creds["email"], creds["password_sha256"], prehashed=True)["token"])
+            answer = client.signin(creds["email"], creds["password_sha256"], prehashed=True)
         except ApiError as exc:
             _fail(f"Sign-in with the stored credentials failed: {exc.message}")
         finally:
             client.transport.close()
+        token = str(answer["token"])
+        fields.update(refresh_fields(answer))
     else:
         autofill = _autofill(autofill_email, autofill_password)
         email, password = autofill_email, autofill_password
@@ -311,6 +376,7 @@ def relogin_command(
     if remember and email and password:
         path = save_credentials(session_dir, row.id, email, password)
         click.echo(f"Credentials kept for automatic re-login in {path} (mode 0600)")
+    _keep_private(token, row.id, keep_memory)
     _report(row.id, "Logged in again:")
 
 
@@ -369,3 +435,44 @@ def check_command(accounts: tuple[str, ...]) -> None:
     if not any(state_of(r, now) in (OK, WAIT) for r in pool.accounts()):
         click.echo("No usable account: `flask accounts relogin ID` or `flask accounts add`", err=True)
         sys.exit(1)
+
+
+@accounts_cli.command("solve", help="Open an account's browser profile in a window to pass Qwen's captcha once.")
+@click.argument("account")
+@click.option("--headless", is_flag=True, help="No window (scripts and tests: nobody can solve anything).")
+@click.option("--timeout", type=float, help="Seconds to wait for you (ACCOUNT_LOGIN_TIMEOUT).")
+def solve_command(account: str, headless: bool, timeout: float | None) -> None:
+    """The account's own profile (``SESSION_DIR/accounts/<id>/``) in a visible Chromium on
+    the chat page; when you press Enter or close the window, it is back in rotation."""
+    from .browser_login import NO_DISPLAY, LoginError, has_display, solve_in_browser
+
+    pool = _pool()
+    config = current_app.config
+    row = pool.find(account)
+    if row is None:
+        _fail(f"No account {account!r}: see `flask accounts list`")
+    if state_of(row, pool.clock()) != NEEDS_HUMAN:
+        click.echo(f"{row.id} is {mark(state_of(row, pool.clock()))}: no captcha is known; opening it anyway")
+    if not headless and not has_display():
+        _fail(f"{NO_DISPLAY} ({row.id} still needs a human)")
+    profile = Path(row.profile_dir) if row.profile_dir else account_dir(_session_dir(), row.id)
+    _release_profile(profile.name)
+    try:
+        asyncio.run(
+            solve_in_browser(
+                base_url=str(config["QWEN_BASE_URL"]),
+                profile_dir=profile,
+                token=row.token,
+                headless=headless,
+                timeout=float(timeout or config["ACCOUNT_LOGIN_TIMEOUT"]),
+                chrome_path=config.get("CHROME_PATH"),
+                user_agent=str(config["QWEN_USER_AGENT"]),
+                note=lambda text: click.echo(text, err=True),
+            )
+        )
+    except LoginError as exc:
+        _fail(f"{exc} ({row.id} still needs a human)")
+    if not row.profile_dir:
+        pool.set_profile(row.id, str(profile))
+    pool.clear_human(row.id)
+    _report(row.id, "Solved:")

@@ -12,10 +12,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ApiError, RateLimited, Unauthorized, UpstreamError
+from ..errors import ApiError, RateLimited, Unauthorized, UpstreamError, UpstreamUnavailable
 
 OK, WAIT, INVALID = "OK", "WAIT", "INVALID"
-MARKS = {OK: "✅", WAIT: "⏳", INVALID: "❌"}
+NEEDS_HUMAN = "NEEDS_HUMAN"  # the site keeps walling this account: `flask accounts solve ID`
+MARKS = {OK: "✅", WAIT: "⏳", INVALID: "❌", NEEDS_HUMAN: "🙋"}
+LABELS = {OK: "OK", WAIT: "WAIT", INVALID: "INVALID", NEEDS_HUMAN: "needs a human"}
+
+GUEST_ID = "_guest"  # the guest "account": no token; its own browser profile (2026 §5)
+GUEST_MODES = ("auto", "off")
+# the errors that mean "no account can serve now": guest mode (auto) steps in for them
+NO_ACCOUNT_CODES = frozenset(
+    {"no_accounts", "accounts_invalid", "accounts_need_human", "accounts_rate_limited", "rate_limited"}
+)
 
 
 @dataclass
@@ -24,6 +33,17 @@ class Account:
     token: str
     email: str | None = None
     profile_dir: str | None = None  # the account's Chromium profile, when it has one
+    guest: bool = False  # a guest chat (chat_mode "guest", no token)
+
+
+def guest_account() -> Account:
+    return Account(id=GUEST_ID, token="", guest=True)
+
+
+def guest_mode(config: Any) -> str:
+    """``QWEN_GUEST``: ``auto`` (default: guest when no account is usable) or ``off``."""
+    value = str(config.get("QWEN_GUEST") or "auto").strip().lower()
+    return value if value in GUEST_MODES else "auto"
 
 
 def mask(secret: str | None) -> str:
@@ -36,6 +56,8 @@ def mask(secret: str | None) -> str:
 
 
 class AccountPool(ABC):
+    guest_mode: str = "off"  # QWEN_GUEST; the pools built from configuration set it
+
     @abstractmethod
     def acquire(self, *, prefer: str | None = None, exclude: set[str] | frozenset = frozenset()) -> Account:
         """An OK account (``prefer`` if it is usable). Raises ``RateLimited`` when every
@@ -46,6 +68,27 @@ class AccountPool(ABC):
 
     @abstractmethod
     def mark_invalid(self, account_id: str, reason: str) -> None: ...
+
+    def acquire_or_guest(self, *, prefer: str | None = None, exclude: set[str] | frozenset = frozenset()) -> Account:
+        """``acquire``; when no account can serve and ``QWEN_GUEST=auto``, the guest (2026 §5).
+
+        Only chats take a guest (uploads and sign-ins need an account)."""
+        try:
+            return self.acquire(prefer=prefer, exclude=exclude)
+        except (RateLimited, UpstreamUnavailable) as exc:
+            if self.guest_mode != "auto" or GUEST_ID in exclude or exc.code not in NO_ACCOUNT_CODES:
+                raise
+            return guest_account()
+
+    def serves_guests(self, statuses: list[dict[str, Any]]) -> bool:
+        """Whether chats go out as a guest now: no account OK (from ``status()``), guest on."""
+        return self.guest_mode == "auto" and not any(s.get("status") == OK for s in statuses)
+
+    def use_client(self, client: Any) -> None:
+        """The Qwen client (and so the transport) for token refresh and quota calls."""
+
+    def note_wall(self, account_id: str) -> None:
+        """The site answered this account with a captcha/WAF wall (counts walls in a row)."""
 
     def mark_success(self, account_id: str) -> None:
         """Called once a request was served; counts requests."""
@@ -77,16 +120,24 @@ class Rotation:
     token (``Unauthorized``) marks the account and moves on; any other error is the caller's.
 
     ``reuse_tried``: once every account was tried, take one of them again (the pool may have
-    re-logged it in) instead of giving up with the last refusal.
+    re-logged it in) instead of giving up with the last refusal. ``guest``: when no account can
+    serve, the guest (``QWEN_GUEST=auto``; chats only).
     """
 
     def __init__(
-        self, pool: AccountPool, *, attempts: int, prefer: str | None = None, reuse_tried: bool = False
+        self,
+        pool: AccountPool,
+        *,
+        attempts: int,
+        prefer: str | None = None,
+        reuse_tried: bool = False,
+        guest: bool = False,
     ) -> None:
         self.pool = pool
         self.attempts = attempts
         self.prefer = prefer
         self.reuse_tried = reuse_tried
+        self.guest = guest
         self.tried: set[str] = set()
         self.last: ApiError | None = None
 
@@ -96,6 +147,8 @@ class Rotation:
 
     def _acquire(self) -> Account:
         try:
+            if self.guest:
+                return self.pool.acquire_or_guest(prefer=self.prefer, exclude=self.tried)
             return self.pool.acquire(prefer=self.prefer, exclude=self.tried)
         except ApiError:
             if not self.tried:

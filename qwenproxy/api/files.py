@@ -113,6 +113,8 @@ def sts_token() -> Response:
         raise BadRequest("`filename`, `filesize` and `filetype` are required (Некорректные данные о файле)")
     if not (isinstance(filename, str) and isinstance(filetype, str)):
         raise BadRequest("`filename` and `filetype` must be strings (Некорректные данные о файле)")
+    if "/" in filename or "\\" in filename:  # the upstream keeps it as the last part of an object path
+        raise BadRequest("`filename` must be a file name, not a path", param="filename")
     if isinstance(filesize, str) and filesize.strip().isdigit():
         filesize = int(filesize)
     if isinstance(filesize, bool) or not isinstance(filesize, int) or filesize <= 0:

@@ -27,6 +27,8 @@ QUIET_PREFIXES = ("/health", "/metrics", "/static", "/api/openapi.json", "/favic
 
 def provider_usable(status: dict[str, Any]) -> bool:
     """Whether a provider's ``status()`` says it can serve a request now."""
+    if status.get("guest"):  # no usable account, chats go out as a guest (QWEN_GUEST=auto)
+        return True
     if isinstance(status.get("accounts"), list):
         return any(a.get("status") == "OK" for a in status["accounts"])
     for key in ("model_loaded", "available", "configured"):
@@ -157,6 +159,7 @@ def status_page() -> Response:
             for name, s in statuses.items()
         },
         accounts=accounts,
+        guest=any(s.get("guest") for s in statuses.values()),
         workers=read_workers_file(workers_file(app)),
         web_workers=app.config.get("WEB_WORKERS") or "auto",
         models=models,
@@ -171,13 +174,15 @@ def status_page() -> Response:
 
 
 def _state(usable: bool, status: dict[str, Any]) -> str:
+    if status.get("guest"):
+        return "guest"
     if usable:
         return "usable"
     return "not configured" if status.get("configured") is False else "unusable"
 
 
 def _details(status: dict[str, Any]) -> str:
-    skip = {"name", "accounts", "browserPool"}
+    skip = {"name", "accounts", "browserPool", "guest"}
     parts = []
     for key, value in status.items():
         if key in skip or value in (None, "", [], {}):

@@ -8,14 +8,14 @@ without an entry is still listed (``test_ops`` checks that none is missing).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flask import Flask
 from pydantic import BaseModel
 
 from ..config import VERSION
-from ..wire import openai, seed
+from ..wire import anthropic, openai, responses, seed
 
 REF = "#/components/schemas/{model}"
 OBJECT = {"type": "object"}
@@ -36,6 +36,9 @@ class Operation:
     errors: tuple[int, ...] = (401, 429)
     public: bool = False  # answers without an API key
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # other answers (e.g. 503 not ready)
+    error_shape: str = "Error"  # the components/responses entry errors refer to ("AnthropicError")
+    security: list[dict[str, list[str]]] | None = None  # other ways to send the key
+    headers: tuple[str, ...] = ()  # optional request headers the route reads
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -71,12 +74,49 @@ FILE_ID = {"file_id": {"type": "string", "minLength": 1, "maxLength": 100}}
 FILE_OBJECT = _obj("id", id=STRING, object=STRING, bytes={"type": "integer"}, filename=STRING, purpose=STRING)
 NOT_READY = {"503": _ok(OBJECT, "Not ready, or draining")}
 
+MESSAGE = _obj("id", "type", "role", "content", "stop_reason", "usage")
+ANTHROPIC_ERRORS = (400, 401, 404, 413, 429, 500, 529)
+ANTHROPIC_AUTH = [{}, {"bearerAuth": []}, {"apiKeyHeader": []}]
+MESSAGES = Operation(
+    "createMessage",
+    "Anthropic Messages (Claude Code, Cline, OpenCode), streamed (SSE) or not; also under /anthropic/v1",
+    body=anthropic.MessagesRequest,
+    ok={"description": "OK", "content": {**_json(MESSAGE), "text/event-stream": {"schema": STRING}}},
+    errors=ANTHROPIC_ERRORS,
+    error_shape="AnthropicError",
+    security=ANTHROPIC_AUTH,
+    headers=("anthropic-version", "anthropic-beta"),
+)
+COUNT_TOKENS = Operation(
+    "countMessageTokens",
+    "An estimate of a Messages request's input tokens: " + anthropic.TOKEN_RULE,
+    body=anthropic.CountTokensRequest,
+    ok=_ok(_obj("input_tokens", input_tokens={"type": "integer"})),
+    errors=ANTHROPIC_ERRORS,
+    error_shape="AnthropicError",
+    security=ANTHROPIC_AUTH,
+    headers=("anthropic-version", "anthropic-beta"),
+)
+ANTHROPIC_TYPES = sorted(set(anthropic.ERROR_TYPES.values()))
+RESPONSE = _obj("id", "object", "status", "output", id=STRING, object=STRING, status=STRING, output={"type": "array"})
+RESPONSE_ID = {"response_id": {"type": "string", "minLength": 1, "maxLength": 64}}
+
 OPERATIONS: dict[str, Operation] = {
     "openai.chat_completions": Operation(
         "createChatCompletion",
         "OpenAI chat completions, streamed (SSE) or not",
         body=openai.ChatCompletionRequest,
         ok=CHAT_OK,
+        errors=CHAT_ERRORS,
+    ),
+    "openai.completions": Operation(
+        "createCompletion",
+        "OpenAI legacy completions (text_completion), streamed (SSE) or not; each prompt a chat turn",
+        body=openai.CompletionRequest,
+        ok={
+            "description": "OK",
+            "content": {**_json(_ref(openai.TextCompletion)), "text/event-stream": {"schema": STRING}},
+        },
         errors=CHAT_ERRORS,
     ),
     "chat.chat": Operation(
@@ -161,6 +201,32 @@ OPERATIONS: dict[str, Operation] = {
         "statusPage", public=True, errors=(), ok=_ok(STRING, "The status page", "text/html")
     ),
     "health.openapi": Operation("openapi", public=True, errors=()),
+    "anthropic.messages": MESSAGES,
+    "anthropic.messages_count_tokens": COUNT_TOKENS,
+    "responses.create": Operation(
+        "createResponse",
+        "OpenAI Responses (Codex CLI), streamed as typed events or not; stored unless store is false",
+        body=responses.ResponsesRequest,
+        ok={"description": "OK", "content": {**_json(RESPONSE), "text/event-stream": {"schema": STRING}}},
+        errors=(400, 401, 404, 413, 429, 502, 503),
+    ),
+    "responses.retrieve": Operation(
+        "getResponse", "A stored response", path=RESPONSE_ID, ok=_ok(RESPONSE), errors=(401, 404, 429)
+    ),
+    "responses.delete": Operation(
+        "deleteResponse",
+        path=RESPONSE_ID,
+        ok=_ok(_obj("id", "deleted", id=STRING, object=STRING, deleted={"type": "boolean"})),
+        errors=(401, 404, 429),
+    ),
+    "responses.input_items": Operation(
+        "listResponseInputItems",
+        "A stored response's input items, newest first by default",
+        path=RESPONSE_ID,
+        query=responses.InputItemsQuery,
+        ok=_ok(_obj("data", "has_more", object=STRING, data={"type": "array", "items": OBJECT})),
+        errors=(400, 401, 404, 429),
+    ),
 }
 
 
@@ -172,6 +238,7 @@ def document(app: Flask) -> dict[str, Any]:
         key=lambda r: order.index(r.endpoint) if r.endpoint in OPERATIONS else len(order),
     )
     paths: dict[str, dict[str, Any]] = {}
+    used: set[str] = set()
     models: list[type[BaseModel]] = [openai.Error, openai.ContentPart, openai.Message]
     for rule in rules:
         op = OPERATIONS.get(rule.endpoint) or Operation(rule.endpoint.replace(".", "_"))
@@ -179,10 +246,19 @@ def document(app: Flask) -> dict[str, Any]:
         for name, schema in op.path.items():
             path = path.replace(f"<{name}>", "{" + schema.get("name", name) + "}")
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", path)
+        if op.operation_id in used:  # one view under two paths: ids must stay unique
+            op = replace(op, operation_id=op.operation_id + "_" + re.sub(r"\W+", "_", path).strip("_"))
+        used.add(op.operation_id)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = _operation(op)
         models += [m for m in (op.body, op.query) if m is not None and m not in models]
-    models += [m for m in (openai.ChatCompletion, openai.ModelList) if m not in models]
+    models += [m for m in (openai.ChatCompletion, openai.TextCompletion, openai.ModelList) if m not in models]
+    anthropic_error = _obj(
+        "type",
+        "error",
+        type={"type": "string", "enum": ["error"]},
+        error=_obj("type", "message", type={"type": "string", "enum": ANTHROPIC_TYPES}, message=STRING),
+    )
     return {
         "openapi": "3.0.3",
         "info": {
@@ -190,8 +266,10 @@ def document(app: Flask) -> dict[str, Any]:
             "version": VERSION,
             "description": (
                 "OpenAI-compatible gateway to Qwen web, GigaChat and a local Qwen2.5-Coder. Every error is "
-                'OpenAI\'s {"error": {message, type, param, code}}. Paths under /api also answer under '
-                "/api/v1 and /v1."
+                'OpenAI\'s {"error": {message, type, param, code}}, but on the Anthropic Messages routes '
+                "(/v1/messages, also under /anthropic/v1), which answer and fail in Anthropic's shape "
+                '{"type": "error", "error": {type, message}}. Paths under /api also answer under /api/v1 and /v1, '
+                "and every path with a trailing slash too."
             ),
         },
         "servers": [{"url": "/"}],
@@ -203,9 +281,18 @@ def document(app: Flask) -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "A key from Authorization.txt (only when that file has keys)",
-                }
+                },
+                "apiKeyHeader": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "The same key, as Anthropic clients send it",
+                },
             },
-            "responses": {"Error": {"description": "An error in OpenAI's shape", "content": _json(_ref(openai.Error))}},
+            "responses": {
+                "Error": {"description": "An error in OpenAI's shape", "content": _json(_ref(openai.Error))},
+                "AnthropicError": {"description": "An error in Anthropic's shape", "content": _json(anthropic_error)},
+            },
             "schemas": _schemas(models),
         },
     }
@@ -221,6 +308,7 @@ def _operation(op: Operation) -> dict[str, Any]:
     ]
     if op.query is not None:
         parameters += _query_parameters(op.query)
+    parameters += [{"name": name, "in": "header", "required": False, "schema": STRING} for name in op.headers]
     if parameters:
         out["parameters"] = parameters
     if op.body is not None:
@@ -228,10 +316,12 @@ def _operation(op: Operation) -> dict[str, Any]:
         out["requestBody"] = {"required": op.body_required, "content": {media: {"schema": _ref(op.body)}}}
     if op.public:
         out["security"] = [{}]
+    elif op.security is not None:
+        out["security"] = op.security
     out["responses"] = {
         "200": op.ok,
         **op.extra,
-        **{str(c): {"$ref": "#/components/responses/Error"} for c in op.errors},
+        **{str(c): {"$ref": f"#/components/responses/{op.error_shape}"} for c in op.errors},
     }
     return out
 

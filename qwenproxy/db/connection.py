@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -51,6 +52,7 @@ def make_database(url: str, *, shared: bool | None = None, pool_size: int = 20):
         path = url.split(":///", 1)[1] if ":///" in url else parsed.path
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            owner_only(path)
             import sqlite3
 
             with contextlib.closing(sqlite3.connect(path, timeout=15)) as conn:
@@ -64,6 +66,18 @@ def make_database(url: str, *, shared: bool | None = None, pool_size: int = 20):
         pooled = url.replace(f"{parsed.scheme}://", f"{parsed.scheme}+pool://", 1)
         return connect(pooled, max_connections=pool_size, stale_timeout=300, timeout=30)
     return connect(url)
+
+
+def owner_only(path: str | os.PathLike) -> None:
+    """The database holds account tokens and refresh tokens: readable by its owner only
+    (mode 0600, as ``credentials.json``). SQLite gives its -wal and -shm files the same mode."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o600)
+    except OSError:  # a read-only mount, someone else's file: SQLite will say what is wrong
+        pass
 
 
 def shared_connection() -> bool:

@@ -109,6 +109,15 @@ class Account(BaseModel):
     created_at = DoubleField(default=time.time)
     source = CharField(max_length=20, null=True)  # env | import | browser | password | token
     profile_dir = TextField(null=True)  # Chromium profile (cookies) for the browser pool
+    # 0007_account_refresh
+    refresh_token = TextField(null=True)  # renews ``token`` (POST /api/v2/auths/refresh); never logged
+    refresh_expires_at = DoubleField(null=True)
+    token_at = DoubleField(null=True)  # when the current token was stored
+    refresh_lease_until = DoubleField(null=True)  # a process is refreshing the token until then
+    quota = TextField(null=True)  # the last entitlement_quota answer (JSON)
+    quota_at = DoubleField(null=True)
+    walls = IntegerField(default=0)  # captcha/WAF walls in a row
+    needs_human = BooleanField(default=False)  # walls persisted: `flask accounts solve ID`
 
     class Meta:
         table_name = "account"
@@ -138,6 +147,25 @@ class UploadedFile(BaseModel):
 
     class Meta:
         table_name = "uploaded_file"
+
+
+class ApiResponse(BaseModel):
+    """A stored answer of the Responses API (``resp_…``): what ``previous_response_id``
+    continues and ``GET /v1/responses/{id}`` shows."""
+
+    id = CharField(primary_key=True, max_length=64)
+    chat = ForeignKeyField(Chat, backref="api_responses", on_delete="CASCADE", null=True, index=True)
+    created = DoubleField(default=time.time, index=True)  # unix seconds
+    model = CharField(max_length=200, null=True)
+    status = CharField(max_length=20)  # completed | incomplete | failed
+    previous_response_id = CharField(max_length=64, null=True)
+    upstream_response_id = CharField(max_length=100, null=True)  # the next turn's parent_id
+    body = TextField()  # the response object, JSON
+    input_items = TextField()  # the request's input items with ids, JSON
+    history = TextField()  # the chat messages up to and including this answer, JSON
+
+    class Meta:
+        table_name = "api_response"
 
 
 class ConversationPoint(BaseModel):

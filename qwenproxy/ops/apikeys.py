@@ -1,12 +1,16 @@
 """Client API keys from a text file (seed ``Authorization.txt``), checked in constant time.
 
 One key per line, ``#`` comments and blank lines ignored; a missing or empty file disables
-auth. The file is re-read when it changes, so edits need no restart.
+auth. The file is re-read when it changes, so edits need no restart. When it is missing at
+start, it is created holding a commented template that explains all this (seed 000 §2); an
+existing file is never touched.
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
+import secrets
 import threading
 from pathlib import Path
 
@@ -14,7 +18,48 @@ from flask import Flask, request
 
 from ..errors import AuthenticationError
 
+log = logging.getLogger(__name__)
+
 PUBLIC_PREFIXES = ("/health", "/metrics", "/static", "/api/openapi.json")
+
+TEMPLATE = """\
+# qwenproxy: client API keys / ключи доступа клиентов (Authorization.txt)
+#
+# While this file has no key line, authentication is OFF: every request is served.
+# Пока в файле нет ни одного ключа, авторизация ОТКЛЮЧЕНА: обслуживаются все запросы.
+#
+# One key per line. Blank lines and lines starting with # are ignored.
+# Один ключ на строку. Пустые строки и строки, начинающиеся с #, игнорируются.
+#
+# Clients send a key in the Authorization header / клиенты передают ключ в заголовке:
+#     Authorization: Bearer <key>
+# openai SDK:  OpenAI(base_url="http://localhost:3264/api", api_key="<key>")
+# curl:        curl -H "Authorization: Bearer <key>" http://localhost:3264/api/models
+#
+# The file is re-read when it changes: no restart needed.
+# Файл перечитывается при изменении: перезапуск не нужен.
+#
+# A fresh random key; delete the "# " in front of it to require it:
+# Новый случайный ключ; уберите "# " перед ним, чтобы включить авторизацию:
+# {example}
+"""
+
+
+def ensure_template(path: str | Path) -> bool:
+    """Create ``path`` with the commented template when it is missing (never overwriting it,
+    even when several workers start at once); whether it was created."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("x", encoding="utf-8") as fh:  # O_EXCL: exactly one creator
+            fh.write(TEMPLATE.format(example="sk-" + secrets.token_urlsafe(32)))
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        log.warning("could not create the API key file %s: %s", path, exc)
+        return False
+    log.info("created %s: no keys yet, so authentication is off until a key line is added", path)
+    return True
 
 
 class ApiKeys:
@@ -45,7 +90,7 @@ class ApiKeys:
             return
         if not header or not header.startswith("Bearer "):
             raise AuthenticationError(
-                "Authorization required: send `Authorization: Bearer <key>` (Требуется авторизация)"
+                "Authorization required: send `Authorization: Bearer <key>` or `x-api-key` (Требуется авторизация)"
             )
         given = header[len("Bearer ") :].strip().encode()
         match = False
@@ -56,6 +101,8 @@ class ApiKeys:
 
 
 def init_app(app: Flask) -> None:
+    if app.config.get("API_KEYS_FILE"):
+        ensure_template(app.config["API_KEYS_FILE"])
     keys = ApiKeys(app.config["API_KEYS_FILE"])
     app.extensions["api_keys"] = keys
 
@@ -63,4 +110,13 @@ def init_app(app: Flask) -> None:
     def _require_key() -> None:
         if request.method == "OPTIONS" or request.path == "/" or request.path.startswith(PUBLIC_PREFIXES):
             return
-        keys.check(request.headers.get("Authorization"))
+        keys.check(bearer())
+
+
+def bearer() -> str | None:
+    """The client's key as ``Bearer <key>``: ``Authorization``, or Anthropic's ``x-api-key``."""
+    header = request.headers.get("Authorization")
+    if header:
+        return header
+    key = request.headers.get("x-api-key", "").strip()
+    return f"Bearer {key}" if key else None

@@ -11,7 +11,10 @@ class Cors:
     """CORS for browser clients: ``CORS_ORIGINS`` is ``*``, a comma-separated list, or empty."""
 
     METHODS = "GET, POST, PUT, DELETE, OPTIONS"
-    HEADERS = "Origin, X-Requested-With, Content-Type, Accept, Authorization, X-Request-Id"
+    HEADERS = (
+        "Origin, X-Requested-With, Content-Type, Accept, Authorization, X-Request-Id, "
+        "x-api-key, anthropic-version, anthropic-beta"
+    )
     EXPOSE = (
         "X-Request-Id, X-Chat-Id, X-Parent-Id, Retry-After, X-RateLimit-Limit-Requests, X-RateLimit-Remaining-Requests"
     )

@@ -34,7 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from ..events import Event, ReasoningDelta, TextDelta, ToolCallDelta
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
-STATES = ("OK", "WAIT", "INVALID")
+STATES = ("OK", "WAIT", "INVALID", "NEEDS_HUMAN")
 
 
 class Metrics:

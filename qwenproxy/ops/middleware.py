@@ -18,15 +18,20 @@ _VERSION_SEGMENT = re.compile(r"/v[12](?=/|$)")
 
 
 def normalize_path(path: str) -> str:
-    """``/v1/x`` → ``/api/x``; inside ``/api`` every ``v1``/``v2`` segment is dropped.
+    """``/v1/x`` → ``/api/x``; inside ``/api`` every ``v1``/``v2`` segment is dropped; a
+    trailing slash is dropped everywhere (no route ends with one).
 
-    So ``base_url=".../api"``, ``".../api/v1"`` and ``".../v1"`` all reach the same routes.
+    So ``base_url=".../api"``, ``".../api/v1"`` and ``".../v1"`` all reach the same routes, and
+    ``/api/chat/`` (the seed's own example) is ``/api/chat``: a rewrite, never a redirect, so a
+    POST keeps its body.
     """
     if path == "/v1" or path.startswith("/v1/"):
         path = "/api" + path[3:]
     if path == "/api" or path.startswith("/api/"):
         path = _VERSION_SEGMENT.sub("", path)
         path = re.sub(r"/{2,}", "/", path)
+    if len(path) > 1 and path.endswith("/"):
+        path = path.rstrip("/") or "/"
     return path
 
 

@@ -18,6 +18,7 @@ from peewee import CharField, IntegerField
 from .. import db
 from ..db.models import BaseModel
 from ..errors import RateLimited
+from .apikeys import bearer
 
 EXEMPT_PREFIXES = ("/health", "/metrics", "/static")
 
@@ -60,7 +61,7 @@ class RateLimiter:
 
 
 def client_identity() -> str:
-    header = request.headers.get("Authorization", "")
+    header = bearer() or ""
     if header.startswith("Bearer ") and header[7:].strip():
         return "key:" + header[7:].strip()
     return "addr:" + (request.remote_addr or "-")

@@ -10,9 +10,9 @@ from typing import Any
 
 from flask import Flask
 
-from ..accounts.pool import Account, AccountPool, Rotation
+from ..accounts.pool import GUEST_ID, Account, AccountPool, Rotation
 from ..content import is_text_part, part_text, text_of
-from ..errors import BadRequest, Conflict, RateLimited, Unauthorized
+from ..errors import ApiError, BadRequest, Conflict, RateLimited, Unauthorized, UpstreamBlocked, UpstreamUnavailable
 from ..events import Event, EventStream, ResponseStarted
 from ..qwen import modes
 from ..qwen.catalog import ALIAS_TO_CANONICAL, ModelCatalog
@@ -46,9 +46,23 @@ def _list_models(client: QwenClient, pool: AccountPool) -> list[dict[str, Any]]:
     """The upstream model list, asked as some account without a turn in the rotation (the
     browser pool then runs it in that account's profile instead of opening another one)."""
     account = pool.any_account()
-    if account is None:
-        return client.list_models(None)
+    if account is None:  # a guest sees the guest list (2026 §5), in the guest's own profile
+        return client.list_models(None, account_id=GUEST_ID if pool.guest_mode == "auto" else None)
     return client.list_models(account.token, account_id=account.id)
+
+
+def _guest_refused(exc: ApiError) -> ApiError:
+    """What a refused guest chat means to the client: add an account (2026 §5)."""
+    if isinstance(exc, RateLimited):
+        return RateLimited(
+            f"Qwen's guest quota is used up ({exc.message}); add an account with `flask accounts add`",
+            retry_after=exc.retry_after,
+            code="guest_rate_limited",
+        )
+    return UpstreamUnavailable(
+        f"Qwen refused a guest chat ({exc.message}); add an account with `flask accounts add`",
+        code="guest_refused",
+    )
 
 
 def last_user_turn(messages: list[dict[str, Any]]) -> tuple[Any, str | None]:
@@ -139,6 +153,7 @@ class QwenWebProvider(Provider):
         config = app.config
         pool = app.extensions["account_pool"]  # accounts/store.py's init_app, run before the providers
         client = QwenClient(make_transport(config), config)
+        pool.use_client(client)  # token refresh and quota go the way chats go
         catalog = ModelCatalog(
             config["MODELS_FILE"],
             config["DEFAULT_MODEL"],
@@ -223,7 +238,7 @@ class QwenWebProvider(Provider):
             raise BadRequest("No user message to send", param="messages")
         # uploaded files belong to the account that uploaded them: prefer it for a new chat
         prefer = request.account_id or (self.attachments.owner_hint(content) if self.attachments else None)
-        rotation = Rotation(self.pool, attempts=self.max_attempts, prefer=prefer, reuse_tried=True)
+        rotation = Rotation(self.pool, attempts=self.max_attempts, prefer=prefer, reuse_tried=True, guest=True)
         for account in rotation:
             try:
                 chat_id, events, response = self._start(request, spec, account, mode, stream)
@@ -237,7 +252,14 @@ class QwenWebProvider(Provider):
                 request = replace(request, conversation_id=None, parent_id=None, account_id=None, upstream_known=0)
                 rotation.prefer = None
                 continue
+            except UpstreamBlocked:
+                self.pool.note_wall(account.id)  # walls in a row: the account needs a human
+                self.pool.release(account.id)
+                raise
             except (RateLimited, Unauthorized) as exc:
+                if account.guest:
+                    self.pool.release(account.id)
+                    raise _guest_refused(exc) from exc
                 why = "rate limited" if isinstance(exc, RateLimited) else "unauthorized"
                 log.warning("account %s %s; trying another", account.id, why)
                 rotation.refused(account, exc)
@@ -282,12 +304,15 @@ class QwenWebProvider(Provider):
             "chat_type": chat_type,
             "feature_config": features,
             "extra": extra,
+            "chat_mode": "guest" if account.guest else "normal",
         }
         # never above the body size wall: long parts go as documents (uploads/context.py)
         measure = partial(self._body, request, chat_id=chat_id or CHAT_ID_PLACEHOLDER, **fields)
         context = self.fitter.fit(Context(system, history, qwen_content), measure, account)
         if not chat_id:
-            chat_id = self.client.create_chat(account.token, model, chat_type=chat_type, account_id=account.id)
+            chat_id = self.client.create_chat(
+                account.token, model, chat_type=chat_type, account_id=account.id, chat_mode=fields["chat_mode"]
+            )
         body = self._body(request, context, chat_id, **fields)
         events, response = self.client.open_completion(account.token, body, account_id=account.id)
         return chat_id, events, response
@@ -306,6 +331,9 @@ class QwenWebProvider(Provider):
                     yield event
             done = True
             self.pool.mark_success(account.id)
+        except UpstreamBlocked:  # a wall inside the stream (2026 §4)
+            self.pool.note_wall(account.id)
+            raise
         finally:
             # read to ``finished``: the connection may serve the next turn; else abort it
             response.release() if done else response.close()
@@ -360,7 +388,10 @@ class QwenWebProvider(Provider):
         return None
 
     def status(self) -> dict[str, Any]:
-        out = {"name": self.name, "accounts": self.pool.status(), "transport": self.client.transport.name}
+        accounts = self.pool.status()
+        out = {"name": self.name, "accounts": accounts, "transport": self.client.transport.name}
+        if self.pool.serves_guests(accounts):
+            out["guest"] = True  # no usable account: chats go out as a guest (QWEN_GUEST=auto)
         pool_status = getattr(self.client.transport, "pool_status", None)
         if pool_status is not None:
             out["browserPool"] = pool_status()

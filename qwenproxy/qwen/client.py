@@ -5,16 +5,59 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import UpstreamError
+from ..errors import Unauthorized, UpstreamError
 from ..events import Event
 from .protocol import error_from_response, new_chat_body, parse_stream, unwrap
 from .transport import Transport, UpstreamResponse, browser_headers
 
 log = logging.getLogger(__name__)
+
+GUEST_REFERER = "/c/guest"  # the page a guest chats on (2026 §5)
+# 2026 §5: several API clients share an account here, so its cross-chat memory and native
+# tools go off (our own modes turn search and images on per request)
+MEMORY_OFF: dict[str, Any] = {"memory": {"enable_memory": False, "enable_history_memory": False}}
+TOOLS_OFF: dict[str, Any] = {
+    "tools_enabled": {
+        "web_search": False,
+        "code_interpreter": False,
+        "history_retriever": False,
+        "bio": False,
+        "image_gen_tool": False,
+        "image_edit_tool": False,
+        "web_extractor": False,
+        "web_search_image": False,
+        "image_zoom_in_tool": False,
+    }
+}
+_REFRESH_COOKIE = re.compile(r"(?:^|[;,]\s*)refresh_token=([^;,\s]+)")
+
+
+def _refused(raw: bytes) -> str | None:
+    """The ``details`` of an ``Unauthorized`` envelope (wrong e-mail or password), else None."""
+    try:
+        payload = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(payload, dict) or payload.get("success") is not False:
+        return None
+    data = payload.get("data")
+    if isinstance(data, dict) and str(data.get("code")).lower() == "unauthorized":
+        return str(data.get("details") or "wrong e-mail or password")
+    return None
+
+
+def _with_refresh_cookie(payload: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+    """The refresh token may come in the body or only as a ``refresh_token`` cookie (2026 §5)."""
+    if payload.get("refresh_token"):
+        return payload
+    lower = {k.lower(): v for k, v in headers.items()}
+    match = _REFRESH_COOKIE.search(lower.get("set-cookie", ""))
+    return {**payload, "refresh_token": match.group(1)} if match else payload
 
 
 class QwenClient:
@@ -32,14 +75,17 @@ class QwenClient:
         body: Any = None,
         account_id: str | None = None,
         accept: str = "*/*",
+        referer_path: str = "/",
+        timeout: float | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
         """One whole (non-stream) request: ``(status, headers, body bytes)``."""
         response = self.transport.request(
             method,
             self.base_url + path,
-            headers=browser_headers(self.config, token=token, accept=accept),
+            headers=browser_headers(self.config, token=token, accept=accept, referer_path=referer_path),
             json_body=body,
             account_id=account_id,
+            timeout=timeout,
         )
         try:
             return response.status, response.headers, response.read()
@@ -69,10 +115,15 @@ class QwenClient:
         chat_type: str = "t2t",
         account_id: str | None = None,
         title: str | None = None,
+        chat_mode: str = "normal",
     ) -> str:
-        """``POST /api/v2/chats/new`` → the new chat id (§3.4)."""
-        body = new_chat_body(model, chat_type=chat_type, **({"title": title} if title else {}))
-        payload = unwrap(self._json("POST", "/api/v2/chats/new", token=token, body=body, account_id=account_id))
+        """``POST /api/v2/chats/new`` → the new chat id (§3.4); ``chat_mode="guest"`` with no
+        token for a guest chat (2026 §5)."""
+        body = new_chat_body(model, chat_type=chat_type, chat_mode=chat_mode, **({"title": title} if title else {}))
+        referer = GUEST_REFERER if chat_mode == "guest" else "/"
+        payload = unwrap(
+            self._json("POST", "/api/v2/chats/new", token=token, body=body, account_id=account_id, referer_path=referer)
+        )
         chat_id = payload.get("id") if isinstance(payload, dict) else None
         if not chat_id:
             raise UpstreamError("Qwen created no chat id")
@@ -87,12 +138,11 @@ class QwenClient:
         and is raised here, before any event.
         """
         chat_id = body["chat_id"]
+        referer = GUEST_REFERER if body.get("chat_mode") == "guest" else f"/c/{quote(str(chat_id))}"
         response = self.transport.request(
             "POST",
             f"{self.base_url}/api/v2/chat/completions?chat_id={quote(str(chat_id))}",
-            headers=browser_headers(
-                self.config, token=token, accept="*/*", referer_path=f"/c/{quote(str(chat_id))}", stream=True
-            ),
+            headers=browser_headers(self.config, token=token, accept="*/*", referer_path=referer, stream=True),
             json_body=dict(body),
             stream=True,
             account_id=account_id,
@@ -117,15 +167,84 @@ class QwenClient:
         return [m for m in (data or []) if isinstance(m, dict) and m.get("id")]
 
     def signin(self, email: str, password: str, *, prehashed: bool = False) -> dict[str, Any]:
-        """``POST /api/v1/auths/signin`` with the SHA-256 hex of the password (§2.2).
+        """Sign in with the SHA-256 hex of the password: ``POST /api/v2/auths/signin``, and the
+        v1 endpoint when v2 is not there (404/405) (2026 §5, §2.2).
 
-        ``prehashed``: ``password`` already is that hex digest (stored credentials)."""
+        ``prehashed``: ``password`` already is that hex digest (stored credentials). The answer
+        has ``token`` and, from v2, ``refresh_token`` (from the body or its cookie)."""
         digest = password.lower() if prehashed else hashlib.sha256(password.encode("utf-8")).hexdigest()
-        payload = unwrap(
-            self._json("POST", "/api/v1/auths/signin", token=None, body={"email": email, "password": digest})
-        )
+        body = {"email": email, "password": digest}
+        path = "/api/v2/auths/signin"
+        status, headers, raw = self.call("POST", path, token=None, body=body, accept="application/json")
+        if status in (404, 405):
+            log.info("the v2 sign-in answered HTTP %s; trying v1", status)
+            path, v2_status = "/api/v1/auths/signin", status
+            status, headers, raw = self.call("POST", path, token=None, body=body, accept="application/json")
+            if status in (404, 405):
+                raise UpstreamError(
+                    f"Qwen's sign-in API is closed (v2 answered HTTP {v2_status}, v1 HTTP {status}): sign in "
+                    "through the browser instead (`flask accounts add` without --email), or paste a token "
+                    "(`--token -`)",
+                    code="signin_unavailable",
+                )
+        refused = _refused(raw)
+        if refused is not None:
+            raise Unauthorized(f"Qwen refused the sign-in: {refused}", code="signin_refused")
+        payload = unwrap(self.decode(path, status, headers, raw))
         if not isinstance(payload, dict) or not payload.get("token"):
             raise UpstreamError("Qwen sign-in returned no token")
+        return _with_refresh_cookie(payload, headers)
+
+    def refresh(
+        self, refresh_token: str, *, account_id: str | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """``POST /api/v2/auths/refresh {refresh_token}``: a new token (and usually a new
+        refresh token: the old one then stops working) (2026 §5)."""
+        path = "/api/v2/auths/refresh"
+        status, headers, raw = self.call(
+            "POST",
+            path,
+            token=None,
+            body={"refresh_token": refresh_token},
+            account_id=account_id,
+            accept="application/json",
+            timeout=timeout,
+        )
+        payload = unwrap(self.decode(path, status, headers, raw))
+        if not isinstance(payload, dict) or not payload.get("token"):
+            raise UpstreamError("Qwen's token refresh returned no token")
+        return _with_refresh_cookie(payload, headers)
+
+    def update_settings(self, token: str, settings: Mapping[str, Any], *, account_id: str | None = None) -> Any:
+        """``POST /api/v2/users/user/settings/update``: the account's memory and tools (2026 §5)."""
+        return unwrap(
+            self._json(
+                "POST", "/api/v2/users/user/settings/update", token=token, body=dict(settings), account_id=account_id
+            )
+        )
+
+    def switch_off_memory_and_tools(self, token: str, *, account_id: str | None = None) -> None:
+        """The two ``settings/update`` calls the maintained peers make once per account."""
+        for settings in (MEMORY_OFF, TOOLS_OFF):
+            self.update_settings(token, settings, account_id=account_id)
+
+    def entitlement_quota(
+        self, token: str, features: list[str], *, account_id: str | None = None, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """``POST /api/v2/users/user/entitlement_quota``: ``times_left`` (-1 unlimited),
+        ``time_unit``, ``time_amount`` per model and feature (2026 §5)."""
+        payload = unwrap(
+            self._json(
+                "POST",
+                "/api/v2/users/user/entitlement_quota",
+                token=token,
+                body={"features": list(features)},
+                account_id=account_id,
+                timeout=timeout,
+            )
+        )
+        if not isinstance(payload, dict):
+            raise UpstreamError("Qwen answered entitlement_quota with no data")
         return payload
 
     def session_info(self, token: str) -> dict[str, Any]:

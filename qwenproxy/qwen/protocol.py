@@ -69,8 +69,11 @@ def completion_body(
     feature_config: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     now: float | None = None,
+    chat_mode: str = "normal",
 ) -> dict[str, Any]:
     """Body of ``POST /api/v2/chat/completions?chat_id=`` (§3.5): exactly one message.
+
+    ``chat_mode``: ``"guest"`` for a chat without an account (2026 §5).
 
     ``parent_id`` is the previous assistant ``response_id``; it goes at the top level and
     into the message as both ``parentId`` and ``parent_id`` (§4.8).
@@ -99,7 +102,7 @@ def completion_body(
         "stream": True,
         "incremental_output": True,
         "chat_id": chat_id,
-        "chat_mode": "normal",
+        "chat_mode": chat_mode,
         "model": model,
         "parent_id": parent_id,
         "messages": [message],

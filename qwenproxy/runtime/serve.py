@@ -3,7 +3,8 @@
 The same as gunicorn on one process: the configured workers (browser pool, local model) are
 started and supervised here; SIGTERM marks the app draining (``/health/ready`` -> 503), stops
 accepting and lets running streams finish for up to ``GRACEFUL_TIMEOUT`` seconds; an idle
-keep-alive connection is closed after ``KEEPALIVE`` seconds, as gunicorn does.
+keep-alive connection is closed after ``KEEPALIVE`` seconds, as gunicorn does, and responses say
+so (``Keep-Alive: timeout=N``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def main(app: Flask) -> None:
 
     from ..accounts.menu import run_menu, should_show
     from ..ops.lifecycle import start_draining
+    from .keepalive import header as keepalive_header
     from .supervisor import start_configured
 
     if should_show(app.config):  # the seed's account menu; never under gunicorn or Docker
@@ -39,6 +41,12 @@ def main(app: Flask) -> None:
             with gevent.Timeout(keepalive, False):  # waiting for the next request on a connection
                 return super().read_requestline()
             return None  # timed out: the connection is closed
+
+        def start_response(self, status, headers, exc_info=None):  # type: ignore[no-untyped-def]
+            write = super().start_response(status, headers, exc_info)
+            if not self.close_connection:  # say how long the connection stays open when idle
+                self.response_headers.append((b"Keep-Alive", keepalive_header(keepalive).encode("latin-1")))
+            return write
 
     # a pool, so that stopping waits for the running handlers (streams) instead of dropping them
     server = WSGIServer((host, port), app, log=None, spawn=Pool(int(app.config["WORKER_CONNECTIONS"])))

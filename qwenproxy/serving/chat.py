@@ -12,17 +12,42 @@ from .. import db
 from ..providers import ChatRequest, Provider
 from ..wire.openai import ChatCompletionRequest, Collected, completion_response
 from . import history
+from .client_api import ClientApi
 from .conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from .streaming import serve
+from .structured import OPTION as RESPONSE_FORMAT
+from .structured import open_stream
 
 
-def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -> Response:
+def _history(chat: Any) -> list[dict[str, Any]]:
+    """The chat's stored messages as OpenAI messages, read only when a provider must move the
+    conversation to a new upstream chat (Qwen's "in progress", 2026 §3)."""
+    with db.session():
+        stored = stored_history(chat)
+    out = []
+    for message in stored:
+        content = message.get("content")
+        if isinstance(content, dict):  # an assistant turn saved with its tool calls
+            out.append({**message, "content": content.get("content"), "tool_calls": content.get("tool_calls")})
+        else:
+            out.append(message)
+    return out
+
+
+def chat_turn(
+    provider: Provider, req: ChatCompletionRequest, *, simple: bool, api: ClientApi | None = None
+) -> Response:
     """Serve one validated chat turn with ``provider``. ``simple`` is the seed's ``/api/chat``:
-    the local history of the chat is replayed to providers that do not keep it upstream."""
+    the local history of the chat is replayed to providers that do not keep it upstream.
+    ``api`` answers in another client API's shape (Anthropic Messages, Responses)."""
     messages = req.messages
     chat_id, parent_id = req.conversation
     upstream_model, model, options = provider.resolve_request(req.model)
     options.update(req.mode_options())
+    if api is not None:
+        options.update(api.options)
+    if req.response_format is not None:
+        options[RESPONSE_FORMAT] = req.response_format
     # a stateless client (no chatId) re-sends its history: continue the upstream chat that
     # holds it, or fold it into a new one (serving/history.py)
     plan = None
@@ -33,7 +58,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
             plan.local_chat_id if plan else chat_id,
             provider=provider.name,
             model=model,
-            name=None if simple else OPENAI_CHAT_NAME,
+            name=None if simple else api.chat_name if api else OPENAI_CHAT_NAME,
             adopt_upstream=provider.server_side_history,
         )
         # a new chat stores everything the client sent; a continuing one only the new turn
@@ -42,7 +67,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         if last_user < last_assistant < len(messages) - 1:
             last_user = last_assistant + 1  # a tool loop: the new turn is the results after the call
         new_messages = messages if is_new else messages[plan.known if plan else last_user :]
-        turn = Turn(chat=chat, provider=provider.name, model=model)
+        turn = Turn(chat=chat, provider=provider.name, model=model, on_close=api.on_close if api else None)
         turn.begin(new_messages)
     send = messages
     if simple and not provider.server_side_history and not is_new:
@@ -64,6 +89,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         tool_spec=req.tool_spec,
         options=options,
         request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
+        history=lambda: _history(chat),
     )
     if plan is not None:
         chat_request.conversation_id = plan.upstream_chat_id
@@ -71,7 +97,8 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         chat_request.account_id = plan.account_id
         chat_request.upstream_known = plan.known
         turn.on_complete = history.recorder(messages, chat.id)
-    reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT"))
+    # structured output: the content is the JSON alone, so reasoning stays in its own field
+    reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT")) and RESPONSE_FORMAT not in options
 
     def extras(collected: Collected, _info: dict[str, Any]) -> dict[str, Any]:
         rid = collected.started.response_id if collected.started else None
@@ -91,7 +118,7 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         return body_out
 
     return serve(
-        lambda: provider.open_stream(chat_request),
+        lambda: open_stream(provider, chat_request),
         turn,
         stream=req.stream,
         model=model,
@@ -100,4 +127,5 @@ def chat_turn(provider: Provider, req: ChatCompletionRequest, *, simple: bool) -
         ping_interval=float(current_app.config["PING_INTERVAL"]),
         shape=shape,
         reasoning_in_content=reasoning_in_content,
+        answer=api.answer(model, chat_request) if api else None,
     )

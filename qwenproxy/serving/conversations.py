@@ -99,6 +99,9 @@ class Turn:
     collected: Collected = field(default_factory=Collected)
     info: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
+    # called at the end of ``close`` with the status, in the same database session (the
+    # Responses API stores its answer there)
+    on_close: Callable[[Turn, str], None] | None = None
     # called with the answer and the stream's info after a complete answer is saved, in the
     # same database session (serving/history.py remembers the conversation point there)
     on_complete: Callable[[Collected, dict[str, Any]], None] | None = None
@@ -159,6 +162,8 @@ class Turn:
                 if started is not None and started.response_id and status == "complete":
                     updates["last_response_id"] = started.response_id
                 Chat.update(**updates).where(Chat.id == self.chat.id).execute()
+                if self.on_close is not None:
+                    self.on_close(self, status)
                 if status == "complete" and self.on_complete is not None:
                     self.on_complete(c, self.info)
                 db.flush_deferred()

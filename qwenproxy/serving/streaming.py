@@ -24,7 +24,8 @@ from ..errors import ApiError, UpstreamError
 from ..events import Event, EventStream, Finished, ResponseStarted
 from ..ops import requestlog
 from ..ops.metrics import TurnStats
-from ..wire.openai import DONE, PING, ChunkRenderer, Collected, completion_id, sse
+from ..wire.openai import ChunkRenderer, Collected, completion_id
+from ..wire.render import Answer, OpenAIChunks, Renderer
 from .conversations import Turn
 
 log = logging.getLogger(__name__)
@@ -137,14 +138,14 @@ class _Run:
         g.request_log = self.finish("complete", record=record)
         g.request_log_deferred = record is not None
 
-    def relay(self, renderer: ChunkRenderer, ping_interval: float) -> Generator[str, None, str]:
+    def relay(self, renderer: Renderer, ping_interval: float) -> Generator[str, None, str]:
         """The SSE path: chunks as events arrive, pings while the upstream is silent.
 
         Chunks that are ready together go out in one write (nothing waits for more); what
-        is ready at the end is returned, for the caller to send with the final chunks."""
-        ready = [sse(renderer.role())]
+        is ready at the end is returned, for the caller to send with the last chunks."""
+        ready = list(renderer.start())
         for event in self.first:
-            ready.extend(map(sse, renderer.render(event)))
+            ready.extend(renderer.render(event))
         if self.ended:
             return "".join(ready)
         yield "".join(ready)
@@ -156,12 +157,12 @@ class _Run:
             try:
                 kind, value = pending.get(timeout=ping_interval)
             except queue.Empty:
-                yield PING
+                yield renderer.keepalive
                 continue
             ready = []
             while kind == "event":
                 self.observe(value)
-                ready.extend(map(sse, renderer.render(value)))
+                ready.extend(renderer.render(value))
                 try:
                     kind, value = pending.get_nowait()
                 except queue.Empty:
@@ -193,17 +194,23 @@ def serve(
     ping_interval: float = 15.0,
     shape: Shape | None = None,
     reasoning_in_content: bool = False,
+    answer: Answer | None = None,
 ) -> Response:
     """Run one completion and answer it as JSON or as SSE.
 
     ``extras(collected, info)`` gives the fields added to every body/chunk (``chatId``,
-    ``parentId``); ``shape`` builds the non-stream body from the collected answer.
+    ``parentId``); ``shape`` builds the non-stream body from the collected answer. Another
+    client API (Anthropic, Responses) gives its ``answer`` instead: its body and renderer.
     """
     run = _Run(stream_factory, turn, model)
     headers = _headers(turn, extras)
     if not stream:
+        shape = answer.body if answer is not None else shape
         assert shape is not None
         return _json_answer(run, headers, shape, extras)
+    if answer is not None:
+        own = answer.renderer(turn.collected, extras(turn.collected, turn.info))
+        return _sse_answer(run, headers, own, ping_interval)
     started = turn.collected.started
     renderer = ChunkRenderer(
         id=completion_id(started.response_id if isinstance(started, ResponseStarted) else None),
@@ -212,7 +219,7 @@ def serve(
         extras=extras(turn.collected, turn.info),
         reasoning_in_content=reasoning_in_content,
     )
-    return _sse_answer(run, headers, renderer, ping_interval)
+    return _sse_answer(run, headers, OpenAIChunks(renderer), ping_interval)
 
 
 def _json_answer(run: _Run, headers: dict[str, str], shape: Shape, extras: Extras) -> Response:
@@ -230,7 +237,7 @@ def _json_answer(run: _Run, headers: dict[str, str], shape: Shape, extras: Extra
     return response
 
 
-def _sse_answer(run: _Run, headers: dict[str, str], renderer: ChunkRenderer, ping_interval: float) -> Response:
+def _sse_answer(run: _Run, headers: dict[str, str], renderer: Renderer, ping_interval: float) -> Response:
     turn = run.turn
     metrics = current_app.extensions.get("metrics")
     log_keep = int(current_app.config.get("REQUEST_LOG_KEEP") or 1000)
@@ -256,16 +263,16 @@ def _sse_answer(run: _Run, headers: dict[str, str], renderer: ChunkRenderer, pin
                 tail = yield from run.relay(renderer, ping_interval)
             except _InBand as exc:
                 failed = exc.error
-                tail = exc.ready + sse(renderer.error(failed))
+                tail = exc.ready + "".join(renderer.error(failed))
             if failed is None:
-                tail += "".join(map(sse, renderer.finish(turn.collected.finish_reason or "stop")))
+                tail += "".join(renderer.finish(turn.collected.finish_reason or "stop"))
                 status = "complete"
-                # saved (answer, usage, log row: one transaction) before [DONE]: a client may
+                # saved (answer, usage, log row: one transaction) before the end: a client may
                 # send its next turn the moment it reads it, and that request must find this
                 # answer (serving/history.py's point)
                 run.finish(status, stage="in_stream", record=record)
                 saved = True
-            yield tail + DONE  # the last chunks and [DONE]: one write
+            yield tail + "".join(renderer.close())  # the last chunks and the end: one write
         finally:
             if metrics:
                 metrics.streams.dec()

@@ -38,6 +38,7 @@ from ..events import (
     ToolCallDelta,
     Usage,
 )
+from .structured import ResponseFormat
 from .tools import ToolSpec
 
 DONE = "data: [DONE]\n\n"
@@ -449,6 +450,35 @@ def _size(value: Any) -> str | None:
         raise BadRequest(str(exc), param="size") from None
 
 
+def _response_format(value: Any) -> Any:
+    ResponseFormat.parse(value)  # 400 when malformed; the dict itself travels on (serving/structured.py)
+    return value
+
+
+_JSON_SCHEMA_FORMAT = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+        "description": {"type": "string"},
+        "schema": {"type": "object", "description": "a JSON Schema"},
+        "strict": {"type": "boolean"},
+    },
+}
+RESPONSE_FORMAT_SCHEMA = {
+    "oneOf": [
+        {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "enum": ["text"]}}},
+        {"type": "object", "required": ["type"], "properties": {"type": {"type": "string", "enum": ["json_object"]}}},
+        {
+            "type": "object",
+            "required": ["type", "json_schema"],
+            "properties": {"type": {"type": "string", "enum": ["json_schema"]}, "json_schema": _JSON_SCHEMA_FORMAT},
+        },
+    ],
+    "description": "JSON mode or structured outputs: the answer is checked and repaired once (extension: any provider)",
+}
+
+
 class ChatOptions(BaseModel):
     """Everything of a chat request but its messages, in the order it is checked."""
 
@@ -499,6 +529,9 @@ class ChatOptions(BaseModel):
     ] = None
     enable_search: Annotated[bool | None, _boolean("enable_search")] = None
     size: Annotated[str | None, BeforeValidator(_size), WithJsonSchema({"type": "string"})] = None
+    response_format: Annotated[
+        dict[str, Any] | None, BeforeValidator(_response_format), WithJsonSchema(RESPONSE_FORMAT_SCHEMA)
+    ] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -646,6 +679,87 @@ class ImageRequest(BaseModel):
         return self.size or "1:1"
 
 
+MAX_PROMPTS = 16  # prompts × n of one legacy completion: each is an upstream turn
+
+
+def _prompt(value: Any) -> Any:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, list) and value and all(isinstance(p, str) and p for p in value):
+        if len(value) > MAX_PROMPTS:
+            raise BadRequest(f"`prompt` may hold at most {MAX_PROMPTS} prompts", param="prompt")
+        return value
+    if isinstance(value, list) and value and all(_is_int(t) or isinstance(t, list) for t in value):
+        raise BadRequest("`prompt` as token ids is not supported: send the text", param="prompt")
+    raise BadRequest("`prompt` must be a non-empty string or an array of non-empty strings", param="prompt")
+
+
+def _unsupported(key: str, allowed: Callable[[Any], bool]) -> BeforeValidator:
+    return _check(allowed, f"`{key}` is not supported by this gateway", key)
+
+
+class CompletionRequest(BaseModel):
+    """``POST /api/completions``: OpenAI's legacy text completion, each prompt a chat turn of
+    its own (LlamaIndex's ``OpenAILike`` calls it by default)."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"required": ["prompt"]})
+
+    prompt: Annotated[
+        str | list[str],
+        BeforeValidator(_prompt),
+        WithJsonSchema(
+            {
+                "oneOf": [
+                    {"type": "string", "minLength": 1},
+                    {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_PROMPTS,
+                        "items": {"type": "string", "minLength": 1},
+                    },
+                ]
+            }
+        ),
+    ] = Field(None, validate_default=True)
+    model: Annotated[str | None, _string("model")] = None
+    stream: Annotated[
+        bool, _check(lambda v: isinstance(v, bool), "`stream` must be a boolean", "stream", none=False)
+    ] = Field(False, validate_default=True)
+    max_tokens: Annotated[int | None, _positive("max_tokens")] = Field(None, ge=1)
+    stop: Annotated[str | list[str] | None, BeforeValidator(_stop)] = None
+    temperature: Annotated[float | None, _between("temperature", 0, 2)] = Field(None, ge=0, le=2)
+    top_p: Annotated[float | None, _between("top_p", 0, 1)] = Field(None, ge=0, le=1)
+    n: Annotated[
+        int,
+        _check(
+            lambda v: _is_int(v) and 1 <= v <= MAX_PROMPTS, f"`n` must be an integer between 1 and {MAX_PROMPTS}", "n"
+        ),
+    ] = Field(1, ge=1, le=MAX_PROMPTS)
+    echo: Annotated[bool | None, _boolean("echo")] = None
+    suffix: Annotated[None, _unsupported("suffix", lambda v: v is None)] = None
+    logprobs: Annotated[int | None, _unsupported("logprobs", lambda v: v == 0)] = Field(None, ge=0, le=0)
+    best_of: Annotated[int | None, _unsupported("best_of", lambda v: v == 1)] = Field(None, ge=1, le=1)
+    stream_options: Annotated[
+        dict[str, Any] | None,
+        _check(lambda v: isinstance(v, dict), "`stream_options` must be an object", "stream_options"),
+        WithJsonSchema({"type": "object", "properties": {"include_usage": {"type": "boolean"}}}),
+    ] = None
+
+    @model_validator(mode="after")
+    def _not_too_many(self) -> CompletionRequest:
+        if len(self.prompts) * self.n > MAX_PROMPTS:
+            raise BadRequest(f"`prompt` × `n` may ask for at most {MAX_PROMPTS} completions", param="n")
+        return self
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
+
+
 class CreateFileForm(BaseModel):
     """``POST /api/files`` (multipart), OpenAI's file upload; checked in ``api/files.py``."""
 
@@ -688,6 +802,15 @@ class ChatCompletion(BaseModel):
     usage: dict[str, Any] | None = None
     chatId: str | None = None
     parentId: str | None = None
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
 
 
 class ModelEntry(BaseModel):

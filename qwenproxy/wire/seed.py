@@ -61,7 +61,7 @@ class CleanupRequest(BaseModel):
 class StsTokenRequest(BaseModel):
     """``POST /api/files/getstsToken``: the seed's STS token for a direct upload."""
 
-    filename: str = Field(min_length=1)
+    filename: str = Field(min_length=1, pattern=r"^[^/\\]+$")
     filesize: int = Field(ge=1)
     filetype: str = Field(min_length=1)
 

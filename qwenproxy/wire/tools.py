@@ -199,7 +199,16 @@ def fold_turn(messages: list[dict[str, Any]], spec: ToolSpec, *, continuing: boo
             system = _text(message.get("content"))
             break
     convo = [m for m in messages if m.get("role") not in ("system", "developer")]
-    last_user = max((i for i, m in enumerate(convo) if m.get("role") == "user"), default=0)
+    # the task starts at the last user message; one right after tool results (Claude Code's
+    # reminders, a user's note beside the results) continues that task instead
+    last_user = max(
+        (
+            i
+            for i, m in enumerate(convo)
+            if m.get("role") == "user" and not (i and convo[i - 1].get("role") in ("tool", "function"))
+        ),
+        default=0,
+    )
     start = last_user
     if continuing:
         last_assistant = max((i for i, m in enumerate(convo) if m.get("role") == "assistant"), default=-1)

@@ -85,3 +85,40 @@ def test_relogin_through_the_browser_reads_the_token_cookie(app, fake_qwen) -> N
     assert fresh.token != expired and not fresh.invalid and fresh.email == "erin@example.com"
     assert fresh.profile_dir == str(account_dir(app.config["SESSION_DIR"], row.id))
     assert pool.status()[0]["status"] == "OK"
+
+
+def _needs_a_human(app, fake_qwen) -> str:
+    """An account the site walled ACCOUNT_WALLS_FOR_HUMAN times in a row."""
+    pool = app.extensions["account_pool"]
+    row, _ = pool.add(fake_qwen.make_token(), source="token")
+    for _ in range(pool.walls_for_human):
+        pool.note_wall(row.id)
+    assert pool.status()[0]["status"] == "NEEDS_HUMAN"
+    return row.id
+
+
+def test_solve_opens_the_accounts_profile_on_the_site_and_clears_the_state(app, fake_qwen) -> None:
+    account_id = _needs_a_human(app, fake_qwen)
+    token = AccountRow.get_by_id(account_id).token
+    result = app.test_cli_runner().invoke(args=["accounts", "solve", account_id, "--headless"], input="\n")
+    assert result.exit_code == 0, result.output
+    assert "Solved:" in result.output and "✅ OK" in result.output and token not in result.output
+    # the chat page was opened as the account (its token cookie), in its own profile
+    pages = [r for r in fake_qwen.requests if r["path"] == "/"]
+    assert len(pages) == 1 and f"token={token}" in pages[0]["headers"].get("cookie", "")
+    profile = account_dir(app.config["SESSION_DIR"], account_id)
+    row = AccountRow.get_by_id(account_id)
+    assert row.profile_dir == str(profile) and (profile / "Local State").exists()
+    assert not row.needs_human and row.walls == 0 and row.last_error is None
+    r = app.test_client().post(
+        "/api/chat/completions", json={"model": "qwen3-max", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert r.status_code == 200
+
+
+def test_solve_without_an_answer_keeps_the_state(app, fake_qwen) -> None:
+    account_id = _needs_a_human(app, fake_qwen)
+    # end of input is nobody pressing Enter; the wait ends at --timeout
+    result = app.test_cli_runner().invoke(args=["accounts", "solve", account_id, "--headless", "--timeout", "1"])
+    assert result.exit_code != 0 and "Nobody confirmed" in result.output and "still needs a human" in result.output
+    assert AccountRow.get_by_id(account_id).needs_human

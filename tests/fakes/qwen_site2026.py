@@ -115,7 +115,7 @@ class Site2026Mixin:
     def _issue_refresh(self, user_id: str) -> str:
         token = issued("rt_" + secrets.token_urlsafe(32))
         with self._lock:
-            self.refresh_tokens[token] = {"user_id": user_id, "exp": time.time() + self.refresh_token_lifetime}
+            self.refresh_tokens[token] = {"user_id": user_id, "exp": self.clock() + self.refresh_token_lifetime}
         return token
 
     def _token_pair(self, user_id: str) -> tuple[str, dict[str, Any], str]:
@@ -155,7 +155,7 @@ class Site2026Mixin:
             presented = request.cookies.get("refresh_token") or ""
         with self._lock:
             entry = self.refresh_tokens.get(presented)
-            valid = entry is not None and entry["exp"] > time.time()
+            valid = entry is not None and entry["exp"] > self.clock()
             self.refresh_calls.append("ok" if valid else "invalid")
             if valid and self.refresh_rotates:
                 del self.refresh_tokens[presented]

@@ -544,6 +544,7 @@ class FakeQwen(Site2026Mixin):
     def __init__(self, *, chunk_delay: float = 0.0, models: list[str] | None = None) -> None:
         self.chunk_delay = chunk_delay
         self.keep_alive: bool = True  # persistent HTTP/1.1 connections (read by ``start``)
+        self.clock: Callable[[], float] = time.time  # token issue and expiry (tests move it with the gateway's)
         self.models: list[str] = list(models) if models is not None else list(DEFAULT_MODELS)
         self.hostile: str | None = None
         self.hostile_times: int | None = None  # None: every request; N: the next N, then off
@@ -698,7 +699,7 @@ class FakeQwen(Site2026Mixin):
 
     def make_token(self, *, user_id: str | None = None, expires_in: int = 7 * 86400, expired: bool = False) -> str:
         """An HS256 JWT as chat.qwen.ai issues them (§2.3), signed with this fake's secret."""
-        now = int(time.time())
+        now = int(self.clock())
         payload = {
             "id": user_id or _new_id(),
             "last_password_change": now - 30 * 86400,
@@ -741,7 +742,7 @@ class FakeQwen(Site2026Mixin):
         if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
             return None
         exp = payload.get("exp")
-        if not isinstance(exp, int) or exp <= time.time():
+        if not isinstance(exp, int) or exp <= self.clock():
             return None
         with self._lock:
             if token in self.revoked:

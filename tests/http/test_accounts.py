@@ -348,8 +348,9 @@ def test_add_with_email_and_password_through_the_signin_api(make_app, fake_qwen,
     )
     assert result.exit_code == 0, result.output
     assert "Added acc_" in result.output and "✅ OK" in result.output
-    signin = [r for r in fake_qwen.requests if r["path"] == "/api/v1/auths/signin"][-1]
+    signin = [r for r in fake_qwen.requests if r["path"] == "/api/v2/auths/signin"][-1]  # 2026 §5: v2 first
     assert signin["json"]["password"] == __import__("hashlib").sha256(b"s3cret").hexdigest()
+    assert fake_qwen.signin_calls == ["v2", "v2"]  # the wrong password, then the right one: never v1
     row = AccountRow.get()
     assert row.email == "alice@example.com" and row.source == "password" and row.token not in result.output
     creds = account_dir(application.config["SESSION_DIR"], row.id) / "credentials.json"
@@ -473,7 +474,10 @@ def test_without_auto_relogin_stored_credentials_are_not_used(make_app, fake_qwe
     application.extensions["account_pool"].set_token(
         AccountRow.get().id, fake_qwen.make_token(user_id=user, expired=True)
     )
+    fake_qwen.refresh_tokens.clear()  # the site dropped the refresh token too
     assert ask(application.test_client()).status_code == 503
+    assert fake_qwen.refresh_calls == ["invalid"] and fake_qwen.signin_calls == ["v2"]
+    assert AccountRow.get().refresh_token is None  # refused once, not asked again
 
 
 # --------------------------------------------------------------------------- the start-up menu

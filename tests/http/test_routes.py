@@ -159,6 +159,24 @@ def test_path_aliases(client) -> None:
         validate("ListModelsResponse", r.get_json())
 
 
+def test_routes_answer_with_a_trailing_slash_without_a_redirect(client) -> None:
+    user = [{"role": "user", "content": "hi"}]
+    r = client.post("/api/chat/", json={"message": "hi"})  # seed 000's own fetch('/api/chat/')
+    assert r.status_code == 200 and r.get_json()["choices"][0]["message"]["content"] == "Echo: hi"
+    chat_id = r.get_json()["chatId"]
+    for method, path, body in [
+        ("POST", "/v1/chat/completions/", {"messages": user}),
+        ("POST", "/api/v1/completions/", {"prompt": "hi"}),
+        ("GET", "/v1/models/", None),
+        ("GET", f"/api/chats/{chat_id}/", None),
+        ("GET", "/health/ready/", None),
+    ]:
+        r = client.open(path, method=method, json=body)
+        assert r.status_code == 200, (path, r.status_code)
+    r = client.get("/api/chat/completions/")
+    assert r.status_code == 405 and r.get_json()["error"]["type"] == "invalid_request_error"
+
+
 @pytest.mark.parametrize(
     ("mode", "status", "code"),
     [
@@ -233,7 +251,7 @@ def test_early_error_in_a_stream_is_a_plain_json_error(client, fake_qwen) -> Non
 
 def test_api_keys(client, app, tmp_path) -> None:
     keys = tmp_path / "Authorization.txt"
-    assert client.get("/api/models").status_code == 200  # no file: auth disabled
+    assert client.get("/api/models").status_code == 200  # only the commented template: auth disabled
     keys.write_text("# comment\n\n  key-one  \nkey-two\n", encoding="utf-8")
     for header in (None, "key-one", "Bearer nope", "Basic key-one"):
         r = client.get("/api/models", headers={"Authorization": header} if header else {})

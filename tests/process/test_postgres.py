@@ -9,6 +9,11 @@ from qwenproxy import create_app
 from tests.conftest import app_config
 
 # Imported tests run again here, with this module's `app` fixture (PostgreSQL).
+from tests.http.test_accounts_2026 import (  # noqa: F401
+    clock,
+    test_two_gateways_on_one_database_refresh_once,
+    test_walls_in_a_row_make_an_account_need_a_human,
+)
 from tests.http.test_chats import (  # noqa: F401
     test_cleanup_filters_and_max_chats,
     test_cleanup_requires_a_filter_or_all,
@@ -45,6 +50,25 @@ def app(tmp_path, fake_qwen, postgres):
     application = create_app(app_config(tmp_path, fake_qwen, DATABASE_URL=postgres.new_database()))
     yield application
     application.extensions["providers"].close()
+
+
+@pytest.fixture
+def make_app(tmp_path, fake_qwen, clock, postgres):  # noqa: F811 - the imported fixture
+    """Apps on one PostgreSQL database (the accounts tests: several gateways, one registry)."""
+    url = postgres.new_database()
+    apps = []
+
+    def build(**extra):
+        config = app_config(tmp_path, fake_qwen, QWEN_TOKEN="", DATABASE_URL=url)
+        config.update(extra)
+        application = create_app(config)
+        application.extensions["account_pool"].clock = clock
+        apps.append(application)
+        return application
+
+    yield build
+    for application in apps:
+        application.extensions["providers"].close()
 
 
 def test_migrations_are_recorded_and_idempotent(app) -> None:

@@ -158,6 +158,20 @@ def test_fold_a_new_chat_writes_out_the_tool_loop() -> None:
     assert "Weather in Paris?" not in content and content.count("<tool_response>\n") == 1
 
 
+def test_fold_a_user_note_beside_tool_results_stays_in_the_task() -> None:
+    """Claude Code sends reminders (or the user a note) with the results: still the same task."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21"},
+        {"role": "user", "content": "<system-reminder>be brief</system-reminder>"},
+    ]
+    content, _ = fold_turn(messages, SPEC, continuing=False)
+    order = ["Weather in Paris?", "Result of get_weather", "<system-reminder>"]
+    assert [content.index(t) for t in order] == sorted(content.index(t) for t in order)
+
+
 def test_fold_keeps_images_and_plain_first_turn() -> None:
     parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "https://i/x.png"}}]
     content, _ = fold_turn([{"role": "user", "content": parts}], SPEC, continuing=False)
