@@ -28,7 +28,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from . import db
     from .accounts import cli as accounts_cli
     from .accounts import store as account_store
-    from .api import anthropic, chat, chats, dual_chat, errors, files, health, images, openai, responses, status
+    from .api import anthropic, chat, chats, dual_chat, errors, files, health, images, openai, responses, status, videos
     from .ops import apikeys, middleware, ratelimit
     from .providers import build_registry
 
@@ -46,6 +46,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         status,
         dual_chat,
         images,
+        videos,
         files,
         anthropic,
         responses,

@@ -46,7 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "API_KEYS_FILE": "./Authorization.txt",
     # models
     "MODELS_FILE": "./AvailableModels.txt",
-    "DEFAULT_MODEL": "qwen-max-latest",
+    "DEFAULT_MODEL": None,  # unset or gone upstream: the first model of chat.qwen.ai's live list (2026 §1)
+    "MODEL_ALIASES": None,  # extra legacy/foreign names, "name=target,gpt-4*=qwen3.7-max" (globs; docs/MODES.md)
     "MODELS_CACHE_SECONDS": 600,
     # Anthropic Messages API (docs/AGENTS.md): claude-* names -> served models; "name=target|fallback,…",
     # a target may be auto:max (newest coder/max model) or auto:fast (newest flash/turbo/plus)
@@ -55,6 +56,17 @@ DEFAULTS: dict[str, Any] = {
     "PING_INTERVAL": 15.0,  # seconds of upstream silence before a ": ping" comment
     # Qwen web modes (docs/MODES.md)
     "REASONING_IN_CONTENT": False,  # reasoning as <think>…</think> in content, not reasoning_content
+    # a model that cannot think off (think_skip.enable false) always thinks upstream; its
+    # reasoning reaches a client that did not ask for thinking only when this is on
+    "QWEN_SHOW_FORCED_REASONING": False,
+    "QWEN_THINKING_LOCKED_MODELS": "qwen3.8-*",  # globs, used when the live list does not say
+    # media (docs/MODES.md): downloads for b64_json and /v1/videos/{id}/content, video tasks
+    "MEDIA_HOSTS": "*.qwenlm.ai,qwen-webui-prod.oss-accelerate.aliyuncs.com",  # + QWEN_BASE_URL's host
+    "MEDIA_MAX_MB": 100.0,  # largest image or video the gateway downloads
+    "VIDEO_POLL_INTERVAL": 2.0,  # seconds before the first upstream task poll; grows 1.5x per poll
+    "VIDEO_POLL_MAX_INTERVAL": 15.0,
+    "VIDEO_CHAT_TIMEOUT": 900.0,  # seconds a -video chat waits for its task
+    "VIDEO_CONTENT": "stream",  # GET /v1/videos/{id}/content: stream (through the gateway) | redirect
     # Qwen web (chat.qwen.ai)
     "QWEN_BASE_URL": "https://chat.qwen.ai",
     "QWEN_TRANSPORT": "browser",  # browser (fetch inside a Chromium page) | direct | auto (direct, browser on captcha)
@@ -65,11 +77,16 @@ DEFAULTS: dict[str, Any] = {
         "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
         "(KHTML, like Gecko) Chrome/141.0.0.0 Safari/537.36"
     ),
-    "QWEN_BX_V": "2.5.31",
+    # the 2026 front end's headers (2026 §2); the browser transport lets the page supply its own
+    "QWEN_FRONTEND_VERSION": "0.2.87",  # `version` header
+    "QWEN_BX_V": None,  # `bx-v` (e.g. 2.5.36) is sent only when set
+    "QWEN_AUTH_HEADER": False,  # also send Authorization: Bearer (the front end uses only the token cookie)
+    "QWEN_ACCEPT_LANGUAGE": "en-US,en;q=0.9",
+    "QWEN_STOP_TIMEOUT": 2.0,  # seconds for the best-effort stop call when a client leaves (2026 §3)
+    "QWEN_IN_PROGRESS_BACKOFF": "0.5,1,2",  # seconds between retries of a chat "in progress" (2026 §3)
     # conversations (README "Conversations"): recognise re-sent histories; the body size wall
     "QWEN_HISTORY_MATCHING": True,  # false: every request without chatId folds its history into a new chat
     "QWEN_MAX_BODY_BYTES": 120000,  # larger completions bodies move their long part into a document
-    "QWEN_FRONTEND_VERSION": "0.2.63",
     # browser pool (QWEN_TRANSPORT=browser|auto): workers/browser_pool/, docs/BROWSER_POOL.md
     "BROWSER_POOL_SOCKET": None,  # Unix socket path (default <SESSION_DIR>/browser_pool.sock) or http://127.0.0.1:PORT
     "BROWSER_POOL_SIZE": 2,  # pages per browser (one browser per account profile)

@@ -106,3 +106,19 @@ class EventStream:
         close = getattr(self.events, "close", None)
         if close is not None:
             close()
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """Where an upstream media task stands, in OpenAI's video statuses: ``queued``,
+    ``in_progress``, ``completed`` (``url`` set) or ``failed`` (``error`` set)."""
+
+    status: str
+    progress: int = 0
+    url: str | None = None
+    error: str | None = None
+    raw: str = ""  # the upstream's own status word
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("completed", "failed")

@@ -99,6 +99,11 @@ class AccountPool(ABC):
     @abstractmethod
     def status(self) -> list[dict[str, Any]]: ...
 
+    def lookup(self, account_id: str) -> Account | None:  # noqa: ARG002 - pools without ids know none
+        """The account with this id, whatever its state, without a turn in the rotation: a
+        task started upstream is asked about as the account that owns it."""
+        return None
+
     def any_token(self) -> str | None:
         """A token for background calls (model list); never raises."""
         try:

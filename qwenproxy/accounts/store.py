@@ -307,6 +307,13 @@ class DatabasePool(AccountPool):
                 return Account(id=choice.id, token=token, email=choice.email, profile_dir=choice.profile_dir)
         raise UpstreamUnavailable("The accounts registry is too busy; try again", code="accounts_busy")
 
+    def lookup(self, account_id: str) -> Account | None:
+        with db.session():
+            row = AccountRow.get_or_none(AccountRow.id == account_id)
+        if row is None:
+            return None
+        return Account(id=row.id, token=row.token, email=row.email, profile_dir=row.profile_dir)
+
     def any_token(self) -> str | None:
         """A token for background calls (the model list), without a turn in the rotation."""
         account = self.any_account()

@@ -46,6 +46,16 @@ def receive(up: Uploader, spool: Spool) -> tuple[FileStorage, MultiDict]:
         )
     if request.content_length is not None and request.content_length > up.limit + MULTIPART_OVERHEAD:
         raise _too_large(up)
+    form, files = parse_multipart(up, spool)
+    storage = files.get("file")
+    if storage is None:
+        raise BadRequest("No file in the field `file` (Файл не был загружен)", param="file", code="missing_file")
+    return storage, form
+
+
+def parse_multipart(up: Uploader, spool: Spool) -> tuple[MultiDict, MultiDict]:
+    """``(form fields, files)`` of a multipart body, the files written straight into the spool
+    (each one bounded by ``MAX_UPLOAD_MB`` there, the whole body by ``MAX_CONTENT_LENGTH``)."""
     parser = FormDataParser(
         stream_factory=spool.factory,
         max_form_memory_size=1024 * 1024,
@@ -59,10 +69,7 @@ def receive(up: Uploader, spool: Spool) -> tuple[FileStorage, MultiDict]:
         raise _too_large(up) from None
     except ValueError:
         raise BadRequest("Malformed multipart/form-data body", code="invalid_multipart") from None
-    storage = files.get("file")
-    if storage is None:
-        raise BadRequest("No file in the field `file` (Файл не был загружен)", param="file", code="missing_file")
-    return storage, form
+    return form, files
 
 
 def _upload(purpose: str | None = None, *, require_purpose: bool = False) -> UploadedFile:

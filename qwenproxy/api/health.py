@@ -163,7 +163,7 @@ def status_page() -> Response:
         workers=read_workers_file(workers_file(app)),
         web_workers=app.config.get("WEB_WORKERS") or "auto",
         models=models,
-        default_model=app.config.get("DEFAULT_MODEL"),
+        default_model=statuses.get("qwen", {}).get("defaultModel") or app.config.get("DEFAULT_MODEL"),
         recent=[_row(r) for r in recent],
         errors=[_row(r) for r in errors],
         refresh=int(request.args.get("refresh", 10)) if request.args.get("refresh", "10").isdigit() else 10,

@@ -15,7 +15,7 @@ from flask import Flask
 from pydantic import BaseModel
 
 from ..config import VERSION
-from ..wire import anthropic, openai, responses, seed
+from ..wire import anthropic, media, openai, responses, seed
 
 REF = "#/components/schemas/{model}"
 OBJECT = {"type": "object"}
@@ -30,6 +30,7 @@ class Operation:
     body: type[BaseModel] | None = None
     body_required: bool = True
     multipart: bool = False
+    also_json: bool = False  # a multipart body that may come as JSON too
     query: type[BaseModel] | None = None
     path: dict[str, dict[str, Any]] = field(default_factory=dict)  # path parameter → schema
     ok: dict[str, Any] = field(default_factory=lambda: {"description": "OK", "content": _json(OBJECT)})
@@ -73,6 +74,9 @@ CHAT_ID = {"chat_id": {"name": "chatId", "type": "string", "minLength": 1, "maxL
 FILE_ID = {"file_id": {"type": "string", "minLength": 1, "maxLength": 100}}
 FILE_OBJECT = _obj("id", id=STRING, object=STRING, bytes={"type": "integer"}, filename=STRING, purpose=STRING)
 NOT_READY = {"503": _ok(OBJECT, "Not ready, or draining")}
+VIDEO_ID = {"video_id": {"type": "string", "minLength": 1, "maxLength": 100}}
+VIDEO_ERRORS = (400, 401, 413, 429, 502, 503)
+BINARY = {"type": "string", "format": "binary"}
 
 MESSAGE = _obj("id", "type", "role", "content", "stop_reason", "usage")
 ANTHROPIC_ERRORS = (400, 401, 404, 413, 429, 500, 529)
@@ -179,6 +183,55 @@ OPERATIONS: dict[str, Operation] = {
         ok=_ok(_obj("data")),
         errors=(400, 401, 413, 429, 502, 503),
     ),
+    "images.edits": Operation(
+        "createImageEdit",
+        "OpenAI image edit (Qwen image_edit): image files in `image`/`image[]`; JSON with image URLs too",
+        body=media.ImageEditRequest,
+        multipart=True,
+        also_json=True,
+        ok=_ok(_obj("data")),
+        errors=(400, 401, 413, 415, 429, 502, 503),
+    ),
+    "videos.create": Operation(
+        "createVideo",
+        "OpenAI video generation (a Qwen t2v task): answers at once with a queued video",
+        body=media.VideoRequest,
+        multipart=True,
+        also_json=True,
+        ok=_ok(_ref(media.Video)),
+        errors=VIDEO_ERRORS,
+    ),
+    "videos.list_videos": Operation(
+        "listVideos", query=media.ListVideosQuery, ok=_ok(_ref(media.VideoList)), errors=(400, 401, 429)
+    ),
+    "videos.retrieve": Operation(
+        "retrieveVideo",
+        "Where a video stands (the upstream is asked when a poll is due; `openai-poll-after-ms` says when)",
+        path=VIDEO_ID,
+        ok=_ok(_ref(media.Video)),
+        errors=(401, 404, 429),
+    ),
+    "videos.delete": Operation("deleteVideo", path=VIDEO_ID, errors=(401, 404, 429)),
+    "videos.content": Operation(
+        "retrieveVideoContent",
+        "The finished video (streamed from the upstream's host, or a redirect with VIDEO_CONTENT=redirect)",
+        path=VIDEO_ID,
+        ok=_ok(BINARY, "The video", "video/mp4"),
+        errors=(400, 401, 404, 409, 429, 502),
+    ),
+    "videos.generations": Operation(
+        "videoGenerations",
+        "Seed style: POST /v1/videos, the answer also has `task_id`",
+        body=media.VideoRequest,
+        ok=_ok(_ref(media.Video)),
+        errors=VIDEO_ERRORS,
+    ),
+    "videos.task_status": Operation(
+        "taskStatus",
+        "Seed style: {task_id, task_status, progress, content, message, video}",
+        path=VIDEO_ID,
+        errors=(401, 404, 429),
+    ),
     "dual_chat.gigachat": Operation(
         "gigachat",
         "Dual AI Chat: GigaChat",
@@ -252,7 +305,8 @@ def document(app: Flask) -> dict[str, Any]:
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             paths.setdefault(path, {})[method.lower()] = _operation(op)
         models += [m for m in (op.body, op.query) if m is not None and m not in models]
-    models += [m for m in (openai.ChatCompletion, openai.TextCompletion, openai.ModelList) if m not in models]
+    shapes = (openai.ChatCompletion, openai.TextCompletion, openai.ModelList, media.Video, media.VideoList)
+    models += [m for m in shapes if m not in models]
     anthropic_error = _obj(
         "type",
         "error",
@@ -312,8 +366,11 @@ def _operation(op: Operation) -> dict[str, Any]:
     if parameters:
         out["parameters"] = parameters
     if op.body is not None:
-        media = "multipart/form-data" if op.multipart else "application/json"
-        out["requestBody"] = {"required": op.body_required, "content": {media: {"schema": _ref(op.body)}}}
+        kinds = ["multipart/form-data"] if op.multipart else ["application/json"]
+        if op.also_json:
+            kinds.append("application/json")
+        content = {kind: {"schema": _ref(op.body)} for kind in kinds}
+        out["requestBody"] = {"required": op.body_required, "content": content}
     if op.public:
         out["security"] = [{}]
     elif op.security is not None:

@@ -33,7 +33,7 @@ def status() -> Response:
         "message": message,
         "accounts": accounts,
         "providers": providers,
-        "defaultModel": current_app.config["DEFAULT_MODEL"],
+        "defaultModel": providers.get("qwen", {}).get("defaultModel") or current_app.config["DEFAULT_MODEL"],
         "worker": os.getpid(),
     }
     if "browserPool" in pooled:

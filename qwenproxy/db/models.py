@@ -183,3 +183,36 @@ class ConversationPoint(BaseModel):
 
     class Meta:
         table_name = "conversation_point"
+
+
+def new_video_id() -> str:
+    return "video_" + uuid.uuid4().hex
+
+
+class VideoTask(BaseModel):
+    """A video task started upstream (``/v1/videos``, ``-video`` chats): every worker answers
+    ``GET /v1/videos/{id}`` from this row and polls the upstream when ``next_poll_at`` is due."""
+
+    id = CharField(primary_key=True, max_length=64, default=new_video_id)  # "video_…", the OpenAI id
+    provider = CharField(max_length=50)
+    task_id = CharField(max_length=100, index=True)  # the upstream's task id
+    account_id = CharField(max_length=100, null=True)  # the account that owns the task upstream
+    upstream_chat_id = CharField(max_length=100, null=True)
+    parent_id = CharField(max_length=100, null=True)
+    response_id = CharField(max_length=100, null=True)
+    model = CharField(max_length=200)
+    prompt = TextField()
+    size = CharField(max_length=50)
+    seconds = CharField(max_length=10)
+    status = CharField(max_length=20, default="queued")  # queued | in_progress | completed | failed
+    progress = IntegerField(default=0)
+    url = TextField(null=True)  # the finished video (a signed, expiring link)
+    error_code = CharField(max_length=100, null=True)
+    error_message = TextField(null=True)
+    polls = IntegerField(default=0)  # upstream polls so far: the backoff grows with them
+    next_poll_at = DoubleField(default=0.0)  # unix s; a worker claims a poll by moving it
+    created_at = DoubleField(default=time.time)
+    completed_at = DoubleField(null=True)
+
+    class Meta:
+        table_name = "video_task"

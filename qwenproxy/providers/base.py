@@ -8,10 +8,12 @@ Adding a provider means one module with one class plus one line in ``providers/_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import EventStream
+from ..errors import BadRequest
+from ..events import EventStream, TaskState
 
 
 @dataclass
@@ -40,6 +42,21 @@ class ChatRequest:
     options: dict[str, Any] = field(default_factory=dict)  # provider-specific extras; the modes
     # (docs/MODES.md) use thinking, thinking_budget, search, image, image_size, parallel_tool_calls
     request_id: str = ""
+    # the whole conversation as stored locally (OpenAI messages, this turn included), read
+    # only when a provider must move it to a new upstream chat (Qwen's "in progress", 2026 §3)
+    history: Callable[[], list[dict[str, Any]]] | None = None
+
+
+@dataclass(frozen=True)
+class MediaTask:
+    """A media task a provider started upstream (a Qwen ``t2v`` video): what it takes to ask
+    about it later, from any worker."""
+
+    task_id: str
+    account_id: str | None = None  # the account that owns the task upstream
+    chat_id: str | None = None
+    parent_id: str | None = None  # the upstream user message
+    response_id: str | None = None  # the upstream answer that will hold the video
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,15 @@ class Provider(ABC):
     def open_stream(self, request: ChatRequest) -> EventStream:
         """Start a completion. Errors before the first event are raised from here or from
         the first ``next()``; later ones are raised from the iteration."""
+
+    def start_video(self, request: ChatRequest) -> MediaTask:
+        """Start a video task from the last user message (text, maybe an image); providers
+        without videos refuse."""
+        raise BadRequest(f"Model {request.model!r} cannot generate videos", param="model", code="video_unsupported")
+
+    def video_status(self, task: MediaTask) -> TaskState:  # noqa: ARG002 - the interface
+        """Ask the upstream once where ``task`` stands."""
+        raise BadRequest("This provider has no video tasks", code="video_unsupported")
 
     def status(self) -> dict[str, Any]:
         """A JSON-able health summary for ``/api/status``."""

@@ -13,9 +13,10 @@ from flask import Flask
 from ..accounts.pool import GUEST_ID, Account, AccountPool, Rotation
 from ..content import is_text_part, part_text, text_of
 from ..errors import ApiError, BadRequest, Conflict, RateLimited, Unauthorized, UpstreamBlocked, UpstreamUnavailable
-from ..events import Event, EventStream, ResponseStarted
-from ..qwen import modes
-from ..qwen.catalog import ALIAS_TO_CANONICAL, ModelCatalog
+from ..events import Annotation, Event, EventStream, ReasoningDelta, ResponseStarted, TaskState
+from ..qwen import modes, tasks
+from ..qwen.aliases import AliasMap
+from ..qwen.catalog import ModelCatalog
 from ..qwen.client import QwenClient
 from ..qwen.files import QwenFiles
 from ..qwen.protocol import completion_body
@@ -24,7 +25,8 @@ from ..uploads.attachments import Attachments, media_part
 from ..uploads.context import CHAT_ID_PLACEHOLDER, Context, ContextFitter
 from ..uploads.uploader import Uploader
 from ..wire import tools, transcript
-from .base import ChatRequest, ModelCard, Provider
+from . import qwen_turns
+from .base import ChatRequest, MediaTask, ModelCard, Provider
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,38 @@ def to_qwen_message(
     return items, files
 
 
+def images_to_files(content: Any, files: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
+    """An image edit (and image-to-video) takes its images from ``files[]`` only (2026 §6):
+    images left inline (URLs that are not Qwen's storage) move there as ``{type, url}``."""
+    if not isinstance(content, list):
+        return content, files
+    moved = [{"type": "image", "url": i["image"]} for i in content if i.get("type") == "image" and i.get("image")]
+    rest = [i for i in content if i.get("type") != "image"]
+    if all(i.get("type") == "text" for i in rest):
+        return "".join(i.get("text") or "" for i in rest), [*files, *moved]
+    return rest, [*files, *moved]
+
+
+def has_image(files: list[dict[str, Any]]) -> bool:
+    return any(f.get("type") == "image" and f.get("url") for f in files)
+
+
+def research_notes(events: Iterator[Event]) -> Iterator[Event]:
+    """Deep research: each source also goes out as a line of reasoning when it is found
+    (the annotations themselves come with the answer's end)."""
+    count = 0
+    try:
+        for event in events:
+            yield event
+            if isinstance(event, Annotation):
+                count += 1
+                yield ReasoningDelta(f"\n\nSource [{count}]: {event.title or event.url} ({event.url})")
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:  # the relay releases the account when it is closed
+            close()
+
+
 def needs_vision(content: Any, files: list[dict[str, Any]]) -> bool:
     """Whether a converted message carries images or video."""
     inline = isinstance(content, list) and any(i.get("type") in ("image", "video") for i in content)
@@ -139,6 +173,7 @@ class QwenWebProvider(Provider):
         attachments: Attachments | None = None,
         vision_model: str | None = None,
         fitter: ContextFitter | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.client = client
         self.pool = pool
@@ -147,6 +182,10 @@ class QwenWebProvider(Provider):
         self.attachments = attachments
         self.vision_model = vision_model
         self.fitter = fitter or ContextFitter(attachments.uploader if attachments else None, 120000)
+        settings = settings or {}
+        self.show_forced_reasoning = bool(settings.get("QWEN_SHOW_FORCED_REASONING"))
+        self.stop_timeout = float(settings.get("QWEN_STOP_TIMEOUT") or 2.0)
+        self.backoff = qwen_turns.parse_backoff(settings.get("QWEN_IN_PROGRESS_BACKOFF", "0.5,1,2"))
 
     @classmethod
     def from_app(cls, app: Flask) -> QwenWebProvider:
@@ -156,9 +195,11 @@ class QwenWebProvider(Provider):
         pool.use_client(client)  # token refresh and quota go the way chats go
         catalog = ModelCatalog(
             config["MODELS_FILE"],
-            config["DEFAULT_MODEL"],
+            config.get("DEFAULT_MODEL"),
             fetch=lambda: _list_models(client, pool),
             ttl=float(config["MODELS_CACHE_SECONDS"]),
+            aliases=AliasMap(config.get("MODEL_ALIASES")),
+            locked_models=str(config.get("QWEN_THINKING_LOCKED_MODELS") or ""),
         )
         uploader = Uploader(QwenFiles(client), pool, config)
         app.extensions["uploader"] = uploader
@@ -169,6 +210,7 @@ class QwenWebProvider(Provider):
             attachments=Attachments(uploader),
             vision_model=str(config.get("VISION_MODEL") or "") or None,
             fitter=ContextFitter(uploader, int(config.get("QWEN_MAX_BODY_BYTES") or 120000)),
+            settings=dict(config),
         )
 
     # --- names
@@ -202,6 +244,9 @@ class QwenWebProvider(Provider):
         current: dict[str, Any] = {}
 
         def cancel() -> None:
+            guard = current.get("guard")
+            if guard is not None:
+                guard.abandon()  # the site would keep the chat "in progress" (2026 §3)
             response = current.get("response")
             if response is not None:
                 response.close()
@@ -239,22 +284,33 @@ class QwenWebProvider(Provider):
         # uploaded files belong to the account that uploaded them: prefer it for a new chat
         prefer = request.account_id or (self.attachments.owner_hint(content) if self.attachments else None)
         rotation = Rotation(self.pool, attempts=self.max_attempts, prefer=prefer, reuse_tried=True, guest=True)
+        walled = False
         for account in rotation:
             try:
                 chat_id, events, response = self._start(request, spec, account, mode, stream)
             except Conflict:
                 self.pool.release(account.id)
-                if not (request.upstream_known is not None and request.conversation_id):
+                if not request.conversation_id:
                     raise
-                # another request is continuing the same stored conversation right now: this
-                # one goes to a new chat with its whole history folded
+                # the chat stays "in progress" after stop and retries (qwen_turns), or another
+                # request is continuing the same stored conversation right now: this one goes to
+                # a new chat with its whole history folded (a chatId client's stored history)
                 log.info("upstream chat %s is busy; folding the history into a new chat", request.conversation_id)
-                request = replace(request, conversation_id=None, parent_id=None, account_id=None, upstream_known=0)
+                messages = request.messages
+                if request.upstream_known is None and request.history is not None:
+                    messages = request.history()
+                request = replace(
+                    request, messages=messages, conversation_id=None, parent_id=None, account_id=None, upstream_known=0
+                )
                 rotation.prefer = None
                 continue
-            except UpstreamBlocked:
-                self.pool.note_wall(account.id)  # walls in a row: the account needs a human
+            except UpstreamBlocked as exc:
                 self.pool.release(account.id)
+                if getattr(exc, "browser_next", False) and not walled:
+                    # auto met a wall inside a direct stream: the turn again, in the browser
+                    walled, rotation.prefer = True, account.id
+                    continue
+                self.pool.note_wall(account.id)  # walls in a row: the account needs a human
                 raise
             except (RateLimited, Unauthorized) as exc:
                 if account.guest:
@@ -272,7 +328,11 @@ class QwenWebProvider(Provider):
                 account_id=account.id, upstream_chat_id=chat_id, transport=response.served_by or "direct"
             )
             current["response"] = response
-            yield from self._relay(events, response, account, chat_id)
+            guard = current["guard"] = qwen_turns.StopGuard(
+                self.client, account.token, account.id, chat_id, self.stop_timeout
+            )
+            relayed = self._relay(events, response, account, chat_id, guard)
+            yield from research_notes(relayed) if mode[0] == "deep_research" else relayed
             return
         raise rotation.exhausted("No Qwen account could serve the request")
 
@@ -296,7 +356,14 @@ class QwenWebProvider(Provider):
         history = self._history(request, spec, known=(request.upstream_known or 0) if chat_id else 0)
         attach = self.attachments.resolver(account) if self.attachments else None
         qwen_content, files = to_qwen_message(content, attach)
+        if chat_type in modes.IMAGE_TYPES:  # with an image it is an edit, else a new picture
+            qwen_content, files = images_to_files(qwen_content, files)
+            chat_type, features, extra = modes.upstream_mode(request.options, has_image=has_image(files))
         model = self._vision_model(request.model, qwen_content, files, stream)
+        # a model that cannot think off thinks; unasked-for reasoning is dropped (2026 §1)
+        features, hide_reasoning = qwen_turns.forced_thinking(
+            self.catalog, model, request.options, features, self.show_forced_reasoning
+        )
         fields = {
             "model": model,
             "parent_id": parent_id,
@@ -314,29 +381,55 @@ class QwenWebProvider(Provider):
                 account.token, model, chat_type=chat_type, account_id=account.id, chat_mode=fields["chat_mode"]
             )
         body = self._body(request, context, chat_id, **fields)
-        events, response = self.client.open_completion(account.token, body, account_id=account.id)
+        # "in progress" is stopped and retried here; a Conflict left over moves the turn (_events)
+        events, response = qwen_turns.open_completion(
+            self.client,
+            account.token,
+            body,
+            account_id=account.id,
+            model=model,
+            backoff=self.backoff,
+            stop_timeout=self.stop_timeout,
+        )
+        if hide_reasoning:
+            events = qwen_turns.without_reasoning(events)
         return chat_id, events, response
 
     def _relay(
-        self, events: Iterator[Event], response: UpstreamResponse, account: Account, chat_id: str
+        self,
+        events: Iterator[Event],
+        response: UpstreamResponse,
+        account: Account,
+        chat_id: str,
+        guard: qwen_turns.StopGuard,
     ) -> Iterator[Event]:
         """The upstream events (``ResponseStarted`` completed with the chat id); the account
-        is released however the stream ends."""
+        is released however the stream ends, and a generation left unfinished is stopped in
+        the background (2026 §3)."""
         done = False
         try:
-            for event in events:
-                if isinstance(event, ResponseStarted) and not event.chat_id:
-                    yield ResponseStarted(chat_id, event.parent_id, event.response_id)
-                else:
+            with qwen_turns.relaying(chat_id):
+                for upstream_event in events:
+                    event = upstream_event
+                    if isinstance(event, ResponseStarted) and not event.chat_id:
+                        event = ResponseStarted(chat_id, event.parent_id, event.response_id)
+                    guard.observe(event)
                     yield event
             done = True
             self.pool.mark_success(account.id)
         except UpstreamBlocked:  # a wall inside the stream (2026 §4)
+            guard.done = True  # nothing is generating
             self.pool.note_wall(account.id)
+            raise
+        except ApiError:
+            # the upstream or the pool broke, not the client: no stop call into a failing
+            # transport; a chat left "in progress" is met on the next turn (qwen_turns)
+            guard.done = True
             raise
         finally:
             # read to ``finished``: the connection may serve the next turn; else abort it
             response.release() if done else response.close()
+            guard.abandon()  # left before finished: stop it, off the request's path
             self.pool.release(account.id)
 
     @staticmethod
@@ -367,12 +460,64 @@ class QwenWebProvider(Provider):
             **fields,
         )
 
+    # --- video tasks (2026 §6)
+    def start_video(self, request: ChatRequest) -> MediaTask:
+        """A ``t2v`` turn (``stream:false``) as some account; its answer names the task."""
+        content, _system = last_user_turn(request.messages)
+        if content is None:
+            raise BadRequest("No user message to send", param="messages")
+        prefer = request.account_id or (self.attachments.owner_hint(content) if self.attachments else None)
+        rotation = Rotation(self.pool, attempts=self.max_attempts, prefer=prefer, reuse_tried=True)
+        for account in rotation:
+            try:
+                task = self._start_video(request, content, account)
+            except UpstreamBlocked:
+                self.pool.note_wall(account.id)
+                raise
+            except (RateLimited, Unauthorized) as exc:
+                log.warning("account %s refused a video task; trying another", account.id)
+                rotation.refused(account, exc)
+                continue
+            finally:
+                self.pool.release(account.id)
+            self.pool.mark_success(account.id)
+            return task
+        raise rotation.exhausted("No Qwen account could start the video")
+
+    def _start_video(self, request: ChatRequest, content: Any, account: Account) -> MediaTask:
+        attach = self.attachments.resolver(account) if self.attachments else None
+        qwen_content, files = images_to_files(*to_qwen_message(content, attach))
+        chat_type, features, extra = modes.upstream_mode({**request.options, "video": True})
+        chat_id = self.client.create_chat(account.token, request.model, chat_type=chat_type, account_id=account.id)
+        body = completion_body(
+            chat_id=chat_id,
+            model=request.model,
+            content=qwen_content,
+            files=files,
+            chat_type=chat_type,
+            feature_config=features,
+            extra=extra,
+        )
+        payload = self.client.start_task(account.token, body, account_id=account.id)
+        task_id, parent_id, response_id = tasks.task_reference(payload)
+        log.info("video task %s started in chat %s as account %s", task_id, chat_id, account.id)
+        return MediaTask(task_id, account.id, chat_id, parent_id, response_id)
+
+    def video_status(self, task: MediaTask) -> TaskState:
+        """One ``tasks/status`` call, as the account that owns the task."""
+        account = self.pool.lookup(task.account_id) if task.account_id else None
+        if account is None:
+            raise UpstreamUnavailable(
+                "The account that started this video is no longer registered", code="video_account_gone"
+            )
+        return tasks.task_state(self.client.task_status(account.token, task.task_id, account_id=account.id))
+
     def _vision_model(self, model: str, content: Any, files: list[dict[str, Any]], stream: EventStream) -> str:
         """``VISION_MODEL`` instead of a model known to lack vision when images are sent;
         the switch is announced in the ``X-Model-Switched`` response header."""
         if not self.vision_model or not needs_vision(content, files) or self.has_vision(model) is not False:
             return model
-        target = ALIAS_TO_CANONICAL.get(self.vision_model, self.vision_model)
+        target = self.catalog.resolve(self.vision_model)
         if target == model:
             return model
         log.info("model %s has no vision; using %s", model, target)
@@ -389,7 +534,12 @@ class QwenWebProvider(Provider):
 
     def status(self) -> dict[str, Any]:
         accounts = self.pool.status()
-        out = {"name": self.name, "accounts": accounts, "transport": self.client.transport.name}
+        out = {
+            "name": self.name,
+            "accounts": accounts,
+            "transport": self.client.transport.name,
+            "defaultModel": self.catalog.cached_default_model(),
+        }
         if self.pool.serves_guests(accounts):
             out["guest"] = True  # no usable account: chats go out as a guest (QWEN_GUEST=auto)
         pool_status = getattr(self.client.transport, "pool_status", None)

@@ -10,10 +10,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import Unauthorized, UpstreamError
+from ..errors import ApiError, Unauthorized, UpstreamBlocked, UpstreamError
 from ..events import Event
+from . import walls
 from .protocol import error_from_response, new_chat_body, parse_stream, unwrap
-from .transport import Transport, UpstreamResponse, browser_headers
+from .transport import Transport, UpstreamResponse, browser_headers, json_bytes
+
+MODEL_LIST_PATHS = ("/api/v2/models/", "/api/models")  # 2026 §1: the front end's first, then the old one
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ class QwenClient:
         token: str | None,
         body: Any = None,
         account_id: str | None = None,
-        accept: str = "*/*",
+        accept: str = "application/json",
         referer_path: str = "/",
         timeout: float | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
@@ -114,13 +117,12 @@ class QwenClient:
         *,
         chat_type: str = "t2t",
         account_id: str | None = None,
-        title: str | None = None,
         chat_mode: str = "normal",
     ) -> str:
-        """``POST /api/v2/chats/new`` → the new chat id (§3.4); ``chat_mode="guest"`` with no
-        token for a guest chat (2026 §5)."""
-        body = new_chat_body(model, chat_type=chat_type, chat_mode=chat_mode, **({"title": title} if title else {}))
-        referer = GUEST_REFERER if chat_mode == "guest" else "/"
+        """``POST /api/v2/chats/new`` → the new chat id (§3.4, 2026 §2: no title);
+        ``chat_mode="guest"`` with no token for a guest chat (2026 §5)."""
+        body = new_chat_body(model, chat_type=chat_type, chat_mode=chat_mode)
+        referer = GUEST_REFERER if chat_mode == "guest" else "/c/new-chat"
         payload = unwrap(
             self._json("POST", "/api/v2/chats/new", token=token, body=body, account_id=account_id, referer_path=referer)
         )
@@ -135,18 +137,21 @@ class QwenClient:
         """Start ``POST /api/v2/chat/completions`` and return its events, read incrementally.
 
         A JSON or HTML answer instead of an event stream is an error envelope (§3.0, §4.9)
-        and is raised here, before any event.
+        and is raised here, before any event. A wall, here or inside the stream, says what to
+        do for the transport that met it (2026 §4).
         """
         chat_id = body["chat_id"]
+        size = len(json_bytes(body))  # what the body wall counts
         referer = GUEST_REFERER if body.get("chat_mode") == "guest" else f"/c/{quote(str(chat_id))}"
         response = self.transport.request(
             "POST",
             f"{self.base_url}/api/v2/chat/completions?chat_id={quote(str(chat_id))}",
-            headers=browser_headers(self.config, token=token, accept="*/*", referer_path=referer, stream=True),
+            headers=browser_headers(self.config, token=token, referer_path=referer, stream=True),
             json_body=dict(body),
             stream=True,
             account_id=account_id,
         )
+        advice = {"served_by": response.served_by, "account_id": account_id, "body_bytes": size}
         ctype = response.header("content-type").lower()
         actual = response.header("x-actual-status-code").strip()
         if "text/event-stream" not in ctype or response.status != 200 or actual not in ("", "200"):
@@ -155,16 +160,87 @@ class QwenClient:
             finally:
                 response.close()
             err = error_from_response(response.status, response.headers, raw)
+            if isinstance(err, UpstreamBlocked):
+                err = walls.advise(err, **advice)
             raise err or UpstreamError(f"Qwen answered with {ctype or 'no content type'} instead of a stream")
-        return parse_stream(response.iter_bytes()), response
+        return _advised(parse_stream(response.iter_bytes()), advice), response
+
+    def stop(
+        self, token: str | None, chat_id: str, response_id: str, *, account_id: str | None = None, timeout: float = 2.0
+    ) -> bool:
+        """``POST /api/v2/chat/completions/stop?chat_id=`` (2026 §3): stop a generation, so
+        the chat does not stay "in progress". ``timeout`` bounds the whole call."""
+        payload = self._json(
+            "POST",
+            f"/api/v2/chat/completions/stop?chat_id={quote(str(chat_id))}",
+            token=token,
+            body={"chat_id": chat_id, "response_id": response_id},
+            account_id=account_id,
+            referer_path=f"/c/{quote(str(chat_id))}",
+            timeout=timeout,
+        )
+        return isinstance(payload, dict) and payload.get("success") is not False
+
+    def current_response_id(
+        self, token: str | None, chat_id: str, *, account_id: str | None = None, timeout: float = 2.0
+    ) -> str | None:
+        """The newest message of a chat (``GET /api/v2/chats/<id>`` → ``currentId``): the
+        answer still generating when the chat is "in progress"."""
+        payload = unwrap(
+            self._json(
+                "GET", f"/api/v2/chats/{quote(str(chat_id))}", token=token, account_id=account_id, timeout=timeout
+            )
+        )
+        if not isinstance(payload, dict):
+            return None
+        history = (payload.get("chat") or {}).get("history") if isinstance(payload.get("chat"), dict) else None
+        current = payload.get("currentId") or (history.get("currentId") if isinstance(history, dict) else None)
+        return str(current) if current else None
+
+    def start_task(self, token: str, body: Mapping[str, Any], *, account_id: str | None = None) -> Any:
+        """A ``stream:false`` completion (a ``t2v`` turn, 2026 §6): its envelope's ``data``."""
+        chat_id = str(body["chat_id"])
+        path = f"/api/v2/chat/completions?chat_id={quote(chat_id)}"
+        response = self.transport.request(
+            "POST",
+            self.base_url + path,
+            headers=browser_headers(
+                self.config, token=token, accept="application/json", referer_path=f"/c/{quote(chat_id)}"
+            ),
+            json_body={**body, "stream": False},
+            account_id=account_id,
+        )
+        try:
+            status, headers, raw = response.status, response.headers, response.read()
+        finally:
+            response.close()
+        return unwrap(self.decode(path, status, headers, raw))
+
+    def task_status(self, token: str, task_id: str, *, account_id: str | None = None) -> Any:
+        """``GET /api/v1/tasks/status/<task_id>`` (2026 §6): the raw status answer."""
+        path = f"/api/v1/tasks/status/{quote(task_id, safe='')}"
+        return self._json("GET", path, token=token, account_id=account_id, accept="application/json")
 
     def list_models(self, token: str | None, *, account_id: str | None = None) -> list[dict[str, Any]]:
-        """``GET /api/models`` (§3.3): the raw model objects."""
-        payload = unwrap(self._json("GET", "/api/models", token=token, account_id=account_id))
-        data = payload.get("data") if isinstance(payload, dict) else payload
-        if isinstance(data, dict):  # the /api/v2/models shape
-            data = data.get("data")
-        return [m for m in (data or []) if isinstance(m, dict) and m.get("id")]
+        """The raw model objects: ``GET /api/v2/models/`` as the 2026 front end asks, then
+        ``GET /api/models`` (§3.3, 2026 §1) when that fails or lists nothing."""
+        failure: ApiError | None = None
+        for path in MODEL_LIST_PATHS:
+            try:
+                payload = unwrap(self._json("GET", path, token=token, account_id=account_id))
+            except ApiError as exc:
+                log.info("model list from %s failed: %s", path, exc.message)
+                failure = exc
+                continue
+            data = payload.get("data") if isinstance(payload, dict) else payload
+            if isinstance(data, dict):  # the /api/v2/models shape: data.data[]
+                data = data.get("data")
+            models = [m for m in (data if isinstance(data, list) else []) if isinstance(m, dict) and m.get("id")]
+            if models:
+                return models
+        if failure is not None:
+            raise failure
+        return []
 
     def signin(self, email: str, password: str, *, prehashed: bool = False) -> dict[str, Any]:
         """Sign in with the SHA-256 hex of the password: ``POST /api/v2/auths/signin``, and the
@@ -251,3 +327,11 @@ class QwenClient:
         """``GET /api/v1/auths/``: validates a token (§2.2)."""
         payload = unwrap(self._json("GET", "/api/v1/auths/", token=token))
         return payload if isinstance(payload, dict) else {}
+
+
+def _advised(events: Iterator[Event], advice: Mapping[str, Any]) -> Iterator[Event]:
+    """The events; a wall met inside the stream says what to do for this transport."""
+    try:
+        yield from events
+    except UpstreamBlocked as exc:
+        raise walls.advise(exc, **advice) from exc

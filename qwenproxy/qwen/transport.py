@@ -86,31 +86,56 @@ def browser_headers(
     config: Mapping[str, Any],
     *,
     token: str | None,
-    accept: str = "*/*",
+    accept: str = "application/json",
     referer_path: str = "/",
     stream: bool = False,
 ) -> dict[str, str]:
-    """The header set of the real web front end (§3.0), Bearer token and ``token`` cookie."""
+    """The header set of the 2026 web front end (2026 §2); every drifting value is a setting.
+
+    The account authenticates with the ``token`` cookie, as the real front end does;
+    ``QWEN_AUTH_HEADER`` adds the older ``Authorization: Bearer``. ``bx-v`` goes out only
+    when ``QWEN_BX_V`` is set: without the page's ``bx-ua``/``bx-umidtoken`` pair it does
+    more harm than good. ``stream``: the call reads an event stream (``x-accel-buffering``).
+    """
     base = str(config["QWEN_BASE_URL"]).rstrip("/")
     headers = {
         "Accept": accept,
-        "Accept-Language": "en-US,en;q=0.9",
+        "Accept-Language": str(config.get("QWEN_ACCEPT_LANGUAGE") or "en-US,en;q=0.9"),
         "Content-Type": "application/json; charset=UTF-8",
         "Origin": base,
         "Referer": base + referer_path,
         "User-Agent": str(config["QWEN_USER_AGENT"]),
         "source": "web",
-        "bx-v": str(config["QWEN_BX_V"]),
         "version": str(config["QWEN_FRONTEND_VERSION"]),
         "timezone": js_date_string(),
         "x-request-id": str(uuid.uuid4()),
     }
     if stream:
         headers["x-accel-buffering"] = "no"
+    bx_v = str(config.get("QWEN_BX_V") or "").strip()
+    if bx_v:
+        headers["bx-v"] = bx_v
     if token:
-        headers["Authorization"] = f"Bearer {token}"
         headers["Cookie"] = f"token={token}"
+        if config.get("QWEN_AUTH_HEADER"):
+            headers["Authorization"] = f"Bearer {token}"
     return headers
+
+
+def cookie_token(headers: Mapping[str, str]) -> str | None:
+    """The ``token`` cookie (or a Bearer token) a header set carries, for the browser pool."""
+    for key, value in headers.items():
+        low = key.lower()
+        if low == "cookie":
+            for part in str(value).split(";"):
+                name, _, val = part.strip().partition("=")
+                if name == "token" and val:
+                    return val
+        elif low == "authorization":
+            scheme, _, val = str(value).partition(" ")
+            if scheme.lower() == "bearer" and val.strip():
+                return val.strip()
+    return None
 
 
 def json_bytes(body: Any) -> bytes:
@@ -263,7 +288,7 @@ class RequestsTransport(Transport):
                 headers=dict(headers),
                 data=None if json_body is None else json_bytes(json_body),
                 stream=stream,
-                timeout=(self._timeout[0], timeout or self._timeout[1]),
+                timeout=(min(self._timeout[0], timeout), timeout) if timeout else self._timeout,
                 proxies=settings["proxies"],
                 verify=settings["verify"],
                 cert=settings["cert"],

@@ -9,9 +9,10 @@ from typing import Any
 from flask import Response, current_app, g
 
 from .. import db
+from ..events import EventStream
 from ..providers import ChatRequest, Provider
 from ..wire.openai import ChatCompletionRequest, Collected, completion_response
-from . import history
+from . import history, videos
 from .client_api import ClientApi
 from .conversations import OPENAI_CHAT_NAME, Turn, open_chat, stored_history
 from .streaming import serve
@@ -117,8 +118,15 @@ def chat_turn(
             body_out["response_id"] = rid
         return body_out
 
+    def stream_factory() -> EventStream:
+        if options.get("video"):  # a t2v task: polled, not streamed (serving/videos.py)
+            polling = videos.Polling.from_config(current_app.config)
+            registry = current_app.extensions["providers"]
+            return videos.chat_stream(provider, chat_request, registry, polling, model=model)
+        return open_stream(provider, chat_request)
+
     return serve(
-        lambda: open_stream(provider, chat_request),
+        stream_factory,
         turn,
         stream=req.stream,
         model=model,

@@ -168,6 +168,16 @@ def check_content(kind: FileKind, head: bytes) -> None:
         raise BadRequest(f"The file's content is not a .{kind.ext} file", param="file", code="unsupported_file_type")
 
 
+def sniff_image(head: bytes) -> str | None:
+    """The image extension the first bytes spell (a file sent without a usable name)."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    for ext in ("png", "jpg", "gif", "bmp"):
+        if head.startswith(MAGIC[ext]):
+            return ext
+    return None
+
+
 def mime_for_name(name: str) -> str:
     ext = name.rpartition(".")[2].lower()
     return IMAGE_TYPES.get(ext) or BINARY_DOCUMENTS.get(ext) or TEXT_DOCUMENTS.get(ext) or "application/octet-stream"

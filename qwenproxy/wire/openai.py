@@ -336,6 +336,15 @@ REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 IMAGE_FORMATS = ("url", "b64_json")
 OPENAI_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 MAX_IMAGES = 4  # each image is one upstream chat turn
+# Qwen's chat types a client may ask for by name (2026 §6), and the mode flag each one is
+CHAT_TYPES = ("t2t", "search", "t2i", "image_edit", "t2v", "deep_research")
+CHAT_TYPE_FLAGS = {
+    "search": "search",
+    "t2i": "image",
+    "image_edit": "image",
+    "t2v": "video",
+    "deep_research": "research",
+}
 
 
 T = TypeVar("T")
@@ -529,6 +538,18 @@ class ChatOptions(BaseModel):
     ] = None
     enable_search: Annotated[bool | None, _boolean("enable_search")] = None
     size: Annotated[str | None, BeforeValidator(_size), WithJsonSchema({"type": "string"})] = None
+    chat_type: Annotated[
+        Literal[CHAT_TYPES] | None,
+        _check(lambda v: v in CHAT_TYPES, f"`chat_type` must be one of {list(CHAT_TYPES)}", "chat_type"),
+    ] = Field(None, description="Qwen's mode, instead of a model suffix (extension)")
+    modalities: Annotated[
+        list[str] | None,
+        _check(
+            lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v),
+            "`modalities` must be an array of strings",
+            "modalities",
+        ),
+    ] = Field(None, description='"image" or "video" among them picks that mode')
     response_format: Annotated[
         dict[str, Any] | None, BeforeValidator(_response_format), WithJsonSchema(RESPONSE_FORMAT_SCHEMA)
     ] = None
@@ -580,6 +601,14 @@ class ChatOptions(BaseModel):
             out["search"] = self.enable_search
         if self.size is not None:
             out["image_size"] = self.size
+        for kind in ("image", "video"):
+            if kind in (self.modalities or ()):
+                out[kind] = True
+        if self.chat_type is not None:
+            out["chat_type"] = self.chat_type
+            flag = CHAT_TYPE_FLAGS.get(self.chat_type)
+            if flag:
+                out[flag] = True
         if self.parallel_tool_calls is not None:
             out["parallel_tool_calls"] = bool(self.parallel_tool_calls)
         return out

@@ -261,7 +261,7 @@ def content_of(event: dict | str) -> str:
 def test_antibot_fake_refuses_direct_and_the_pool_passes(tmp_path, fake, pool) -> None:
     direct = make_app(tmp_path / "d", fake, pool.socket, transport="direct").test_client()
     refused = direct.post("/api/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
-    assert refused.status_code == 502 and refused.get_json()["error"]["code"] == "upstream_captcha"
+    assert refused.status_code == 502 and refused.get_json()["error"]["code"] == "upstream_blocked"
 
     browser = make_app(tmp_path / "b", fake, pool.socket).test_client()
     answer = browser.post("/api/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
@@ -288,6 +288,22 @@ def test_auto_uses_direct_until_the_wall_then_the_browser(tmp_path, fake, pool) 
     assert second.status_code == 200, second.get_json()
     assert second.headers["X-Upstream-Transport"] == "browser"
     assert second.get_json()["choices"][0]["message"]["content"] == "Echo: two"
+
+
+@pytest.mark.parametrize("mode", ["captcha_frame", "html_line", "actual_status_404"])
+def test_auto_falls_back_to_the_browser_on_every_kind_of_wall(tmp_path, fake, pool, mode) -> None:
+    """2026 §4: a wall inside a 200 stream or an x-actual-status-code 404 is a wall too."""
+    fake.antibot = False
+    fake.hostile, fake.hostile_times = mode, 1
+    extra = {"QWEN_BX_V": "2.5.36"}
+    client = make_app(tmp_path / mode, fake, pool.socket, transport="auto", **extra).test_client()
+    r = client.post("/api/chat/completions", json={"messages": [{"role": "user", "content": "walled"}]})
+    assert r.status_code == 200, r.get_json()
+    assert r.headers["X-Upstream-Transport"] == "browser"
+    assert r.get_json()["choices"][0]["message"]["content"] == "Echo: walled"
+    assert fake.walls[-1] == mode
+    sent = [x for x in fake.requests if x["path"] == "/api/v2/chat/completions"][-1]["headers"]
+    assert "bx-v" not in sent  # in the browser the page's own anti-bot script owns the bx-* headers
 
 
 def test_pool_not_running_is_a_quick_503(tmp_path, fake) -> None:
@@ -379,15 +395,21 @@ def test_eight_concurrent_streams_through_two_pages(served, fake, pool) -> None:
     assert wall < 5, wall
 
 
+def ended_early(fake: FakeQwen) -> int:
+    """Turns the fake saw end early: the client closed (aborted), or the gateway's stop call
+    (2026 §3) overtook that notice and ended the generation first."""
+    return len(fake.aborted) + sum(1 for call in fake.stop_calls if call["active"])
+
+
 def test_client_disconnect_aborts_the_upstream_request(served, fake, pool) -> None:
     fake.chunk_delay = 0.05
-    aborted_before = len(fake.aborted)
+    aborted_before = ended_early(fake)
     response = chat(served.url, "words:400")
     for event in sse_events(response):
         if content_of(event):
             break
     response.close()  # the client goes away mid-stream
-    assert fake.wait_for(lambda: len(fake.aborted) > aborted_before, timeout=10), "upstream request not closed"
+    assert fake.wait_for(lambda: ended_early(fake) > aborted_before, timeout=10), "upstream request not closed"
     assert wait_until(lambda: pool.health()["active"] == 0, timeout=5)
 
 
@@ -512,7 +534,7 @@ def test_job_timeout_ends_the_stream_with_an_error(tmp_path, fake, pool) -> None
         fake.chunk_delay = 0.05
         chat(server.url, "warm", stream=False)
         fake.chunk_delay = 4.0  # response.created at once, then 4 s of silence
-        aborted_before = len(fake.aborted)
+        aborted_before = ended_early(fake)
         started = time.monotonic()
         response = chat(server.url, "words:3")
         events = list(sse_events(response))
@@ -520,7 +542,7 @@ def test_job_timeout_ends_the_stream_with_an_error(tmp_path, fake, pool) -> None
         errors = [e for e in events if isinstance(e, dict) and "error" in e]
         assert errors and "job timeout" in errors[0]["error"]["message"]
         assert events[-1] == "[DONE]"
-        assert fake.wait_for(lambda: len(fake.aborted) > aborted_before, timeout=8)
+        assert fake.wait_for(lambda: ended_early(fake) > aborted_before, timeout=8)
     finally:
         fake.chunk_delay = 0.0
         server.stop()

@@ -19,6 +19,7 @@ from qwenproxy.accounts.credentials import account_dir
 from qwenproxy.accounts.store import RELOGIN_BACKOFF, iso
 from qwenproxy.db.models import Account as AccountRow
 from tests.conftest import app_config
+from tests.fakes import sent_token
 from tests.fakes.qwen_web import FakeQwen
 from tests.openai_schema import sse_events
 
@@ -80,11 +81,7 @@ def ask(client, content="hi", **extra):
 
 def completion_tokens(fake: FakeQwen) -> list[str]:
     """The token of each completion request the fake received, in order."""
-    return [
-        r["headers"]["authorization"].removeprefix("Bearer ")
-        for r in fake.requests
-        if r["path"] == "/api/v2/chat/completions"
-    ]
+    return [sent_token(r["headers"]) for r in fake.requests if r["path"] == "/api/v2/chat/completions"]
 
 
 def states(application) -> dict[str, dict]:
@@ -166,7 +163,7 @@ def test_round_robin_and_one_account_per_request(three, fake_qwen) -> None:
     pairs = [r for r in fake_qwen.requests if r["path"] in ("/api/v2/chats/new", "/api/v2/chat/completions")]
     for new, completion in zip(pairs[::2], pairs[1::2], strict=True):
         assert new["path"] == "/api/v2/chats/new"
-        assert new["headers"]["authorization"] == completion["headers"]["authorization"]
+        assert sent_token(new["headers"]) == sent_token(completion["headers"])
     assert [s["requests"] for s in states(application).values()] == [2, 2, 2]
 
 
@@ -447,8 +444,8 @@ def test_automatic_relogin_with_stored_credentials(make_app, fake_qwen, clock) -
     assert r.status_code == 200, r.get_json()
     fresh = AccountRow.get()
     assert fresh.token != rejected and not fresh.invalid
-    creations = [r["headers"]["authorization"] for r in fake_qwen.requests if r["path"] == "/api/v2/chats/new"]
-    assert creations == [f"Bearer {rejected}", f"Bearer {fresh.token}"]
+    creations = [sent_token(r["headers"]) for r in fake_qwen.requests if r["path"] == "/api/v2/chats/new"]
+    assert creations == [rejected, fresh.token]
     assert completion_tokens(fake_qwen) == [fresh.token]
     # an expired JWT is renewed before any request is sent with it (a while later: no sign-in storms)
     clock.now += RELOGIN_BACKOFF + 1

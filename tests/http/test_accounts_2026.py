@@ -21,6 +21,7 @@ import pytest
 from qwenproxy import create_app
 from qwenproxy.db.models import Account as AccountRow
 from tests.conftest import app_config
+from tests.fakes import sent_token
 from tests.fakes.qwen_web import FakeQwen
 
 HOUR = 3600.0
@@ -156,13 +157,13 @@ def test_token_is_renewed_before_it_expires_and_the_account_is_never_invalid(mak
         r = ask(client)
         assert r.status_code == 200, r.get_json()
         assert status_of(application)["status"] == "OK"
-        used.append(upstream(fake_qwen, "/api/v2/chat/completions")[-1]["headers"]["authorization"])
+        used.append(sent_token(upstream(fake_qwen, "/api/v2/chat/completions")[-1]["headers"]))
     assert fake_qwen.signin_calls == ["v2"]  # never the password again
     # renewed at half its life (the token lives shorter than 6 h): about every 2 h, never twice at once
     assert fake_qwen.refresh_calls == ["ok"] * len(fake_qwen.refresh_calls) and 8 <= len(fake_qwen.refresh_calls) <= 13
     row = AccountRow.get()
     assert row.token != first and row.expires_at > clock.now and not row.invalid
-    assert used[-1] == f"Bearer {row.token}"
+    assert used[-1] == row.token
     assert row.refresh_token in fake_qwen.refresh_tokens  # the rotated one
 
 
@@ -210,7 +211,7 @@ def test_two_gateways_on_one_database_refresh_once(make_app, fake_qwen, clock, t
         assert arrived.wait(10)  # the first gateway holds the lease and waits for Qwen
         r = ask(second_app.test_client())  # the second one goes on with the current token
         assert r.status_code == 200, r.get_json()
-        assert upstream(fake_qwen, "/api/v2/chat/completions")[-1]["headers"]["authorization"] == f"Bearer {old}"
+        assert sent_token(upstream(fake_qwen, "/api/v2/chat/completions")[-1]["headers"]) == old
         assert len(upstream(fake_qwen, "/api/v2/auths/refresh")) == 1
     finally:
         gate.set()
@@ -218,9 +219,7 @@ def test_two_gateways_on_one_database_refresh_once(make_app, fake_qwen, clock, t
     assert results == {"first": 200}
     assert fake_qwen.refresh_calls == ["ok"]
     new = AccountRow.get().token
-    assert new != old and upstream(fake_qwen, "/api/v2/chat/completions")[-1]["headers"]["authorization"] == (
-        f"Bearer {new}"
-    )
+    assert new != old and sent_token(upstream(fake_qwen, "/api/v2/chat/completions")[-1]["headers"]) == new
     assert ask(second_app.test_client()).status_code == 200 and fake_qwen.refresh_calls == ["ok"]
 
 
@@ -318,7 +317,7 @@ def test_walls_in_a_row_make_an_account_need_a_human(make_app, fake_qwen) -> Non
     assert len(fake_qwen.requests) == requests_before  # nothing sent upstream with it
     other, _ = pool.add(fake_qwen.make_token(), source="token")
     assert ask(client).status_code == 200
-    assert upstream(fake_qwen, "/api/v2/chat/completions")[-1]["headers"]["authorization"] == f"Bearer {other.token}"
+    assert sent_token(upstream(fake_qwen, "/api/v2/chat/completions")[-1]["headers"]) == other.token
     # the CLI's state handling without a display: refused, and the state stays
     solve = application.test_cli_runner(env={"DISPLAY": "", "WAYLAND_DISPLAY": ""}).invoke(
         args=["accounts", "solve", walled.id]

@@ -409,7 +409,7 @@ def test_gigachat_and_local_requests_never_fetch_qwens_model_list(tmp_path, fake
             "/v1/chat/completions", json={"model": "qwen-max-latest", "messages": [{"role": "user", "content": "hi"}]}
         )
         assert answer.status_code == 200, answer.get_json()
-        assert "/api/models" in [r["path"] for r in qwen.requests]
+        assert "/api/v2/models/" in [r["path"] for r in qwen.requests]  # the 2026 list path
         app.extensions["providers"].close()
     finally:
         qwen.stop()

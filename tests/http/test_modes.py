@@ -130,7 +130,7 @@ def test_images_generations_returns_urls(oai, fake_qwen) -> None:
     assert r.data[0].url.startswith("https://cdn.qwenlm.ai/output/") and "key=" in r.data[0].url
     sent = completions(fake_qwen)[-1]
     assert sent["messages"][0]["chat_type"] == "t2i" and sent["size"] == "16:9"
-    assert sent["messages"][0]["content"] == "a red fox" and sent["model"] == "qwen-max-latest"
+    assert sent["messages"][0]["content"] == "a red fox" and sent["model"] == fake_qwen.models[0]  # the live default
 
 
 def test_images_b64_and_image_chat_suffix(client, fake_qwen) -> None:

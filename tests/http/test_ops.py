@@ -92,10 +92,11 @@ def test_metrics_count_requests_tokens_ttft_errors_and_accounts(client, fake_qwe
     assert s['qwenproxy_http_requests_total{method="POST",route="/api/chat/completions",status="200"}'] == 2
     assert s['qwenproxy_http_requests_total{method="POST",route="/api/chat/completions",status="502"}'] == 1
     assert s['qwenproxy_completions_total{outcome="complete",provider="qwen"}'] == 2
-    assert s['qwenproxy_errors_total{code="upstream_captcha",provider="qwen",stage="early"}'] == 1
+    assert s['qwenproxy_errors_total{code="upstream_blocked",provider="qwen",stage="early"}'] == 1
     assert s['qwenproxy_tokens_total{kind="completion",provider="qwen"}'] > 0
     assert s['qwenproxy_tokens_total{kind="prompt",provider="qwen"}'] > 0
-    assert s['qwenproxy_time_to_first_token_seconds_count{model="qwen-max-latest",provider="qwen"}'] == 2
+    default = fake_qwen.models[0]  # no model asked: the first of the live list
+    assert s[f'qwenproxy_time_to_first_token_seconds_count{{model="{default}",provider="qwen"}}'] == 2
     assert s['qwenproxy_upstream_latency_seconds_count{provider="qwen"}'] == 3
     assert s['qwenproxy_accounts{provider="qwen",state="OK"}'] == 1
     assert s['qwenproxy_provider_usable{provider="qwen"}'] == 1
@@ -116,7 +117,7 @@ def test_in_stream_errors_are_counted_and_logged(client, fake_qwen) -> None:
 # --- status page ------------------------------------------------------------------------
 
 
-def test_status_page_shows_accounts_models_requests_and_errors(client) -> None:
+def test_status_page_shows_accounts_models_requests_and_errors(client, fake_qwen) -> None:
     client.post("/api/chat/completions", json=CHAT)
     client.post("/api/chat/completions", data=b"{broken")
     page = client.get("/")
@@ -124,7 +125,7 @@ def test_status_page_shows_accounts_models_requests_and_errors(client) -> None:
     html = page.get_data(as_text=True)
     assert "READY" in html and 'http-equiv="refresh"' in html
     assert "…" in html and 'id="accounts"' in html and "qwen3-max" in html  # a masked token
-    assert "POST /api/chat/completions" in html and "qwen-max-latest" in html
+    assert "POST /api/chat/completions" in html and fake_qwen.models[0] in html  # the live default model
     assert "400" in html  # the malformed body, among the recent errors
     assert 'http-equiv="refresh"' not in client.get("/?refresh=0").get_data(as_text=True)
 

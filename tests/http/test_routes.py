@@ -89,7 +89,7 @@ def test_with_chat_id_only_the_last_user_turn_and_first_system_message_go_upstre
     assert len(sent["messages"]) == 1 and sent["messages"][0]["content"] == "new"
     assert sent["system_message"] == "Be brief"
     assert sent["parent_id"] == first["parentId"]
-    assert sent["model"] == "qwen-max-latest"  # the default model
+    assert sent["model"] == fake_qwen.models[0]  # the default model: the first of the live list
 
 
 def test_simple_chat_format(client, fake_qwen) -> None:
@@ -180,9 +180,10 @@ def test_routes_answer_with_a_trailing_slash_without_a_redirect(client) -> None:
 @pytest.mark.parametrize(
     ("mode", "status", "code"),
     [
-        ("captcha", 502, "upstream_captcha"),
-        ("waf", 502, "upstream_waf"),
-        ("actual_status_404", 502, "upstream_status"),
+        ("captcha", 502, "upstream_blocked"),
+        ("waf", 502, "upstream_blocked"),
+        ("actual_status_404", 502, "upstream_blocked"),  # 2026 §4: a wall, not a status quirk
+        ("actual_status_403", 502, "upstream_blocked"),
     ],
 )
 def test_hostile_upstream_answers_map_to_errors(client, fake_qwen, mode, status, code) -> None:
@@ -190,6 +191,7 @@ def test_hostile_upstream_answers_map_to_errors(client, fake_qwen, mode, status,
     r = _ask(client)
     assert r.status_code == status
     assert r.get_json()["error"]["code"] == code
+    assert "QWEN_TRANSPORT=browser" in r.get_json()["error"]["message"]  # says what to do
     validate("ErrorResponse", r.get_json())
 
 
@@ -215,7 +217,7 @@ def test_expired_token_is_503_and_marks_the_account(client, fake_qwen, app) -> N
 
 def test_unknown_model_maps_to_default_and_upstream_not_found_is_404(client, fake_qwen) -> None:
     r = _ask(client, model="no-such-model")
-    assert r.status_code == 200 and r.get_json()["model"] == "qwen-max-latest"
+    assert r.status_code == 200 and r.get_json()["model"] == fake_qwen.models[0]  # the live default
     fake_qwen.models.remove("qwen-max-latest")  # listed locally but gone upstream
     r = client.post(
         "/api/chat/completions", json={"model": "qwen-max-latest", "messages": [{"role": "user", "content": "x"}]}

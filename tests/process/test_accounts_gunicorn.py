@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from tests.conftest import ROOT, Gunicorn
+from tests.fakes import sent_token
 
 
 def _env(tmp_path, fake_qwen) -> dict[str, str]:
@@ -62,11 +63,7 @@ def test_round_robin_over_three_accounts_across_two_gunicorn_workers(tmp_path, f
             return r.status_code
 
         def used_tokens() -> list[str]:
-            return [
-                r["headers"]["authorization"].removeprefix("Bearer ")
-                for r in fake_qwen.requests
-                if r["path"] == "/api/v2/chat/completions"
-            ]
+            return [sent_token(r["headers"]) for r in fake_qwen.requests if r["path"] == "/api/v2/chat/completions"]
 
         # one after the other: strict turns, whichever worker answers
         assert [ask(i) for i in range(9)] == [200] * 9

@@ -61,7 +61,7 @@ def test_openai_client_raises_the_right_exceptions(oai, fake_qwen) -> None:
     with pytest.raises(openai.InternalServerError) as exc:
         oai.chat.completions.create(model="qwen3-max", messages=[{"role": "user", "content": "x"}])
     assert exc.value.status_code == 502
-    assert exc.value.body["code"] == "upstream_captcha"
+    assert exc.value.body["code"] == "upstream_blocked"
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -138,8 +138,13 @@ def test_client_disconnect_cancels_upstream_and_keeps_the_partial_answer(gunicor
     _open_stream_and_hang_up(gunicorn_server.url, body, words=3)
     # the gateway notices at its next write, closes the upstream request, and saves what it had
     # (the operations issue's bound: the upstream sees its request closed within 2 s)
-    assert fake_qwen.wait_for(lambda: len(fake_qwen.aborted) == 1, timeout=2)
+    # and asks the site to stop generating (2026 §3, from a greenlet of the gevent worker):
+    # the fake ends the turn as "stopped" if that call overtakes its own notice of the close
+    (turn,) = [chat["turn"] for chat in fake_qwen.chats.values()]
+    assert fake_qwen.wait_for(lambda: turn.outcome in ("aborted", "stopped"), timeout=2)
     assert not fake_qwen.completed
+    assert fake_qwen.wait_for(lambda: fake_qwen.stop_calls, timeout=3)
+    assert fake_qwen.stop_calls[0]["response_id"] == turn.response_id
 
     def partial_saved():
         with sqlite3.connect(tmp_path / "session" / "qwenproxy.db") as conn:

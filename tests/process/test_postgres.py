@@ -25,6 +25,10 @@ from tests.http.test_conversations import (  # noqa: F401
     test_a_resent_history_continues_the_same_upstream_chat,
     test_an_edited_turn_branches_from_the_last_matching_answer,
 )
+from tests.http.test_media import (  # noqa: F401
+    fake_oss,
+    test_polls_back_off_and_any_worker_answers,
+)
 from tests.http.test_routes import (  # noqa: F401
     test_completion_stream_chunks_match_openai_schema,
     test_truncated_stream_reports_in_band_and_keeps_partial,
@@ -50,6 +54,12 @@ def app(tmp_path, fake_qwen, postgres):
     application = create_app(app_config(tmp_path, fake_qwen, DATABASE_URL=postgres.new_database()))
     yield application
     application.extensions["providers"].close()
+
+
+@pytest.fixture
+def database_url(postgres) -> str:
+    """The video tasks' two workers on one PostgreSQL database."""
+    return postgres.new_database()
 
 
 @pytest.fixture

@@ -162,7 +162,8 @@ def test_suffixes(name, base, modes) -> None:
 def test_catalog_resolves_suffixes_aliases_and_unknown_bases(tmp_path) -> None:
     catalog = ModelCatalog(tmp_path / "none.txt", "qwen-max-latest", fetch=lambda: [{"id": "qwen3-max"}])
     assert catalog.resolve_modes("qwen-max-thinking") == ("qwen3-max", Modes(thinking=True))
-    assert catalog.resolve_modes("nope-search") == ("qwen-max-latest", Modes(search=True))
+    # the configured default is gone upstream: the first live model is the default (2026 §1)
+    assert catalog.resolve_modes("nope-search") == ("qwen3-max", Modes(search=True))
     assert catalog.known("qwen3-max-image") and not catalog.known("nope-image")
 
 

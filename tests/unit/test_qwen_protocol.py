@@ -8,6 +8,7 @@ import random
 import pytest
 
 from qwenproxy.errors import (
+    BadRequest,
     Conflict,
     ModelNotFound,
     NotFound,
@@ -247,21 +248,42 @@ def envelope(code: str, details: str, **extra) -> bytes:
             ENV,
             200,
             UpstreamBlocked,
-            "upstream_captcha",
+            "upstream_blocked",
         ),
         (
             b'<!doctypehtml><html><head><meta name="aliyun_waf_aa" content="1"></head></html>',
             {"content-type": "text/html"},
             200,
             UpstreamBlocked,
-            "upstream_waf",
+            "upstream_blocked",
+        ),
+        (  # 2026 §4: the "new anti-spam system" is a wall too
+            b'{"success":false,"code":404,"message":"Not Found"}',
+            {"content-type": "application/json", "x-actual-status-code": "404"},
+            200,
+            UpstreamBlocked,
+            "upstream_blocked",
+        ),
+        (
+            b'{"success":false,"code":403,"message":"Forbidden"}',
+            {"content-type": "application/json", "x-actual-status-code": "403"},
+            200,
+            UpstreamBlocked,
+            "upstream_blocked",
         ),
         (
             b'{"success":false}',
-            {"content-type": "application/json", "x-actual-status-code": "404"},
+            {"content-type": "application/json", "x-actual-status-code": "500"},
             200,
             UpstreamError,
             "upstream_status",
+        ),
+        (
+            envelope("invalid_input", "The value of the enable_thinking parameter is restricted to True."),
+            ENV,
+            200,
+            BadRequest,
+            "upstream_invalid_input",
         ),
         (b"", {}, 401, Unauthorized, "upstream_unauthorized"),
         (b"", {}, 429, RateLimited, "rate_limited"),
@@ -284,23 +306,49 @@ def test_success_is_not_an_error() -> None:
     assert error_from_response(200, ENV, b'{"success":true,"request_id":"r","data":{"id":"c"}}') is None
 
 
-def test_bodies_follow_the_spec() -> None:
-    chat = new_chat_body("qwen3-max", now=1761484022.218)
-    assert chat == {
-        "title": "Новый чат",
-        "models": ["qwen3-max"],
-        "chat_mode": "normal",
-        "chat_type": "t2t",
+def test_bodies_follow_the_2026_front_end() -> None:
+    chat = new_chat_body("qwen3.7-max", now=1761484022.218)
+    assert chat == {  # 2026 §2: no title, chat_mode normal, ms timestamp
+        "chatId": "",
+        "models": ["qwen3.7-max"],
+        "project_id": "",
         "timestamp": 1761484022218,
+        "chat_type": "t2t",
+        "chat_mode": "normal",
     }
     body = completion_body(
-        chat_id="c1", model="qwen3-max", content="hi", parent_id="r0", system="be brief", now=1761490228.5
+        chat_id="c1", model="qwen3.7-max", content="hi", parent_id="r0", system="be brief", now=1761490228.5
     )
-    assert body["chat_id"] == "c1" and body["parent_id"] == "r0" and body["timestamp"] == 1761490228
+    assert body["version"] == "2.1"
+    assert body["chat_id"] == body["chatId"] == "c1" and body["parent_id"] == body["parentId"] == "r0"
+    assert body["timestamp"] == 1761490228500 and body["chat_mode"] == "normal"
     assert body["stream"] is True and body["incremental_output"] is True and body["system_message"] == "be brief"
     (message,) = body["messages"]
-    assert message["parentId"] == message["parent_id"] == "r0"
+    assert message["id"] is None and message["parentId"] == message["parent_id"] == "r0"
     assert message["role"] == "user" and message["content"] == "hi" and message["files"] == []
-    assert message["feature_config"] == {"thinking_enabled": False, "output_schema": "phase"}
+    assert message["user_action"] == "chat" and message["timestamp"] == 1761490228
+    assert message["models"] == ["qwen3.7-max"] and message["model"] == "qwen3.7-max"
+    assert message["feature_config"] == {
+        "thinking_enabled": False,
+        "thinking_mode": "Fast",
+        "thinking_format": "summary",
+        "research_mode": "normal",
+        "auto_thinking": False,
+        "auto_search": False,
+        "output_schema": "phase",
+    }
     assert message["chat_type"] == message["sub_chat_type"] == "t2t"
     assert message["extra"] == {"meta": {"subChatType": "t2t"}}
+    thinking = completion_body(chat_id="c1", model="m", content="x", feature_config={"thinking_enabled": True})
+    assert thinking["messages"][0]["feature_config"]["thinking_mode"] == "Thinking"
+    assert thinking["parent_id"] is None and thinking["parentId"] is None
+
+
+def test_the_fakes_2026_body_check_accepts_our_body() -> None:
+    """The fake's strict check (tests/fakes) and our builder agree field by field."""
+    from tests.fakes.qwen_web import FakeQwen
+
+    fake = FakeQwen()
+    for parent in (None, "r0"):
+        body = completion_body(chat_id="c1", model="qwen3.7-max", content="hi", parent_id=parent)
+        assert fake._check_2026_completion(body, body["messages"][0]) is None
