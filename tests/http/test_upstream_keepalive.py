@@ -7,6 +7,8 @@ counts the TCP connections it accepted.
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 
 import pytest
@@ -150,3 +152,65 @@ def test_proxy_and_ca_come_from_the_environment(monkeypatch, tmp_path) -> None:
     assert route_for("https://internal.example/x").proxy is None
     monkeypatch.setenv("HTTPS_PROXY", "socks5://proxy.example:1080")
     assert route_for("https://chat.qwen.ai/").supported is False  # the transport falls back to requests
+
+
+class _Relay:
+    """A forward proxy as far as a client can tell: records the request head of each
+    connection it accepts and relays the bytes to the fake (werkzeug takes absolute URLs)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.heads: list[bytes] = []
+        self._target = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if record and data[:4] in (b"GET ", b"POST"):
+                    self.heads.append(data.split(b"\r\n\r\n", 1)[0])
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_an_http_proxy_from_the_environment_carries_the_requests(monkeypatch, fake_qwen: FakeQwen) -> None:
+    relay = _Relay(fake_qwen._server.port)
+    monkeypatch.setenv("HTTP_PROXY", f"http://bench:s3cret@127.0.0.1:{relay.port}")
+    monkeypatch.setenv("NO_PROXY", "")
+    http = HTTPClient(2.0, 5.0)
+    try:
+        token = fake_qwen.make_token()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        for _ in range(3):
+            created = http.request(
+                "POST", f"{fake_qwen.url}/api/v2/chats/new", headers=headers, json_body=new_chat_body("qwen3-max")
+            )
+            assert json.loads(created.read())["data"]["id"]
+        assert len(relay.heads) == 3 and fake_qwen.connections == 1  # one kept-alive connection
+        first = relay.heads[0].decode()
+        assert first.startswith(f"POST {fake_qwen.url}/api/v2/chats/new HTTP/1.1")  # absolute form
+        assert "Proxy-Authorization: Basic YmVuY2g6czNjcmV0" in first  # bench:s3cret
+    finally:
+        http.close()
+        relay.close()
