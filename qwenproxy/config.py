@@ -30,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "UPLOADS_DIR": "./uploads",
     "DATABASE_URL": None,  # default: sqlite:///<SESSION_DIR>/qwenproxy.db
     "AUTO_MIGRATE": True,
+    "DATABASE_SHARED_CONNECTION": "auto",  # SQLite: one connection per worker (auto: under gevent) or one per greenlet
+    "DATABASE_POOL_SIZE": 20,  # PostgreSQL: pooled connections per worker
     "WEB_WORKERS": 0,  # 0: from the number of CPUs
     "GRACEFUL_TIMEOUT": 60,
     "MAX_REQUEST_MB": 32,  # largest request body (a JSON body is held in memory while it is read)

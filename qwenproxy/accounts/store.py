@@ -3,10 +3,13 @@
 The database is the source of truth, not process memory, so every gunicorn worker (and every
 gateway machine sharing a PostgreSQL database) sees the same states and the same rotation.
 
-Rotation: the OK account used least recently is taken with one compare-and-swap
-``UPDATE account SET last_used_at = :new WHERE id = :id AND last_used_at = :old AND <usable>``;
-a process that loses the race reads again. Two workers therefore never take the same
-account twice in a row, and the accounts are used in strict turn across all processes.
+Rotation: each request reads the accounts (one SELECT: a WAIT, INVALID or NEEDS_HUMAN set
+anywhere counts at once) and takes the OK one used least recently, by the database's
+``last_used_at`` and this process's own picks. The pick itself writes nothing:
+``last_used_at``, ``requests_served`` and the reset of ``walls`` are written with the turn's
+answer, in its transaction (``flush_usage``). One process uses the accounts in strict turn;
+several processes or machines are fair within a few requests (a turn's use is seen by the
+others when it ends). State changes (WAIT, INVALID, a new token) are written at once.
 
 States (seed §7.10): OK, WAIT (``reset_at`` in the future), INVALID (``invalid`` set, or the
 JWT's ``exp`` has passed — computed, so no request is wasted on an expired token), and
@@ -32,6 +35,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
+
+from peewee import Case
 
 from .. import db
 from ..db.models import Account as AccountRow
@@ -233,6 +238,12 @@ class DatabasePool(AccountPool):
         self._relogin_lock = threading.Lock()
         self._quota_lock = threading.Lock()
         self._quota_running = False
+        # usage not yet written (flush_usage): picks and served counts of this process
+        self._usage_lock = threading.Lock()
+        self._picked: dict[str, float] = {}  # account id -> when this process last took it
+        self._stamp = 0.0
+        self._used: dict[str, float] = {}
+        self._served: dict[str, int] = {}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], client: Any = None) -> DatabasePool:
@@ -269,6 +280,8 @@ class DatabasePool(AccountPool):
     # ------------------------------------------------------------------ AccountPool
 
     def acquire(self, *, prefer: str | None = None, exclude: set[str] | frozenset = frozenset()) -> Account:
+        """The usable account used least recently (``prefer`` if usable); the pick writes
+        nothing (module docstring: usage is written with the turn's answer)."""
         with db.session():
             waited_since: float | None = None
             for _ in range(50):
@@ -287,22 +300,11 @@ class DatabasePool(AccountPool):
                         time.sleep(0.1)
                         continue
                     raise self.unavailable(rows, now)
-                choice = next((r for r in usable if r.id == prefer), usable[0])
-                stamp = max(now, max(r.last_used_at or 0.0 for r in rows) + 0.001)
-                # compare-and-swap: only if nobody took it (or gave it a new token) since we read
-                # it, and it is still OK
-                same = (
-                    (AccountRow.id == choice.id)
-                    & (AccountRow.last_used_at == choice.last_used_at)
-                    & (AccountRow.token == choice.token)
-                )
-                taken = AccountRow.update(last_used_at=stamp).where(same & _usable(now)).execute()
-                if taken == 1:
-                    token = choice.token
-                    if self._refresh_due(choice, now):  # renewed before it expires (2026 §5)
-                        token = self.renew(choice, now) or token
-                    return Account(id=choice.id, token=token, email=choice.email, profile_dir=choice.profile_dir)
-                # another request (maybe in another process) took it first: look again
+                choice = self._pick(rows, usable, prefer, now)
+                token = choice.token
+                if self._refresh_due(choice, now):  # renewed before it expires (2026 §5)
+                    token = self.renew(choice, now) or token
+                return Account(id=choice.id, token=token, email=choice.email, profile_dir=choice.profile_dir)
         raise UpstreamUnavailable("The accounts registry is too busy; try again", code="accounts_busy")
 
     def lookup(self, account_id: str) -> Account | None:
@@ -385,11 +387,48 @@ class DatabasePool(AccountPool):
                 if row is not None:
                     self._try_relogin(row, self.clock())
 
+    def _pick(self, rows: list[AccountRow], usable: list[AccountRow], prefer: str | None, now: float) -> AccountRow:
+        """``prefer`` if usable, else the least recently used by the database's ``last_used_at``
+        and this process's own picks, which are noted (``flush_usage`` writes them)."""
+        with self._usage_lock:
+            picked = self._picked
+
+            def last_use(row: AccountRow) -> float:
+                return max(row.last_used_at or 0.0, picked.get(row.id, 0.0))
+
+            choice = next((r for r in usable if r.id == prefer), None) or min(usable, key=last_use)
+            latest = max(self._stamp, *(last_use(r) for r in rows))
+            self._stamp = stamp = max(now, latest + 0.001)
+            picked[choice.id] = stamp
+            self._used[choice.id] = stamp
+        return choice
+
     def mark_success(self, account_id: str) -> None:
+        """Counted in memory; written with the turn's answer (``flush_usage``)."""
+        with self._usage_lock:
+            self._served[account_id] = self._served.get(account_id, 0) + 1
+
+    def flush_usage(self) -> None:
+        """Write this process's picks (``last_used_at``), served counts and wall resets since
+        the last flush. Runs inside the transaction that saves a turn's answer
+        (``db.flush_deferred``), so the rotation costs no write of its own."""
+        with self._usage_lock:
+            used, self._used = self._used, {}
+            served, self._served = self._served, {}
+        if not used and not served:
+            return
         with db.session():
-            AccountRow.update(requests_served=AccountRow.requests_served + 1, walls=0).where(
-                AccountRow.id == account_id
-            ).execute()
+            for account_id in used.keys() | served.keys():
+                values: dict[Any, Any] = {}
+                if account_id in served:
+                    values[AccountRow.requests_served] = AccountRow.requests_served + served[account_id]
+                    values[AccountRow.walls] = 0  # a success ends a run of captcha walls
+                if account_id in used:
+                    stamp = used[account_id]
+                    values[AccountRow.last_used_at] = Case(
+                        None, [(AccountRow.last_used_at < stamp, stamp)], AccountRow.last_used_at
+                    )
+                AccountRow.update(values).where(AccountRow.id == account_id).execute()
 
     def note_wall(self, account_id: str) -> None:
         """One more captcha/WAF wall in a row; ``ACCOUNT_WALLS_FOR_HUMAN`` of them and the
@@ -420,6 +459,7 @@ class DatabasePool(AccountPool):
             AccountRow.update(needs_human=False, walls=0, last_error=None).where(AccountRow.id == account_id).execute()
 
     def status(self) -> list[dict[str, Any]]:
+        self.flush_usage()
         now = self.clock()
         with db.session():
             rows = list(AccountRow.select().order_by(AccountRow.created_at, AccountRow.id))
@@ -918,6 +958,7 @@ def init_app(app: Any) -> DatabasePool:
         except DatabaseError as exc:  # e.g. AUTO_MIGRATE=false before `flask db upgrade`
             log.warning("could not import QWEN_TOKEN into the accounts registry: %s", exc)
     app.extensions["account_pool"] = pool
+    db.defer_writes("accounts", pool.flush_usage)
     sql_log = logging.getLogger("peewee")  # our own modules only ever log mask(token)
     if not any(isinstance(f, RedactTokens) for f in sql_log.filters):
         sql_log.addFilter(RedactTokens())

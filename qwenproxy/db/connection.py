@@ -7,13 +7,16 @@ SQLite (WAL, foreign keys) by default; ``DATABASE_URL=postgresql://...`` works t
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 from peewee import DatabaseProxy, SqliteDatabase
 from playhouse.db_url import connect
+
+log = logging.getLogger(__name__)
 
 # Peewee models need their database at class-definition time; the proxy is bound per app.
 database = DatabaseProxy()
@@ -22,10 +25,30 @@ database = DatabaseProxy()
 SQLITE_PRAGMAS = {"foreign_keys": 1, "synchronous": "normal"}
 
 
-def make_database(url: str):
-    """Build (not connect) a Peewee database from a URL."""
+def gevent_patched() -> bool:
+    """Whether this process runs under gevent's monkey patching (a gunicorn web worker)."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return bool(monkey.is_module_patched("threading"))
+
+
+def make_database(url: str, *, shared: bool | None = None, pool_size: int = 20):
+    """Build (not connect) a Peewee database from a URL.
+
+    SQLite: ``shared`` (default: under gevent) gives one connection to the whole process
+    instead of one per thread/greenlet. A gevent worker runs one greenlet at a time and
+    SQLite calls never yield to the hub, so statements of two requests cannot interleave; it
+    saves opening a connection (and its pragmas) three times a request. Without gevent
+    (tests, the CLI) threads are real, and each keeps its own connection.
+    PostgreSQL: a pool of up to ``pool_size`` connections per process, one per greenlet in use.
+    """
     parsed = urlparse(url)
     if parsed.scheme.startswith("sqlite"):
+        if shared is None:
+            shared = gevent_patched()
+        options = {"timeout": 15, "check_same_thread": False, "thread_safe": not shared}
         path = url.split(":///", 1)[1] if ":///" in url else parsed.path
         if path and path != ":memory:":
             from ..private import private_dir, private_file, restrict
@@ -39,8 +62,14 @@ def make_database(url: str):
 
             with contextlib.closing(sqlite3.connect(path, timeout=15)) as conn:
                 conn.execute("PRAGMA journal_mode=wal").fetchone()  # persistent: once per file
-            return connect(url, pragmas=SQLITE_PRAGMAS, timeout=15, check_same_thread=False)
-        return connect(url, pragmas={**SQLITE_PRAGMAS, "journal_mode": "wal"}, timeout=15, check_same_thread=False)
+            db = connect(url, pragmas=SQLITE_PRAGMAS, **options)
+        else:
+            db = connect(url, pragmas={**SQLITE_PRAGMAS, "journal_mode": "wal"}, **options)
+        db.qwenproxy_shared = shared
+        return db
+    if parsed.scheme in ("postgres", "postgresql"):
+        pooled = url.replace(f"{parsed.scheme}://", f"{parsed.scheme}+pool://", 1)
+        return connect(pooled, max_connections=pool_size, stale_timeout=300, timeout=30)
     return connect(url)
 
 
@@ -56,24 +85,61 @@ def owner_only(path: str | os.PathLike) -> None:
         pass
 
 
-def bind(url: str):
+def shared_connection() -> bool:
+    """Whether the bound database is one connection for the whole process (never closed)."""
+    return bool(getattr(database.obj, "qwenproxy_shared", False))
+
+
+def bind(url: str, *, shared: bool | None = None, pool_size: int = 20):
     """Point the proxy at the database for ``url`` and return it."""
-    db = make_database(url)
+    db = make_database(url, shared=shared, pool_size=pool_size)
     database.initialize(db)
     return db
 
 
 @contextlib.contextmanager
 def session() -> Iterator[None]:
-    """Open a connection for a block unless one is open; close only what we opened."""
+    """Open a connection for a block unless one is open; close only what we opened (a
+    shared connection stays open)."""
     opened = database.is_closed()
     if opened:
         database.connect()
+    opened = opened and not shared_connection()
     try:
         yield
     finally:
         if opened and not database.is_closed():
             database.close()
+
+
+def write_transaction():
+    """A transaction that will write: on SQLite it takes the write lock at ``BEGIN``
+    (``IMMEDIATE``), so a read followed by a write waits for other writers (busy timeout)
+    instead of failing with "database is locked" when another process committed between.
+    Inside a transaction already, the writes simply join it."""
+    if database.in_transaction():
+        return contextlib.nullcontext()
+    if isinstance(database.obj, SqliteDatabase):
+        return database.atomic("IMMEDIATE")
+    return database.atomic()
+
+
+# writes that need not be made at once, flushed inside the next turn's end transaction
+_deferred: dict[str, Callable[[], None]] = {}
+
+
+def defer_writes(name: str, flush: Callable[[], None]) -> None:
+    """Register ``flush`` (one per ``name``; the last app built wins) for ``flush_deferred``."""
+    _deferred[name] = flush
+
+
+def flush_deferred() -> None:
+    """Run the registered flushes, in the caller's transaction; never raises."""
+    for name, flush in list(_deferred.items()):
+        try:
+            flush()
+        except Exception:
+            log.exception("deferred %s writes failed", name)
 
 
 def keep_wal_open(db) -> None:

@@ -406,6 +406,7 @@ class QwenWebProvider(Provider):
         """The upstream events (``ResponseStarted`` completed with the chat id); the account
         is released however the stream ends, and a generation left unfinished is stopped in
         the background (2026 §3)."""
+        done = False
         try:
             with qwen_turns.relaying(chat_id):
                 for upstream_event in events:
@@ -414,6 +415,7 @@ class QwenWebProvider(Provider):
                         event = ResponseStarted(chat_id, event.parent_id, event.response_id)
                     guard.observe(event)
                     yield event
+            done = True
             self.pool.mark_success(account.id)
         except UpstreamBlocked:  # a wall inside the stream (2026 §4)
             guard.done = True  # nothing is generating
@@ -425,7 +427,8 @@ class QwenWebProvider(Provider):
             guard.done = True
             raise
         finally:
-            response.close()
+            # read to ``finished``: the connection may serve the next turn; else abort it
+            response.release() if done else response.close()
             guard.abandon()  # left before finished: stop it, off the request's path
             self.pool.release(account.id)
 

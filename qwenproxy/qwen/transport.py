@@ -14,11 +14,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
 from typing_extensions import override
 
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from ..netutil import abort_response
+from .http import BrokenBody, HTTPClient, PooledResponse, TimedOut, Unreachable
 
 
 class UpstreamResponse(ABC):
@@ -38,6 +38,11 @@ class UpstreamResponse(ABC):
     @abstractmethod
     def close(self) -> None:
         """Abort the request; safe to call from another thread, and more than once."""
+
+    def release(self) -> None:
+        """The reader is done (e.g. the stream's ``finished`` event came): keep the connection
+        for the next request if the rest of the body follows at once, else close it."""
+        self.close()
 
     def header(self, name: str) -> str:
         name = name.lower()
@@ -120,6 +125,7 @@ def browser_headers(
 def _timed_out(exc: BaseException) -> bool:
     """A read timeout: requests raises it as such before the body, and as a ConnectionError
     wrapping urllib3's ReadTimeoutError while the body streams."""
+    import requests
     from urllib3.exceptions import ReadTimeoutError
 
     return isinstance(exc, requests.Timeout) or any(isinstance(a, ReadTimeoutError) for a in exc.args)
@@ -152,7 +158,7 @@ def json_bytes(body: Any) -> bytes:
 
 
 class _RequestsResponse(UpstreamResponse):
-    def __init__(self, response: requests.Response, read_timeout: float | None = None) -> None:
+    def __init__(self, response: Any, read_timeout: float | None = None) -> None:
         self._response = response
         self.status = response.status_code
         self.headers = response.headers
@@ -160,6 +166,8 @@ class _RequestsResponse(UpstreamResponse):
         self._read_timeout = read_timeout
 
     def iter_bytes(self) -> Iterator[bytes]:
+        import requests
+
         try:
             # chunk_size=None: hand over each piece as soon as the socket yields it
             yield from self._response.iter_content(chunk_size=None)
@@ -174,12 +182,96 @@ class _RequestsResponse(UpstreamResponse):
         abort_response(self._response)
 
 
+class _PooledUpstreamResponse(UpstreamResponse):
+    """``http.PooledResponse`` behind the transport interface."""
+
+    served_by = "direct"
+
+    def __init__(self, response: PooledResponse, read_timeout: float | None = None) -> None:
+        self._response = response
+        self._read_timeout = read_timeout
+        self.status = response.status
+        self.headers = response.headers
+
+    def header(self, name: str) -> str:
+        return self._response.header(name)
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        try:
+            yield from self._response.iter_bytes()
+        except TimedOut as exc:
+            raise _timeout_error(self._read_timeout) from exc
+        except BrokenBody as exc:
+            raise UpstreamError(f"Qwen's answer broke off ({exc})", code="upstream_truncated") from exc
+
+    def release(self) -> None:
+        self._response.release()
+
+    def close(self) -> None:
+        # a body read to its end has already gone back to the pool: then this does nothing
+        self._response.abort()
+
+
 class DirectTransport(Transport):
-    """Plain HTTPS with the browser's headers; gevent makes ``requests`` cooperative."""
+    """Plain HTTPS with the browser's headers on kept-alive connections (``qwen.http``).
+
+    A proxy that ``qwen.http`` cannot speak (SOCKS, an https:// proxy) falls back to
+    ``requests`` for that origin. Sockets are gevent-cooperative in the web workers.
+    """
 
     name = "direct"
 
     def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+        self._timeout = (connect_timeout, read_timeout)
+        self.http = HTTPClient(connect_timeout, read_timeout)
+        self._fallback: RequestsTransport | None = None
+
+    @override
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        json_body: Any = None,
+        stream: bool = False,
+        account_id: str | None = None,
+        timeout: float | None = None,
+    ) -> UpstreamResponse:
+        pool = self.http.pool(url)
+        if not pool.route.supported:
+            if self._fallback is None:
+                self._fallback = RequestsTransport(*self._timeout)
+            return self._fallback.request(
+                method, url, headers=headers, json_body=json_body, stream=stream, timeout=timeout
+            )
+        try:
+            body = None if json_body is None else json_bytes(json_body)
+            response = self.http.request(method, url, headers=headers, body=body, timeout=timeout)
+        except TimedOut as exc:
+            raise _timeout_error(timeout or self._timeout[1]) from exc
+        except Unreachable as exc:
+            raise UpstreamUnavailable(f"Cannot reach Qwen at {url.split('?', maxsplit=1)[0]}: {exc}") from exc
+        return _PooledUpstreamResponse(response, timeout or self._timeout[1])
+
+    def connections_opened(self) -> int:
+        """Upstream TCP connections opened so far (keep-alive makes this small)."""
+        return self.http.opened()
+
+    def close(self) -> None:
+        self.http.close()
+        if self._fallback is not None:
+            self._fallback.close()
+
+
+class RequestsTransport(Transport):
+    """The same over ``requests``: for proxies ``qwen.http`` does not speak."""
+
+    name = "direct"
+
+    def __init__(self, connect_timeout: float = 10.0, read_timeout: float = 120.0) -> None:
+        import requests
+
         self._session = requests.Session()
         self._timeout = (connect_timeout, read_timeout)
         # requests reads proxies, the CA bundle and ~/.netrc from the environment on every
@@ -207,6 +299,8 @@ class DirectTransport(Transport):
         account_id: str | None = None,
         timeout: float | None = None,
     ) -> UpstreamResponse:
+        import requests
+
         try:
             settings = self._settings(url)
             response = self._session.request(

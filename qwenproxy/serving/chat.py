@@ -54,19 +54,22 @@ def chat_turn(
     plan = None
     if provider.server_side_history and not simple and not chat_id:
         plan = history.plan(messages, matching=bool(current_app.config.get("QWEN_HISTORY_MATCHING", True)))
-    chat, is_new = open_chat(
-        plan.local_chat_id if plan else chat_id,
-        provider=provider.name,
-        model=model,
-        name=None if simple else api.chat_name if api else OPENAI_CHAT_NAME,
-        adopt_upstream=provider.server_side_history,
-    )
-    # a new chat stores everything the client sent; a continuing one only the new turn
-    last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
-    last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
-    if last_user < last_assistant < len(messages) - 1:
-        last_user = last_assistant + 1  # a tool loop: the new turn is the results after the call
-    new_messages = messages if is_new else messages[plan.known if plan else last_user :]
+    with db.session(), db.write_transaction():  # the chat and the user's messages: one commit
+        chat, is_new = open_chat(
+            plan.local_chat_id if plan else chat_id,
+            provider=provider.name,
+            model=model,
+            name=None if simple else api.chat_name if api else OPENAI_CHAT_NAME,
+            adopt_upstream=provider.server_side_history,
+        )
+        # a new chat stores everything the client sent; a continuing one only the new turn
+        last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+        last_assistant = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+        if last_user < last_assistant < len(messages) - 1:
+            last_user = last_assistant + 1  # a tool loop: the new turn is the results after the call
+        new_messages = messages if is_new else messages[plan.known if plan else last_user :]
+        turn = Turn(chat=chat, provider=provider.name, model=model, on_close=api.on_close if api else None)
+        turn.begin(new_messages)
     send = messages
     if simple and not provider.server_side_history and not is_new:
         send = stored_history(chat) + messages[last_user:]
@@ -89,7 +92,6 @@ def chat_turn(
         request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
         history=lambda: _history(chat),
     )
-    turn = Turn(chat=chat, provider=provider.name, model=model, on_close=api.on_close if api else None)
     if plan is not None:
         chat_request.conversation_id = plan.upstream_chat_id
         chat_request.parent_id = plan.parent_id
@@ -98,7 +100,6 @@ def chat_turn(
         turn.on_complete = history.recorder(messages, chat.id, current_app.config.get("MAX_CONTENT_LENGTH"))
     # structured output: the content is the JSON alone, so reasoning stays in its own field
     reasoning_in_content = bool(current_app.config.get("REASONING_IN_CONTENT")) and RESPONSE_FORMAT not in options
-    turn.begin(new_messages)
 
     def extras(collected: Collected, _info: dict[str, Any]) -> dict[str, Any]:
         rid = collected.started.response_id if collected.started else None

@@ -107,7 +107,8 @@ class Turn:
     on_complete: Callable[[Collected, dict[str, Any]], None] | None = None
 
     def begin(self, new_messages: list[dict[str, Any]]) -> None:
-        with db.session():
+        """Save the user's messages (one transaction, or the caller's)."""
+        with db.session(), db.write_transaction():
             for message in new_messages:
                 save_message(
                     self.chat,
@@ -120,15 +121,17 @@ class Turn:
     def observe(self, event: Event) -> None:
         self.collected.add(event)
 
-    def close(self, status: str, error: str | None = None) -> None:  # noqa: ARG002 - callers report it; DualTurn's
-        """Save the answer (``complete``, ``partial`` or ``error``) and the chat's upstream ids."""
+    def close(self, status: str, error: str | None = None, also: Callable[[], None] | None = None) -> None:  # noqa: ARG002 - callers report it; DualTurn's
+        """Save the answer (``complete``, ``partial`` or ``error``), the chat's upstream ids,
+        the writes deferred until a turn ends (``db.flush_deferred``: the accounts' usage) and
+        ``also`` (the request-log row) in one transaction."""
         if self.closed:
             return
         self.closed = True
         c = self.collected
         started: ResponseStarted | None = c.started
         try:
-            with db.session():
+            with db.session(), db.write_transaction():
                 if started is not None or c.text or c.reasoning or c.tool_calls:
                     content: Any = c.text
                     if c.tool_calls:
@@ -163,5 +166,8 @@ class Turn:
                     self.on_close(self, status)
                 if status == "complete" and self.on_complete is not None:
                     self.on_complete(c, self.info)
+                db.flush_deferred()
+                if also is not None:
+                    also()
         except Exception:
             log.exception("could not save the answer of chat %s", self.chat.id)

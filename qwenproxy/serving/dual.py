@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,10 +78,10 @@ class DualTurn(Turn):
                 )
                 self.user_row = row.id
 
-    def close(self, status: str, error: str | None = None) -> None:
+    def close(self, status: str, error: str | None = None, also: Callable[[], None] | None = None) -> None:
         if self.closed:
             return
-        super().close(status, error=error)
+        super().close(status, error=error, also=also)
         try:
             with db.session():
                 Message.update(bot=self.bot).where(

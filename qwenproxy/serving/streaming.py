@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from flask import Response, current_app, g, jsonify, request, stream_with_context
@@ -146,19 +146,9 @@ class _Run:
             self.stats.error(error.code, stage)
         self.stats.finish(status, *_usage(self.turn))
         fields = _log_fields(self.stats, self.turn, error)
-        if record is None:
-            self.save(lambda: self.turn.close(status, error=note))
-            return fields
-
-        def save() -> None:
-            with db.session():
-                self.turn.close(status, error=note)
-                record(fields)
-
-        try:
-            self.save(save)
-        except Exception:
-            log.exception("could not save the end of a stream")
+        also = (lambda: record(fields)) if record is not None else None
+        # one transaction (answer, usage, log row); never raises; a big answer off the hub
+        self.save(lambda: self.turn.close(status, error=note, also=also))
         return fields
 
     def save(self, save: Callable[[], None]) -> None:
@@ -169,8 +159,9 @@ class _Run:
         else:
             save()
 
-    def collect(self) -> None:
-        """The JSON path: read the rest of the answer; a failure is still an HTTP error."""
+    def collect(self, record: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """The JSON path: read the rest of the answer; a failure is still an HTTP error.
+        ``record`` writes the request-log row of a success with the answer."""
         assert self.events is not None
         outcome = lambda: "partial" if self.turn.collected.text else "error"  # noqa: E731
         try:
@@ -186,15 +177,20 @@ class _Run:
             self.events.cancel()
             self.finish(outcome(), note="interrupted")
             raise
-        g.request_log = self.finish("complete")
+        g.request_log = self.finish("complete", record=record)
+        g.request_log_deferred = record is not None
 
-    def relay(self, renderer: Renderer, ping_interval: float) -> Iterator[str]:
-        """The SSE path: chunks as events arrive, pings while the upstream is silent."""
-        yield from renderer.start()
+    def relay(self, renderer: Renderer, ping_interval: float) -> Generator[str, None, str]:
+        """The SSE path: chunks as events arrive, pings while the upstream is silent.
+
+        Chunks that are ready together go out in one write (nothing waits for more); what
+        is ready at the end is returned, for the caller to send with the last chunks."""
+        ready = list(renderer.start())
         for event in self.first:
-            yield from renderer.render(event)
+            ready.extend(renderer.render(event))
         if self.ended:
-            return
+            return "".join(ready)
+        yield "".join(ready)
         pending: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._pending = pending
         # the pump runs in this request's context, so its log lines carry the request id
@@ -208,21 +204,29 @@ class _Run:
             except queue.Empty:
                 yield renderer.keepalive
                 continue
+            ready = []
+            while kind == "event":
+                self.observe(value)
+                ready.extend(renderer.render(value))
+                try:
+                    kind, value = pending.get_nowait()
+                except queue.Empty:
+                    kind = ""
             if kind == "end":
-                return
+                return "".join(ready)
             if kind in ("error", "shutdown"):
-                raise _InBand(self.shutdown or as_api_error(value))
-            self.observe(value)
-            yield from renderer.render(value)
-            yield_to_hub()  # between two chunks, the other requests of this worker run
+                raise _InBand(self.shutdown or as_api_error(value), "".join(ready))
+            yield "".join(ready)
+            yield_to_hub()  # between two writes, the other requests of this worker run
 
 
 class _InBand(Exception):
     """An upstream failure after the first chunk: reported in the stream, not as a status."""
 
-    def __init__(self, error: ApiError) -> None:
+    def __init__(self, error: ApiError, ready: str = "") -> None:
         super().__init__(error.message)
         self.error = error
+        self.ready = ready  # chunks rendered before the failure, not sent yet
 
 
 def serve(
@@ -265,7 +269,14 @@ def serve(
 
 
 def _json_answer(run: _Run, headers: dict[str, str], shape: Shape, extras: Extras) -> Response:
-    run.collect()
+    keep = int(current_app.config.get("REQUEST_LOG_KEEP") or 1000)
+    base = {"request_id": g.get("request_id"), "method": request.method, "route": _route(), "status": 200}
+
+    def record(fields: dict[str, Any]) -> None:
+        duration = round((time.perf_counter() - g.get("started", run.stats.started)) * 1000, 2)
+        requestlog.record(keep, **base, **fields, duration_ms=duration)
+
+    run.collect(record)
     collected = run.turn.collected
     response = jsonify(shape(collected, extras(collected, run.turn.info)))
     response.headers.update(headers)
@@ -282,51 +293,56 @@ def _sse_answer(run: _Run, headers: dict[str, str], renderer: Renderer, ping_int
     def body() -> Iterator[str]:
         status = "partial"
         failed: ApiError | None = None
+        saved = False
+
+        def record(fields: dict[str, Any]) -> None:
+            row = {**log_base, **fields, "status": 200}
+            row["duration_ms"] = round((time.perf_counter() - run.stats.started) * 1000, 2)
+            if status == "partial" and failed is None:
+                row["error_code"] = "client_disconnected"
+            requestlog.record(log_keep, **row)
+
         if metrics:
             metrics.streams.inc()
         try:
             try:
-                yield from run.relay(renderer, ping_interval)
+                tail = yield from run.relay(renderer, ping_interval)
             except _InBand as exc:
                 failed = exc.error
-                yield from renderer.error(failed)
+                tail = exc.ready + "".join(renderer.error(failed))
             if failed is None:
-                yield from renderer.finish(turn.collected.finish_reason or "stop")
+                tail += "".join(renderer.finish(turn.collected.finish_reason or "stop"))
                 status = "complete"
-                # saved before the end: a client may send its next turn the moment it reads it,
-                # and that request must find this answer (serving/history.py's point)
-                run.save(lambda: turn.close(status))
-            yield from renderer.close()
+                # saved (answer, usage, log row: one transaction) before the end: a client may
+                # send its next turn the moment it reads it, and that request must find this
+                # answer (serving/history.py's point)
+                run.finish(status, stage="in_stream", record=record)
+                saved = True
+            yield tail + "".join(renderer.close())  # the last chunks and the end: one write
         finally:
-            if status != "complete":
-                run.events.cancel()
-            if failed is not None:
-                status = "partial" if turn.collected.text else "error"
             if metrics:
                 metrics.streams.dec()
-
-            def record(fields: dict[str, Any]) -> None:
-                row = {**log_base, **fields, "status": 200}
-                row["duration_ms"] = round((time.perf_counter() - run.stats.started) * 1000, 2)
-                if status == "partial" and failed is None:
-                    row["error_code"] = "client_disconnected"
-                requestlog.record(log_keep, **row)
-
-            run.finish(
-                status,
-                error=failed,
-                stage="in_stream",
-                note=failed.message if failed else None,
-                record=record,
-            )
+            if not saved:
+                if status != "complete":
+                    run.events.cancel()
+                if failed is not None:
+                    status = "partial" if turn.collected.text else "error"
+                run.finish(
+                    status,
+                    error=failed,
+                    stage="in_stream",
+                    note=failed.message if failed else None,
+                    record=record,
+                )
 
     response = Response(stream_with_context(body()), mimetype="text/event-stream")
     response.headers.update(headers)
     response.headers["Cache-Control"] = "no-cache, no-store, must-revalidate"
     response.headers["X-Accel-Buffering"] = "no"
     # a stream may stay open for minutes: it must not hold a database connection (memory, file
-    # descriptors) meanwhile; the turn opens one again to save the answer
-    if not db.database.is_closed():
+    # descriptors) meanwhile; the turn opens one again to save the answer (a shared SQLite
+    # connection serves the whole worker and stays)
+    if not db.database.is_closed() and not db.shared_connection():
         db.database.close()
     return response
 

@@ -4,8 +4,10 @@ Every behaviour follows ``/work/shared/specs/qwen-web.md``; where the real upstr
 unknown or varies, the fake takes the stricter, real-looking choice (marked *[choice]*).
 
 Transport
-- A werkzeug threaded server on 127.0.0.1 (HTTP/1.1, chunked bodies, ``Connection: close``).
-  Each SSE event is one write + flush, so clients see events as they are produced.
+- A werkzeug threaded server on 127.0.0.1: HTTP/1.1 with persistent connections, as the real
+  site (``keep_alive``, default on; off: ``Connection: close`` after every response), chunked
+  bodies. ``connections`` counts the TCP connections accepted. Each SSE event is one write +
+  flush, so clients see events as they are produced.
 
 Auth (§2)
 - §2.3: tokens are HS256 JWTs signed with the fake's secret, payload
@@ -551,6 +553,7 @@ class FakeQwen(Site2026Mixin):
 
     def __init__(self, *, chunk_delay: float = 0.0, models: list[str] | None = None) -> None:
         self.chunk_delay = chunk_delay
+        self.keep_alive: bool = True  # persistent HTTP/1.1 connections (read by ``start``)
         self.clock: Callable[[], float] = time.time  # token issue and expiry (tests move it with the gateway's)
         self.models: list[str] = list(models) if models is not None else list(DEFAULT_MODELS)
         self.hostile: str | None = None
@@ -652,9 +655,14 @@ class FakeQwen(Site2026Mixin):
     def start(self, port: int = 0) -> FakeQwen:
         """Bind 127.0.0.1 (a free port unless given) and serve in a daemon thread."""
         self._stopping.clear()
-        self._server = BackgroundServer(self._wsgi, port=port, name="fake-qwen")
+        self._server = BackgroundServer(self._wsgi, port=port, name="fake-qwen", keep_alive=self.keep_alive)
         self.url = self._server.url
         return self
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted since ``start`` (a client that reuses them opens few)."""
+        return self._server.accepted if self._server is not None else 0
 
     def stop(self) -> None:
         self._stopping.set()

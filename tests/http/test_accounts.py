@@ -81,11 +81,7 @@ def ask(client, content="hi", **extra):
 
 def completion_tokens(fake: FakeQwen) -> list[str]:
     """The token of each completion request the fake received, in order."""
-    return [
-        sent_token(r["headers"])
-        for r in fake.requests
-        if r["path"] == "/api/v2/chat/completions"
-    ]
+    return [sent_token(r["headers"]) for r in fake.requests if r["path"] == "/api/v2/chat/completions"]
 
 
 def states(application) -> dict[str, dict]:

@@ -63,21 +63,20 @@ def test_round_robin_over_three_accounts_across_two_gunicorn_workers(tmp_path, f
             return r.status_code
 
         def used_tokens() -> list[str]:
-            return [
-                sent_token(r["headers"])
-                for r in fake_qwen.requests
-                if r["path"] == "/api/v2/chat/completions"
-            ]
+            return [sent_token(r["headers"]) for r in fake_qwen.requests if r["path"] == "/api/v2/chat/completions"]
 
         # one after the other: strict turns, whichever worker answers
         assert [ask(i) for i in range(9)] == [200] * 9
         used = used_tokens()
         assert sorted(used[:3]) == sorted(tokens)
         assert used == used[:3] * 3, "the accounts were not used in turn"
-        # at the same time: still exactly even, no account taken twice in a row by two workers
+        # at the same time: fair within a few requests (docs/ACCOUNTS.md): two workers may take
+        # the same account while neither turn has ended
         with ThreadPoolExecutor(6) as pool:
             assert list(pool.map(ask, range(12))) == [200] * 12
-        assert Counter(used_tokens()) == {t: 7 for t in tokens}
+        counts = Counter(used_tokens())
+        assert sum(counts.values()) == 21 and set(counts) == set(tokens)
+        assert all(5 <= n <= 9 for n in counts.values()), counts
         # which of the two workers accepts a connection is the kernel's choice; a second server
         # on the same database is another process for certain: turns alternate between them
         second = Gunicorn(env, workers=1)
@@ -89,9 +88,12 @@ def test_round_robin_over_three_accounts_across_two_gunicorn_workers(tmp_path, f
         finally:
             second.stop()
         status = requests.get(server.url + "/api/status", headers={"Connection": "close"}, timeout=10).json()
-        assert [a["requests"] for a in status["accounts"]] == [9, 9, 9]
+        served = {a["id"]: a["requests"] for a in status["accounts"]}
+        # every served request is counted once, whichever worker served it (counts are written
+        # with each turn's answer)
+        assert served == {f"acc_{i}": Counter(used_tokens())[t] for i, t in enumerate(tokens)}
         assert {a["status"] for a in status["accounts"]} == {"OK"}
     finally:
         server.stop()
     listing = _flask_accounts(env, "list", "--json")
-    assert [a["requests"] for a in json.loads(listing.stdout)] == [9, 9, 9]
+    assert {a["id"]: a["requests"] for a in json.loads(listing.stdout)} == served
