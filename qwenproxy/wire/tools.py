@@ -6,7 +6,7 @@ and its streamed text is watched for such blocks, which become ``ToolCallDelta``
 and ``finish_reason: "tool_calls"``. Flask-free; it knows nothing of Qwen either:
 
 - ``ToolSpec``: the request's ``tools``/``tool_choice``, validated.
-- ``fold_turn``: the text sent upstream for a turn: the instructions, then the new
+- ``fold_turn`` (``fold_turn_parts``): the text sent upstream for a turn: the instructions, then the new
   messages, where earlier ``assistant.tool_calls`` and ``role:"tool"`` results are written
   out as text (the upstream keeps its own history, so only the new part goes up).
 - ``CallParser``: incremental; holds back text that may start a call, releases it as
@@ -186,7 +186,28 @@ def _render(message: dict[str, Any], names: dict[str, str]) -> str:
 
 
 def fold_turn(messages: list[dict[str, Any]], spec: ToolSpec, *, continuing: bool) -> tuple[Any, str | None]:
-    """The user content sent upstream for this turn, and the first system message.
+    """The user content sent upstream for this turn (the tool prompt, then the turn), and
+    the first system message; ``fold_turn_parts`` keeps the two apart."""
+    prompt, content, system = fold_turn_parts(messages, spec, continuing=continuing)
+    return with_tool_prompt(content, prompt), system
+
+
+def with_tool_prompt(content: Any, prompt: str) -> Any:
+    """``content`` (a string or parts) with the tool prompt in front of its text."""
+    if not prompt:
+        return content
+    if isinstance(content, list):
+        for i, item in enumerate(content):
+            if isinstance(item, dict) and item.get("type") == "text":
+                return [*content[:i], {**item, "text": f"{prompt}\n\n{item.get('text', '')}"}, *content[i + 1 :]]
+        return [{"type": "text", "text": prompt}, *content]
+    return f"{prompt}\n\n{'' if content is None else content}"
+
+
+def fold_turn_parts(messages: list[dict[str, Any]], spec: ToolSpec, *, continuing: bool) -> tuple[str, Any, str | None]:
+    """The tool prompt, the user content of this turn without it, and the first system
+    message. Apart, because the prompt is the same on every turn of an agent loop and may
+    be long (a coding agent's tools): it can go up as one document, used again each turn.
 
     ``continuing``: the upstream already holds the conversation up to the last assistant
     message, so only what follows it is sent; otherwise everything from the last user
@@ -225,14 +246,13 @@ def fold_turn(messages: list[dict[str, Any]], spec: ToolSpec, *, continuing: boo
         body = "\n\n".join(_render(m, names) for m in segment)
         if segment and segment[-1].get("role") in ("tool", "function"):
             body += "\n\nContinue: use the results above to answer, or call another function."
-    text = f"{head}\n\n{body}" if head else body
     # keep the images/files of the last user message
     user_content = next((m.get("content") for m in reversed(segment) if m.get("role") == "user"), None)
     if isinstance(user_content, list):
         others = [p for p in user_content if isinstance(p, dict) and not is_text_part(p)]
         if others:
-            return [{"type": "text", "text": text}, *others], system
-    return text, system
+            return head, [{"type": "text", "text": body}, *others], system
+    return head, body, system
 
 
 def engaged(messages: list[dict[str, Any]], spec: ToolSpec) -> bool:

@@ -1,0 +1,380 @@
+"""Today's clients against today's chat.qwen.ai, end to end.
+
+The fake runs as the full 2026 site: the live model list, the strict 2.1 body check
+(``require_2026_body``), only the ``token`` cookie authenticates (``require_token_cookie``),
+summary thinking, ids on every delta, and qwen3.8-max refuses thinking off. Every client goes
+through its official SDK over a real socket: ``openai`` (chat completions, structured output,
+legacy completions, Responses, images, videos) and ``anthropic`` (Messages with a tool round
+trip, as Claude Code sends it). After each test the fake must have refused no body and met no
+crash: any upstream call a 2026 front end would not make fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+from pydantic import BaseModel
+
+from qwenproxy import create_app
+from qwenproxy.qwen.transport import json_bytes
+from tests.conftest import app_config
+from tests.fakes import sent_token
+from tests.fakes.oss import FakeOSS
+from tests.fakes.qwen_site2026 import THINKING_LOCKED_DETAILS
+from tests.fakes.qwen_web import MODELS_2026, FakeQwen
+from tests.fakes.server import BackgroundServer
+from tests.http.test_uploads import PNG, USER_ID
+
+# the Sora-era videos API is marked deprecated in SDK 3.54; the calls still work
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+DEFAULT = MODELS_2026[0]  # qwen3.7-plus: the first model of the live list
+LOCKED = "qwen3.8-max"  # thinking cannot be turned off (2026 §1)
+COMPLETIONS = "/api/v2/chat/completions"
+
+
+@pytest.fixture
+def site(fake_qwen: FakeQwen) -> Iterator[FakeQwen]:
+    fake_qwen.use_2026_site()
+    fake_qwen.require_token_cookie = True
+    fake_qwen.image_base_url = fake_qwen.url  # generated media are served by the fake itself
+    fake_qwen.check_documents = True
+    oss = FakeOSS().start()
+    fake_qwen.oss = oss
+    try:
+        yield fake_qwen
+    finally:
+        oss.stop()
+    # nothing the gateway sent was refused as a body the 2026 front end would not send
+    assert fake_qwen.body_errors == [], fake_qwen.body_errors
+    assert fake_qwen.errors == [], fake_qwen.errors[-1:]
+    assert fake_qwen.walls == [], fake_qwen.walls
+
+
+@pytest.fixture
+def app(tmp_path: Path, site: FakeQwen):
+    config = app_config(
+        tmp_path,
+        site,
+        QWEN_TOKEN=site.make_token(user_id=USER_ID),
+        QWEN_OSS_BASE_URL=site.oss.url,
+        QWEN_PARSE_POLL_INTERVAL=0.01,
+        VIDEO_POLL_INTERVAL=0.0,
+    )
+    application = create_app(config)
+    yield application
+    application.extensions["providers"].close()
+
+
+@pytest.fixture
+def server(app) -> Iterator[BackgroundServer]:
+    srv = BackgroundServer(app, name="app")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def oai(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="any", max_retries=0, timeout=30)
+
+
+@pytest.fixture
+def claude(server) -> anthropic.Anthropic:
+    """The SDK as Claude Code configures it: only a base URL and a token."""
+    return anthropic.Anthropic(base_url=server.url, auth_token="any", max_retries=0, timeout=30)
+
+
+def sent(fake: FakeQwen, path: str = COMPLETIONS) -> list[dict]:
+    return [r for r in fake.requests if r["path"] == path]
+
+
+def assert_cookie_auth(fake: FakeQwen) -> None:
+    """Every call to the site authenticated the 2026 way: the token cookie."""
+    calls = [r for r in fake.requests if r["path"].startswith("/api/")]
+    assert calls
+    for call in calls:
+        assert "token=" in (call["headers"].get("cookie") or ""), call["path"]
+        assert sent_token(call["headers"])
+
+
+def streamed_chat(oai: openai.OpenAI, messages: list[dict], **kwargs) -> tuple[str, str, str | None]:
+    """(content, reasoning, finish_reason) of a streamed chat completion."""
+    content = reasoning = ""
+    finish = None
+    for chunk in oai.chat.completions.create(
+        model=kwargs.pop("model", DEFAULT), messages=messages, stream=True, **kwargs
+    ):
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+        finish = chunk.choices[0].finish_reason or finish
+    return content, reasoning, finish
+
+
+# --------------------------------------------------------------------------- chat completions
+
+
+def test_a_stateless_three_turn_conversation_streams_and_stays_in_one_chat(oai, site) -> None:
+    site.answer = lambda text: f"Noted: {text}"
+    history: list[dict] = [{"role": "system", "content": "Answer briefly."}]
+    answers = []
+    for question in ("My name is Ann.", "I live in Oslo.", "What do you know about me?"):
+        history.append({"role": "user", "content": question})
+        content, _reasoning, finish = streamed_chat(oai, history)
+        assert content == f"Noted: {question}" and finish == "stop"
+        history.append({"role": "assistant", "content": content})
+        answers.append(content)
+    calls = [c["json"] for c in sent(site)]
+    assert len(calls) == 3 and len({c["chat_id"] for c in calls}) == 1  # the site's own history
+    assert calls[0]["parent_id"] is None and calls[1]["parent_id"] and calls[2]["parent_id"] != calls[1]["parent_id"]
+    assert [c["messages"][0]["content"] for c in calls] == [
+        "My name is Ann.",
+        "I live in Oslo.",
+        "What do you know about me?",
+    ]
+    assert all(c["model"] == DEFAULT for c in calls)
+    assert_cookie_auth(site)
+
+
+def test_structured_output_through_parse(oai, site) -> None:
+    class City(BaseModel):
+        name: str
+        population: int
+
+    site.answer = lambda text: '{"name": "Oslo", "population": 709000}'
+    r = oai.chat.completions.parse(
+        model=DEFAULT, messages=[{"role": "user", "content": "The capital of Norway?"}], response_format=City
+    )
+    assert r.choices[0].message.parsed == City(name="Oslo", population=709000)
+    assert "population" in json.dumps(sent(site)[-1]["json"])  # the schema reached the model
+
+
+def test_legacy_completions(oai, site) -> None:
+    site.answer = lambda text: "a completion"
+    r = oai.completions.create(model=DEFAULT, prompt="Once upon a time", max_tokens=20)
+    assert r.object == "text_completion" and r.choices[0].text == "a completion"
+    text = "".join(c.choices[0].text for c in oai.completions.create(model=DEFAULT, prompt="Twice", stream=True))
+    assert text == "a completion"
+
+
+def test_a_locked_thinking_model_answers_and_hides_its_reasoning(oai, site) -> None:
+    content, reasoning, finish = streamed_chat(oai, [{"role": "user", "content": "hi"}], model=LOCKED)
+    assert content == "Echo: hi" and reasoning == "" and finish == "stop"
+    assert sent(site)[-1]["json"]["messages"][0]["feature_config"]["thinking_enabled"] is True
+
+
+# --------------------------------------------------------------------------- agents
+
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "Current weather for a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def weather_script(text: str) -> str:
+    """The scripted model: call the tool, then answer from its result."""
+    if "Result of get_weather" in text:
+        result = text.rsplit("<tool_response>\n", maxsplit=1)[-1]
+        temp = json.loads(result.split("\n</tool_response>", maxsplit=1)[0])["temp"]
+        return f"It is {temp} degrees in Paris."
+    return 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def test_anthropic_messages_with_a_tool_round_trip_streamed(claude, site) -> None:
+    site.answer = weather_script
+    messages: list = [{"role": "user", "content": "Weather in Paris?"}]
+    model = "claude-sonnet-4-5"
+    with claude.messages.stream(model=model, max_tokens=512, tools=[WEATHER], messages=messages) as stream:
+        first = stream.get_final_message()
+    assert first.stop_reason == "tool_use"
+    call = next(b for b in first.content if b.type == "tool_use")
+    assert call.name == "get_weather" and call.input == {"city": "Paris"}
+    messages += [
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": '{"temp": 21}'}]},
+    ]
+    with claude.messages.stream(model=model, max_tokens=512, tools=[WEATHER], messages=messages) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "It is 21 degrees in Paris." and final.stop_reason == "end_turn"
+    assert {c["json"]["model"] for c in sent(site)} <= set(MODELS_2026)
+
+
+def test_responses_continue_with_previous_response_id(oai, site) -> None:
+    site.answer = lambda text: f"Heard: {text}"
+    first = oai.responses.create(model=DEFAULT, input="The code word is tulip.")
+    assert first.output_text == "Heard: The code word is tulip."
+    second = oai.responses.create(model=DEFAULT, input="And now?", previous_response_id=first.id)
+    assert second.output_text == "Heard: And now?" and second.previous_response_id == first.id
+    one, two = (c["json"] for c in sent(site)[-2:])
+    assert two["chat_id"] == one["chat_id"] and two["parent_id"]  # continued in the site's chat
+
+
+# --------------------------------------------------------------------------- media
+
+
+@pytest.mark.parametrize("model", [DEFAULT, LOCKED])
+def test_image_generation_as_b64_json(oai, site, model) -> None:
+    r = oai.images.generate(model=model, prompt="a red fox", response_format="b64_json", size="1024x1024")
+    assert r.data and r.data[0].b64_json
+    body = sent(site)[-1]["json"]
+    assert body["messages"][0]["chat_type"] == "t2i"
+
+
+@pytest.mark.parametrize("model", [DEFAULT, LOCKED])
+def test_image_edit(oai, site, model) -> None:
+    r = oai.images.edit(model=model, image=("cat.png", PNG, "image/png"), prompt="make it blue")
+    assert r.data and r.data[0].url and r.data[0].url.startswith(site.url + "/output/")
+    message = sent(site)[-1]["json"]["messages"][0]
+    assert message["chat_type"] == "image_edit" and message["files"][0]["type"] == "image"
+
+
+@pytest.mark.parametrize("model", [DEFAULT, LOCKED])
+def test_video_create_and_retrieve(oai, site, model) -> None:
+    video = oai.videos.create(model=model, prompt="a cat surfing")
+    assert video.status in ("queued", "in_progress")
+    for _ in range(10):
+        video = oai.videos.retrieve(video.id)
+        if video.status in ("completed", "failed"):
+            break
+    assert video.status == "completed", video
+    task_start = next(c["json"] for c in sent(site) if c["json"]["messages"][0]["chat_type"] == "t2v")
+    assert task_start["stream"] is False
+
+
+@pytest.mark.parametrize("suffix", ["-deep-research", "-image", "-video", "-search"])
+def test_media_modes_of_a_locked_thinking_model(oai, site, suffix) -> None:
+    r = oai.chat.completions.create(model=LOCKED + suffix, messages=[{"role": "user", "content": "tides"}])
+    assert r.choices[0].message.content, r
+    body = sent(site)[-1]["json"]
+    assert body["model"] == LOCKED and body["messages"][0]["feature_config"]["thinking_enabled"] is True
+    assert THINKING_LOCKED_DETAILS not in json.dumps(r.model_dump())
+
+
+# --------------------------------------------------------------------------- large prompts
+
+
+def test_a_300_kb_prompt_goes_up_as_a_document(oai, site) -> None:
+    words = " ".join(f"word{i}" for i in range(40000))  # ~300 KB
+    assert len(words.encode()) > 300_000
+    content, _reasoning, finish = streamed_chat(oai, [{"role": "user", "content": words + "\n\nSummarise."}])
+    assert finish == "stop" and content
+    body = sent(site)[-1]["json"]
+    assert len(json_bytes(body)) < 128 * 1024
+    assert site.documents and "word39999" in (site.documents[-1]["text"] or "")
+
+
+# --------------------------------------------------------------------------- coding agents at scale
+
+
+def claude_code_tools(n: int = 40, size: int = 3500) -> list[dict]:
+    """Tool definitions as large as a coding agent's (Claude Code sends ~40 with long texts)."""
+    return [
+        {
+            "name": f"tool_{i}",
+            "description": f"Tool number {i}. " + ("It does a careful thing with files. " * (size // 40)),
+            "input_schema": {
+                "type": "object",
+                "properties": {"path": {"type": "string", "description": "A path."}},
+                "required": ["path"],
+            },
+        }
+        for i in range(n)
+    ] + [WEATHER]
+
+
+def test_a_claude_code_session_over_the_body_limit_with_thinking(claude, site) -> None:
+    """Claude Code's shape: system blocks with cache_control, ~140 KB of tools, thinking on,
+    a tool loop with a <system-reminder> beside the result, every call streamed."""
+    site.answer = weather_script
+    tools = claude_code_tools()
+    system = [{"type": "text", "text": "You are Claude Code. " * 200, "cache_control": {"type": "ephemeral"}}]
+    messages: list = [{"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]}]
+    kwargs = dict(
+        model="claude-sonnet-4-5",
+        max_tokens=4096,
+        system=system,
+        tools=tools,
+        thinking={"type": "enabled", "budget_tokens": 2048},
+    )
+    with claude.messages.stream(messages=messages, **kwargs) as stream:
+        first = stream.get_final_message()
+    assert first.stop_reason == "tool_use", first
+    assert first.content[0].type == "thinking" and first.content[0].thinking  # the forced reasoning, asked for
+    call = next(b for b in first.content if b.type == "tool_use")
+    messages += [
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": call.id, "content": '{"temp": 19}'},
+                {"type": "text", "text": "<system-reminder>Keep it short.</system-reminder>"},
+            ],
+        },
+    ]
+    with claude.messages.stream(messages=messages, **kwargs) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "end_turn" and final.content[-1].text == "It is 19 degrees in Paris."
+    calls = [c["json"] for c in sent(site)]
+    assert all(len(json_bytes(c)) < 128 * 1024 for c in calls)
+    assert calls[-1]["model"] == LOCKED  # sonnet → auto:max on today's list
+    assert len({c["chat_id"] for c in calls}) == 1  # the loop stays in one upstream chat
+    # the tool prompt went up once as a document, attached again; each new turn stayed inline
+    files = [[f["name"] for f in c["messages"][0]["files"]] for c in calls]
+    tool_docs = {n for names in files for n in names if n.startswith("tools-")}
+    assert len(tool_docs) == 1 and all(tool_docs <= set(names) for names in files), files
+    assert not [n for names in files for n in names if n.startswith("message-")], files
+    assert sum(1 for r in site.requests if r["path"].endswith("getstsToken")) == 1 + 1  # tools + instructions
+    assert "Weather in Paris?" in calls[0]["messages"][0]["content"]
+    assert '{"temp": 19}' in calls[1]["messages"][0]["content"]
+
+
+def test_codex_style_responses_stream_with_tools_and_no_store(oai, site) -> None:
+    site.answer = weather_script
+    tool = {"type": "function", "name": "get_weather", "parameters": WEATHER["input_schema"]}
+    items: list = [{"role": "user", "content": "Weather in Paris?"}]
+    with oai.responses.stream(model=LOCKED, input=items, tools=[tool], store=False) as stream:
+        first = stream.get_final_response()
+    call = next(o for o in first.output if o.type == "function_call")
+    assert json.loads(call.arguments) == {"city": "Paris"}
+    items += [
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": '{"temp": 23}'},
+    ]
+    with oai.responses.stream(model=LOCKED, input=items, tools=[tool], store=False) as stream:
+        second = stream.get_final_response()
+    assert second.output_text == "It is 23 degrees in Paris."
+    assert not [o for o in second.output if o.type == "reasoning"]  # not asked for
+
+
+def test_langchain_style_tool_call_with_usage_chunk(oai, site) -> None:
+    """What ChatOpenAI sends: stream_options.include_usage, tools, temperature, n=1."""
+    site.answer = weather_script
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER["input_schema"]}}
+    chunks = list(
+        oai.chat.completions.create(
+            model=LOCKED,
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
+            tools=[tool],
+            stream=True,
+            stream_options={"include_usage": True},
+            temperature=0.7,
+            n=1,
+        )
+    )
+    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert calls and calls[0].function.name == "get_weather"
+    assert json.loads("".join(tc.function.arguments or "" for tc in calls)) == {"city": "Paris"}
+    assert any(c.choices and c.choices[0].finish_reason == "tool_calls" for c in chunks)
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
