@@ -260,6 +260,12 @@ def test_media_modes_of_a_locked_thinking_model(oai, site, suffix) -> None:
     body = sent(site)[-1]["json"]
     assert body["model"] == LOCKED and body["messages"][0]["feature_config"]["thinking_enabled"] is True
     assert THINKING_LOCKED_DETAILS not in json.dumps(r.model_dump())
+    content, _reasoning, finish = streamed_chat(oai, [{"role": "user", "content": "tides"}], model=LOCKED + suffix)
+    assert finish == "stop"
+    if suffix in ("-image", "-video"):  # a new picture or video each time: the same kind of answer
+        assert content.split("/output/")[0] == r.choices[0].message.content.split("/output/")[0]
+    else:
+        assert content == r.choices[0].message.content
 
 
 # --------------------------------------------------------------------------- large prompts
@@ -378,3 +384,50 @@ def test_langchain_style_tool_call_with_usage_chunk(oai, site) -> None:
     assert json.loads("".join(tc.function.arguments or "" for tc in calls)) == {"city": "Paris"}
     assert any(c.choices and c.choices[0].finish_reason == "tool_calls" for c in chunks)
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+
+# --------------------------------------------------------------------------- more of what clients do
+
+
+def test_the_model_lists_are_todays(oai, claude, site) -> None:
+    ids = [m.id for m in oai.models.list()]
+    assert ids[: len(MODELS_2026)] == MODELS_2026
+    claude_ids = [m.id for m in claude.models.list()]
+    assert claude_ids[:3] == ["claude-opus", "claude-sonnet", "claude-haiku"]
+
+
+def test_an_image_in_the_question_goes_up_as_a_file(oai, site) -> None:
+    url = "data:image/png;base64," + __import__("base64").b64encode(PNG).decode()
+    parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
+    r = oai.chat.completions.create(model=DEFAULT, messages=[{"role": "user", "content": parts}])
+    assert r.choices[0].message.content
+    body = sent(site)[-1]["json"]
+    assert body["model"] in MODELS_2026
+    assert any(f.get("type") == "image" for f in body["messages"][0]["files"])
+
+
+def test_thinking_on_request_shows_the_summary(oai, site) -> None:
+    content, reasoning, _ = streamed_chat(oai, [{"role": "user", "content": "why?"}], model=DEFAULT + "-thinking")
+    assert content == "Echo: why?" and reasoning
+    for model in (LOCKED, DEFAULT):
+        r = oai.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "why?"}], reasoning_effort="high"
+        )
+        assert (r.choices[0].message.model_extra or {}).get("reasoning_content")
+
+
+def test_responses_reasoning_summary_on_the_locked_model(oai, site) -> None:
+    r = oai.responses.create(model=LOCKED, input="why?", reasoning={"effort": "high", "summary": "auto"})
+    kinds = [o.type for o in r.output]
+    assert kinds == ["reasoning", "message"] and r.output[0].summary and r.output_text == "Echo: why?"
+
+
+def test_anthropic_count_tokens_and_a_plain_message(claude, site) -> None:
+    count = claude.messages.count_tokens(
+        model="claude-haiku-4-5", messages=[{"role": "user", "content": "hello"}], tools=[WEATHER]
+    )
+    assert count.input_tokens > 0
+    message = claude.messages.create(
+        model="claude-haiku-4-5", max_tokens=100, messages=[{"role": "user", "content": "hello"}]
+    )
+    assert message.content[0].text == "Echo: hello" and [b.type for b in message.content] == ["text"]
