@@ -186,6 +186,9 @@ def fake() -> Iterator[FakeQwen]:
 
 @pytest.fixture(autouse=True)
 def reset_fake(fake: FakeQwen) -> None:
+    # the 2026 site: only the token cookie authenticates, and bodies must be the 2026 front end's
+    fake.require_token_cookie = True
+    fake.require_2026_body = True
     fake.antibot = True
     fake.chunk_delay = 0.0
     fake.hostile = None
@@ -647,6 +650,29 @@ def test_a_page_whose_antibot_module_never_gets_ready_calls_after_the_bound(serv
     finally:
         fake.baxia_ready_after = 0.0
         _fresh_pages(pool)  # later tests get pages whose module is ready
+
+
+def test_the_page_sends_its_own_version_and_the_job_s_is_the_fallback(served, fake, pool) -> None:
+    """2026 §2: inside the pool the front end's `version` is the page's own; the gateway's
+    QWEN_FRONTEND_VERSION goes only where the page has none. The account authenticates with
+    its profile's token cookie (the fake takes nothing else), never an Authorization header."""
+    try:
+        for page_version, expected in (("0.2.99", "0.2.99"), (None, "0.2.87")):
+            fake.frontend_version = page_version
+            chat(served.url, "warm", stream=False)  # the account's browser is up
+            _fresh_pages(pool)  # and its pages load the page again
+            seen = len(fake.requests)
+            answer = chat(served.url, f"version {page_version}", stream=False)
+            assert answer.status_code == 200, answer.text
+            calls = [r for r in fake.requests[seen:] if r["path"].startswith("/api/v2/")]
+            assert {r["path"] for r in calls} >= {"/api/v2/chats/new", "/api/v2/chat/completions"}
+            for call in calls:
+                headers = call["headers"]
+                assert headers.get("version") == expected, (call["path"], headers.get("version"))
+                assert "authorization" not in headers and f"token={module_token(fake)}" in headers["cookie"]
+                assert headers.get("bx-umidtoken", "").startswith("T2gA")  # the page's script signed it
+    finally:
+        fake.frontend_version = None
 
 
 def _cookie_names(profile: Path, host: str) -> set[str]:
