@@ -814,6 +814,50 @@ def test_killed_pool_is_restarted_by_gunicorn_and_the_gap_is_a_503(tmp_path, fak
     assert "MonkeyPatchWarning" not in server.log.read_text(errors="replace")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the Sora-era videos API of SDK 3.54
+def test_todays_site_through_the_pool_with_the_sdk(tmp_path, fake, pool) -> None:
+    """The whole 2026 site (models, summary thinking, ids on deltas, cookie-only auth, the 2.1
+    body check) through the pool: a thinking-locked model streamed, an image edit (STS inside
+    the page, the upload to OSS direct), a video task polled to its end."""
+    import openai
+
+    from tests.fakes.oss import FakeOSS
+    from tests.http.test_uploads import PNG
+
+    saved = (fake.models, fake.thinking_style, fake.delta_response_ids, fake.image_base_url, fake.oss)
+    oss = FakeOSS().start()
+    fake.use_2026_site()
+    fake.image_base_url, fake.oss = fake.url, oss
+    application = make_app(tmp_path, fake, pool.socket, QWEN_OSS_BASE_URL=oss.url, VIDEO_POLL_INTERVAL=0.0)
+    server = LiveServer(application)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="any", max_retries=0, timeout=30)
+        seen = len(fake.requests)
+        stream = client.chat.completions.create(
+            model="qwen3.8-max", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "Echo: hi"
+        edited = client.images.edit(image=("cat.png", PNG, "image/png"), prompt="blue")
+        assert edited.data[0].url.startswith(fake.url + "/output/")
+        video = client.videos.create(prompt="a cat surfing")
+        for _ in range(10):
+            video = client.videos.retrieve(video.id)
+            if video.status in ("completed", "failed"):
+                break
+        assert video.status == "completed"
+        calls = [r for r in fake.requests[seen:] if r["path"].startswith("/api/")]
+        assert {"/api/v2/files/getstsToken", "/api/v2/chat/completions"} <= {r["path"] for r in calls}
+        assert any(r["path"].startswith("/api/v1/tasks/status/") for r in calls)
+        assert all("authorization" not in r["headers"] for r in calls)
+        assert fake.body_errors == [] and fake.errors == []
+    finally:
+        server.stop()
+        application.extensions["providers"].close()
+        oss.stop()
+        fake.models, fake.thinking_style, fake.delta_response_ids, fake.image_base_url, fake.oss = saved
+
+
 def test_release_closes_an_accounts_browser_and_the_next_job_reopens_it(served, pool) -> None:
     chat(served.url, "warm", stream=False)
     before = pool.chromium_pids()
