@@ -25,11 +25,12 @@ from typing import Any
 
 from .. import db
 from ..accounts.pool import Account
+from ..content import prefixed
 from ..db.models import UploadedFile
 from ..errors import ContextTooLong
 from ..qwen.transport import json_bytes
 from ..wire.tools import with_tool_prompt
-from ..wire.transcript import prefixed, with_history
+from ..wire.transcript import with_history
 from .attachments import files_item, item_for_record
 from .uploader import Uploader
 

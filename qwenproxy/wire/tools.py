@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..content import is_text_part, json_text, text_of
+from ..content import is_text_part, json_text, prefixed, text_of
 from ..errors import BadRequest
-from ..events import Event, Finished, ResponseStarted, TextDelta, ToolCallDelta, Usage
+from ..events import Event, EventFilter, Finished, ResponseStarted, TextDelta, ToolCallDelta, Usage
 
 log = logging.getLogger(__name__)
 
@@ -194,14 +194,7 @@ def fold_turn(messages: list[dict[str, Any]], spec: ToolSpec, *, continuing: boo
 
 def with_tool_prompt(content: Any, prompt: str) -> Any:
     """``content`` (a string or parts) with the tool prompt in front of its text."""
-    if not prompt:
-        return content
-    if isinstance(content, list):
-        for i, item in enumerate(content):
-            if isinstance(item, dict) and item.get("type") == "text":
-                return [*content[:i], {**item, "text": f"{prompt}\n\n{item.get('text', '')}"}, *content[i + 1 :]]
-        return [{"type": "text", "text": prompt}, *content]
-    return f"{prompt}\n\n{'' if content is None else content}"
+    return prefixed(content, f"{prompt}\n\n") if prompt else content
 
 
 def fold_turn_parts(messages: list[dict[str, Any]], spec: ToolSpec, *, continuing: bool) -> tuple[str, Any, str | None]:
@@ -570,7 +563,7 @@ class CallParser:
         return self._names[name.lower()], json.dumps(args, ensure_ascii=False)
 
 
-class ToolCallFilter:
+class ToolCallFilter(EventFilter):
     """A provider's events with tool calls parsed out of the answer text.
 
     ``retry(started)`` opens a follow-up answer in the same conversation; it is used once,
@@ -587,15 +580,6 @@ class ToolCallFilter:
         self.spec = spec
         self.retry = retry if spec.required else None
         self._iter = self._run(events)
-
-    def __iter__(self) -> Iterator[Event]:
-        return self._iter
-
-    def __next__(self) -> Event:
-        return next(self._iter)
-
-    def close(self) -> None:
-        self._iter.close()
 
     def _run(self, events: Iterable[Event]) -> Iterator[Event]:
         parser = CallParser(self.spec)
