@@ -23,6 +23,8 @@ from tests.fakes import ISSUED_SECRETS
 from tests.fakes.oss import FakeOSS, running_fake_oss
 from tests.fakes.qwen_site2026 import QUOTA_FEATURES, THINKING_LOCKED_DETAILS, TINY_MP4
 from tests.fakes.qwen_web import DEFAULT_MODELS, MODELS_2026, FakeQwen, running_fake_qwen
+from tests.http.test_fake_qwen import iter_events
+from tests.http.test_fake_qwen import parse_sse as events
 
 IN_PROGRESS = "The chat is in progress!"
 
@@ -146,23 +148,6 @@ def blocks(raw: bytes) -> list[bytes]:
     """The SSE blocks of a body (each ends with a blank line)."""
     assert raw.endswith(b"\n\n"), raw[-200:]
     return raw[:-2].split(b"\n\n")
-
-
-def events(raw: bytes) -> list[dict[str, Any]]:
-    out = []
-    for block in blocks(raw):
-        assert block.startswith(b"data: ") and b"\n" not in block, block
-        out.append(json.loads(block[len(b"data: ") :]))
-    return out
-
-
-def iter_events(response: requests.Response) -> Iterator[dict[str, Any]]:
-    buffer = b""
-    for chunk in response.iter_content(chunk_size=None):
-        buffer += chunk
-        while b"\n\n" in buffer:
-            block, buffer = buffer.split(b"\n\n", 1)
-            yield json.loads(block[len(b"data: ") :])
 
 
 def deltas(evs: list[dict[str, Any]]) -> list[dict[str, Any]]:

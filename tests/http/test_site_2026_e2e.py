@@ -15,7 +15,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import anthropic
 import openai
 import pytest
 from pydantic import BaseModel
@@ -24,10 +23,10 @@ from qwenproxy import create_app
 from qwenproxy.qwen.transport import json_bytes
 from tests.conftest import app_config
 from tests.fakes import sent_token
-from tests.fakes.oss import FakeOSS
 from tests.fakes.qwen_site2026 import THINKING_LOCKED_DETAILS
 from tests.fakes.qwen_web import MODELS_2026, FakeQwen
-from tests.fakes.server import BackgroundServer
+from tests.helpers import ANTHROPIC_WEATHER as WEATHER
+from tests.helpers import PARIS_CALL, completions, weather_script
 from tests.http.test_uploads import PNG, USER_ID
 
 # the Sora-era videos API is marked deprecated in SDK 3.54; the calls still work
@@ -35,21 +34,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 DEFAULT = MODELS_2026[0]  # qwen3.7-plus: the first model of the live list
 LOCKED = "qwen3.8-max"  # thinking cannot be turned off (2026 §1)
-COMPLETIONS = "/api/v2/chat/completions"
 
 
 @pytest.fixture
-def site(fake_qwen: FakeQwen) -> Iterator[FakeQwen]:
+def site(fake_qwen: FakeQwen, fake_oss) -> Iterator[FakeQwen]:
     fake_qwen.use_2026_site()
     fake_qwen.require_token_cookie = True
     fake_qwen.image_base_url = fake_qwen.url  # generated media are served by the fake itself
     fake_qwen.check_documents = True
-    oss = FakeOSS().start()
-    fake_qwen.oss = oss
-    try:
-        yield fake_qwen
-    finally:
-        oss.stop()
+    yield fake_qwen
     # nothing the gateway sent was refused as a body the 2026 front end would not send
     assert fake_qwen.body_errors == [], fake_qwen.body_errors
     assert fake_qwen.errors == [], fake_qwen.errors[-1:]
@@ -69,30 +62,6 @@ def app(tmp_path: Path, site: FakeQwen):
     application = create_app(config)
     yield application
     application.extensions["providers"].close()
-
-
-@pytest.fixture
-def server(app) -> Iterator[BackgroundServer]:
-    srv = BackgroundServer(app, name="app")
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture
-def oai(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="any", max_retries=0, timeout=30)
-
-
-@pytest.fixture
-def claude(server) -> anthropic.Anthropic:
-    """The SDK as Claude Code configures it: only a base URL and a token."""
-    return anthropic.Anthropic(base_url=server.url, auth_token="any", max_retries=0, timeout=30)
-
-
-def sent(fake: FakeQwen, path: str = COMPLETIONS) -> list[dict]:
-    return [r for r in fake.requests if r["path"] == path]
 
 
 def assert_cookie_auth(fake: FakeQwen) -> None:
@@ -133,7 +102,7 @@ def test_a_stateless_three_turn_conversation_streams_and_stays_in_one_chat(oai, 
         assert content == f"Noted: {question}" and finish == "stop"
         history.append({"role": "assistant", "content": content})
         answers.append(content)
-    calls = [c["json"] for c in sent(site)]
+    calls = completions(site)
     assert len(calls) == 3 and len({c["chat_id"] for c in calls}) == 1  # the site's own history
     assert calls[0]["parent_id"] is None and calls[1]["parent_id"] and calls[2]["parent_id"] != calls[1]["parent_id"]
     assert [c["messages"][0]["content"] for c in calls] == [
@@ -155,7 +124,7 @@ def test_structured_output_through_parse(oai, site) -> None:
         model=DEFAULT, messages=[{"role": "user", "content": "The capital of Norway?"}], response_format=City
     )
     assert r.choices[0].message.parsed == City(name="Oslo", population=709000)
-    assert "population" in json.dumps(sent(site)[-1]["json"])  # the schema reached the model
+    assert "population" in json.dumps(completions(site)[-1])  # the schema reached the model
 
 
 def test_legacy_completions(oai, site) -> None:
@@ -169,30 +138,17 @@ def test_legacy_completions(oai, site) -> None:
 def test_a_locked_thinking_model_answers_and_hides_its_reasoning(oai, site) -> None:
     content, reasoning, finish = streamed_chat(oai, [{"role": "user", "content": "hi"}], model=LOCKED)
     assert content == "Echo: hi" and reasoning == "" and finish == "stop"
-    assert sent(site)[-1]["json"]["messages"][0]["feature_config"]["thinking_enabled"] is True
+    assert completions(site)[-1]["messages"][0]["feature_config"]["thinking_enabled"] is True
 
 
 # --------------------------------------------------------------------------- agents
 
 
-WEATHER = {
-    "name": "get_weather",
-    "description": "Current weather for a city",
-    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
-
-
-def weather_script(text: str) -> str:
-    """The scripted model: call the tool, then answer from its result."""
-    if "Result of get_weather" in text:
-        result = text.rsplit("<tool_response>\n", maxsplit=1)[-1]
-        temp = json.loads(result.split("\n</tool_response>", maxsplit=1)[0])["temp"]
-        return f"It is {temp} degrees in Paris."
-    return 'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+weather = weather_script("Let me check.\n" + PARIS_CALL)  # call the tool, then answer from its result
 
 
 def test_anthropic_messages_with_a_tool_round_trip_streamed(claude, site) -> None:
-    site.answer = weather_script
+    site.answer = weather
     messages: list = [{"role": "user", "content": "Weather in Paris?"}]
     model = "claude-sonnet-4-5"
     with claude.messages.stream(model=model, max_tokens=512, tools=[WEATHER], messages=messages) as stream:
@@ -208,7 +164,7 @@ def test_anthropic_messages_with_a_tool_round_trip_streamed(claude, site) -> Non
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == "It is 21 degrees in Paris." and final.stop_reason == "end_turn"
-    assert {c["json"]["model"] for c in sent(site)} <= set(MODELS_2026)
+    assert {c["model"] for c in completions(site)} <= set(MODELS_2026)
 
 
 def test_responses_continue_with_previous_response_id(oai, site) -> None:
@@ -217,7 +173,7 @@ def test_responses_continue_with_previous_response_id(oai, site) -> None:
     assert first.output_text == "Heard: The code word is tulip."
     second = oai.responses.create(model=DEFAULT, input="And now?", previous_response_id=first.id)
     assert second.output_text == "Heard: And now?" and second.previous_response_id == first.id
-    one, two = (c["json"] for c in sent(site)[-2:])
+    one, two = completions(site)[-2:]
     assert two["chat_id"] == one["chat_id"] and two["parent_id"]  # continued in the site's chat
 
 
@@ -228,7 +184,7 @@ def test_responses_continue_with_previous_response_id(oai, site) -> None:
 def test_image_generation_as_b64_json(oai, site, model) -> None:
     r = oai.images.generate(model=model, prompt="a red fox", response_format="b64_json", size="1024x1024")
     assert r.data and r.data[0].b64_json
-    body = sent(site)[-1]["json"]
+    body = completions(site)[-1]
     assert body["messages"][0]["chat_type"] == "t2i"
 
 
@@ -236,7 +192,7 @@ def test_image_generation_as_b64_json(oai, site, model) -> None:
 def test_image_edit(oai, site, model) -> None:
     r = oai.images.edit(model=model, image=("cat.png", PNG, "image/png"), prompt="make it blue")
     assert r.data and r.data[0].url and r.data[0].url.startswith(site.url + "/output/")
-    message = sent(site)[-1]["json"]["messages"][0]
+    message = completions(site)[-1]["messages"][0]
     assert message["chat_type"] == "image_edit" and message["files"][0]["type"] == "image"
 
 
@@ -249,7 +205,7 @@ def test_video_create_and_retrieve(oai, site, model) -> None:
         if video.status in ("completed", "failed"):
             break
     assert video.status == "completed", video
-    task_start = next(c["json"] for c in sent(site) if c["json"]["messages"][0]["chat_type"] == "t2v")
+    task_start = next(c for c in completions(site) if c["messages"][0]["chat_type"] == "t2v")
     assert task_start["stream"] is False
 
 
@@ -257,7 +213,7 @@ def test_video_create_and_retrieve(oai, site, model) -> None:
 def test_media_modes_of_a_locked_thinking_model(oai, site, suffix) -> None:
     r = oai.chat.completions.create(model=LOCKED + suffix, messages=[{"role": "user", "content": "tides"}])
     assert r.choices[0].message.content, r
-    body = sent(site)[-1]["json"]
+    body = completions(site)[-1]
     assert body["model"] == LOCKED and body["messages"][0]["feature_config"]["thinking_enabled"] is True
     assert THINKING_LOCKED_DETAILS not in json.dumps(r.model_dump())
     content, _reasoning, finish = streamed_chat(oai, [{"role": "user", "content": "tides"}], model=LOCKED + suffix)
@@ -276,7 +232,7 @@ def test_a_300_kb_prompt_goes_up_as_a_document(oai, site) -> None:
     assert len(words.encode()) > 300_000
     content, _reasoning, finish = streamed_chat(oai, [{"role": "user", "content": words + "\n\nSummarise."}])
     assert finish == "stop" and content
-    body = sent(site)[-1]["json"]
+    body = completions(site)[-1]
     assert len(json_bytes(body)) < 128 * 1024
     assert site.documents and "word39999" in (site.documents[-1]["text"] or "")
 
@@ -303,7 +259,7 @@ def claude_code_tools(n: int = 40, size: int = 3500) -> list[dict]:
 def test_a_claude_code_session_over_the_body_limit_with_thinking(claude, site) -> None:
     """Claude Code's shape: system blocks with cache_control, ~140 KB of tools, thinking on,
     a tool loop with a <system-reminder> beside the result, every call streamed."""
-    site.answer = weather_script
+    site.answer = weather
     tools = claude_code_tools()
     system = [{"type": "text", "text": "You are Claude Code. " * 200, "cache_control": {"type": "ephemeral"}}]
     messages: list = [{"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]}]
@@ -332,7 +288,7 @@ def test_a_claude_code_session_over_the_body_limit_with_thinking(claude, site) -
     with claude.messages.stream(messages=messages, **kwargs) as stream:
         final = stream.get_final_message()
     assert final.stop_reason == "end_turn" and final.content[-1].text == "It is 19 degrees in Paris."
-    calls = [c["json"] for c in sent(site)]
+    calls = completions(site)
     assert all(len(json_bytes(c)) < 128 * 1024 for c in calls)
     assert calls[-1]["model"] == LOCKED  # sonnet → auto:max on today's list
     assert len({c["chat_id"] for c in calls}) == 1  # the loop stays in one upstream chat
@@ -347,7 +303,7 @@ def test_a_claude_code_session_over_the_body_limit_with_thinking(claude, site) -
 
 
 def test_codex_style_responses_stream_with_tools_and_no_store(oai, site) -> None:
-    site.answer = weather_script
+    site.answer = weather
     tool = {"type": "function", "name": "get_weather", "parameters": WEATHER["input_schema"]}
     items: list = [{"role": "user", "content": "Weather in Paris?"}]
     with oai.responses.stream(model=LOCKED, input=items, tools=[tool], store=False) as stream:
@@ -366,7 +322,7 @@ def test_codex_style_responses_stream_with_tools_and_no_store(oai, site) -> None
 
 def test_langchain_style_tool_call_with_usage_chunk(oai, site) -> None:
     """What ChatOpenAI sends: stream_options.include_usage, tools, temperature, n=1."""
-    site.answer = weather_script
+    site.answer = weather
     tool = {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER["input_schema"]}}
     chunks = list(
         oai.chat.completions.create(
@@ -401,7 +357,7 @@ def test_an_image_in_the_question_goes_up_as_a_file(oai, site) -> None:
     parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
     r = oai.chat.completions.create(model=DEFAULT, messages=[{"role": "user", "content": parts}])
     assert r.choices[0].message.content
-    body = sent(site)[-1]["json"]
+    body = completions(site)[-1]
     assert body["model"] in MODELS_2026
     assert any(f.get("type") == "image" for f in body["messages"][0]["files"])
 
