@@ -365,10 +365,7 @@ def test_a_gigachat_model_by_its_own_name_with_the_whole_history(tmp_path, fake_
             app_config(
                 tmp_path,
                 fake_qwen,
-                GIGACHAT_CREDENTIALS=giga.credentials,
-                GIGACHAT_BASE_URL=giga.url,
-                GIGACHAT_AUTH_URL=giga.auth_url,
-                GIGACHAT_VERIFY_SSL_CERTS=False,
+                **giga.settings(),
                 GIGACHAT_TIMEOUT=5.0,
             )
         )

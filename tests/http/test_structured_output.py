@@ -249,10 +249,7 @@ def test_a_stateless_provider_repairs_with_the_whole_conversation(tmp_path, fake
         app_config(
             tmp_path,
             fake_qwen,
-            GIGACHAT_CREDENTIALS=giga.credentials,
-            GIGACHAT_BASE_URL=giga.url,
-            GIGACHAT_AUTH_URL=giga.auth_url,
-            GIGACHAT_VERIFY_SSL_CERTS=False,
+            **giga.settings(),
         )
     )
     try:
