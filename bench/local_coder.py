@@ -1,25 +1,32 @@
-"""Benchmark the local Qwen2.5-Coder worker: TTFT, decode tok/s, aggregate tok/s, peak memory.
+"""Benchmark the local Qwen2.5-Coder worker: TTFT, decode tok/s at 1 and N streams, peak memory.
 
-It starts the real worker (``python -m workers.inference``) and measures through its
-``/v1/stream`` endpoint, so the numbers include the HTTP hop the gateway pays.
+It starts the real worker (``python -m workers.inference``) and, by default, the real gateway
+(gunicorn, ``bench.common.Gateway``) in front of it, and streams ``/v1/chat/completions``, so the
+numbers include both HTTP hops a client pays. ``--via worker`` talks to the worker's
+``/v1/stream`` directly (which can force a length with ``min_tokens``; through the OpenAI API a
+model may stop early at its end-of-sequence token, so the tiny trained fixture runs that way).
 
 Models, none downloaded:
 
 - ``--model PATH``: an existing GPTQ checkpoint folder.
 - ``--tiny``: the test fixture (tiny Qwen2, GPTQ int4, built on the CPU in a few seconds).
-- ``--random-7b DIR``: random weights in the exact Qwen2.5-Coder-7B shape, GPTQ int4 g128
+- ``--random-7b [DIR]``: random weights in the exact Qwen2.5-Coder-7B shape, GPTQ int4 g128
   (hidden 3584, 28 layers, 28 heads / 4 KV heads, MLP 18944, vocab 152064), written straight in
-  auto-gptq's packed format; ``--layers``/``--vocab`` shrink it for a CPU run. Random weights
-  make random text, but the arithmetic per token is the real model's.
+  auto-gptq's packed layout; ``--layers``/``--vocab`` shrink it. Built once and cached (default
+  under ``~/.cache/qwenproxy-bench/``, outside the repository; the folder only appears when
+  complete). Random weights make random text, but the arithmetic per token is the real model's.
+- ``--suite``: the CPU set recorded in docs/PERFORMANCE.md: the tiny fixture, the 2-layer and
+  the full 28-layer 7B shape, 1 and 4 streams.
 
 Examples::
 
-    python bench/local_coder.py --tiny --threads 1
-    python bench/local_coder.py --random-7b /tmp/qwen7b-rand            # on a GPU
-    python bench/local_coder.py --random-7b /tmp/q7b-2l --layers 2 --gen-tokens 8 --concurrency 4
+    python bench/local_coder.py --suite --threads 2
+    python bench/local_coder.py --tiny --via worker --threads 1
+    python bench/local_coder.py --random-7b --layers 2 --prompt-tokens 32 --gen-tokens 32
+    python bench/local_coder.py --random-7b --kernel gptq      # auto-gptq's QuantLinear, for comparison
 
-Anchors (shared/specs, Qwen2.5 speed benchmark, A100 80GB, bs 1): transformers + AutoGPTQ
-43 tok/s, vLLM 154 tok/s for Qwen2.5-7B-Instruct GPTQ-Int4.
+Without a GPU stack in this environment, ``bench/gpu_local_coder.py`` measures the same int4
+modules and batch runner on CUDA without auto-gptq or a checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,11 +44,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.common import Fake, Gateway, free_port, machine  # noqa: E402
 
 QWEN25_CODER_7B = {
     "hidden_size": 3584,
@@ -57,6 +66,8 @@ QWEN25_CODER_7B = {
     "tie_word_embeddings": False,
 }
 SPECIALS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
+CACHE = Path(os.environ.get("QWENPROXY_BENCH_CACHE", Path.home() / ".cache" / "qwenproxy-bench"))
+LOCAL_MODEL = "qwen2.5-coder-local"
 
 
 # -- random GPTQ checkpoint of the real shape ---------------------------------------------------
@@ -93,16 +104,35 @@ def _synthetic_tokenizer(vocab_size: int):
     return wrap_chatml(tok)
 
 
+def random_gptq_tensors(prefix: str, n_in: int, n_out: int, group_size: int, gen, bias: bool = True) -> dict:
+    """One GPTQ v1 (sym, no act order) linear layer with random int4 weights, in auto-gptq's
+    packed layout: qweight int32 [in/8, out], qzeros int32 [in/g, out/8], scales [in/g, out],
+    g_idx [in]. The stored zero 7 is GPTQ's 8 (v1 keeps z - 1)."""
+    import torch
+
+    groups = n_in // group_size
+    out = {
+        prefix + ".qweight": torch.randint(-(2**31), 2**31 - 1, (n_in // 8, n_out), dtype=torch.int32, generator=gen),
+        prefix + ".qzeros": torch.full((groups, n_out // 8), 0x77777777, dtype=torch.int32),
+        # nibbles minus zero are uniform in [-8, 7] (std ~4.6): scale for weights of std 1/sqrt(in)
+        prefix + ".scales": (torch.rand((groups, n_out), generator=gen) * 0.5 + 0.75).mul(1 / (4.6 * n_in**0.5)).half(),
+        prefix + ".g_idx": (torch.arange(n_in, dtype=torch.int32) // group_size).int(),
+    }
+    if bias:
+        out[prefix + ".bias"] = torch.zeros(n_out, dtype=torch.float16)
+    return out
+
+
 def build_random_gptq(out: Path, group_size: int = 128, seed: int = 0, **shape: Any) -> Path:
-    """Write a GPTQ int4 (v1, sym, desc_act False) checkpoint with random weights, tensor by
-    tensor in auto-gptq's packed layout: qweight int32 [in/8, out], qzeros int32 [in/g, out/8],
-    scales [in/g, out], g_idx [in]."""
+    """Write a GPTQ int4 (v1, sym, desc_act False) checkpoint with random weights, sharded by a
+    few layers (so memory stays at one shard), into ``out`` (made whole at the end)."""
     import torch
     from safetensors.torch import save_file
     from transformers import Qwen2Config
 
     cfg = {**QWEN25_CODER_7B, **{k: v for k, v in shape.items() if v is not None}}
-    out.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".partial-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
     tokenizer = _synthetic_tokenizer(cfg["vocab_size"])
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -113,101 +143,69 @@ def build_random_gptq(out: Path, group_size: int = 128, seed: int = 0, **shape: 
     config.quantization_config = qcfg
     gen = torch.Generator().manual_seed(seed)
     h, inter = cfg["hidden_size"], cfg["intermediate_size"]
-    head_dim = h // cfg["num_attention_heads"]
-    kv = cfg["num_key_value_heads"] * head_dim
-    tensors: dict[str, torch.Tensor] = {}
+    kv = cfg["num_key_value_heads"] * (h // cfg["num_attention_heads"])
+    n_layers = cfg["num_hidden_layers"]
+    per_shard = 4
+    shards: list[dict] = [{}]
+    shards[0]["model.embed_tokens.weight"] = (torch.randn((cfg["vocab_size"], h), generator=gen) * 0.02).half()
+    shards[0]["lm_head.weight"] = (torch.randn((cfg["vocab_size"], h), generator=gen) * 0.02).half()
+    shards[0]["model.norm.weight"] = torch.ones(h, dtype=torch.float16)
+    weight_map: dict[str, str] = {}
+    n_shards = 1 + (n_layers + per_shard - 1) // per_shard
 
-    def quant_linear(prefix: str, n_in: int, n_out: int) -> None:
-        groups = n_in // group_size
-        tensors[prefix + ".qweight"] = torch.randint(
-            -(2**31), 2**31 - 1, (n_in // 8, n_out), dtype=torch.int32, generator=gen
-        )
-        tensors[prefix + ".qzeros"] = torch.full((groups, n_out // 8), 0x77777777, dtype=torch.int32)
-        # nibbles minus zero are uniform in [-8, 7] (std ~4.6): scale for weights of std 1/sqrt(in)
-        scale = 1.0 / (4.6 * n_in**0.5)
-        tensors[prefix + ".scales"] = (torch.rand((groups, n_out), generator=gen) * 0.5 + 0.75).mul(scale).half()
-        tensors[prefix + ".g_idx"] = (torch.arange(n_in, dtype=torch.int32) // group_size).int()
-        tensors[prefix + ".bias"] = torch.zeros(n_out, dtype=torch.float16)
+    def flush(index: int, tensors: dict) -> None:
+        name = f"model-{index + 1:05d}-of-{n_shards:05d}.safetensors"
+        save_file(tensors, str(tmp / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(tensors, name))
 
-    tensors["model.embed_tokens.weight"] = (torch.randn((cfg["vocab_size"], h), generator=gen) * 0.02).half()
-    tensors["lm_head.weight"] = (torch.randn((cfg["vocab_size"], h), generator=gen) * 0.02).half()
-    tensors["model.norm.weight"] = torch.ones(h, dtype=torch.float16)
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}"
-        for name, n_out in (("q_proj", h), ("k_proj", kv), ("v_proj", kv), ("o_proj", h)):
-            quant_linear(f"{p}.self_attn.{name}", h, n_out)
-        quant_linear(f"{p}.mlp.gate_proj", h, inter)
-        quant_linear(f"{p}.mlp.up_proj", h, inter)
-        quant_linear(f"{p}.mlp.down_proj", inter, h)
-        tensors[f"{p}.input_layernorm.weight"] = torch.ones(h, dtype=torch.float16)
-        tensors[f"{p}.post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.float16)
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(out)
-    (out / "quantize_config.json").write_text(json.dumps(qcfg, indent=2))
-    tokenizer.save_pretrained(out)
+    flush(0, shards[0])
+    del shards
+    for start in range(0, n_layers, per_shard):
+        tensors: dict = {}
+        for i in range(start, min(start + per_shard, n_layers)):
+            p = f"model.layers.{i}"
+            for name, n_out in (("q_proj", h), ("k_proj", kv), ("v_proj", kv), ("o_proj", h)):
+                bias = name != "o_proj"
+                tensors.update(random_gptq_tensors(f"{p}.self_attn.{name}", h, n_out, group_size, gen, bias))
+            tensors.update(random_gptq_tensors(f"{p}.mlp.gate_proj", h, inter, group_size, gen, False))
+            tensors.update(random_gptq_tensors(f"{p}.mlp.up_proj", h, inter, group_size, gen, False))
+            tensors.update(random_gptq_tensors(f"{p}.mlp.down_proj", inter, h, group_size, gen, False))
+            tensors[f"{p}.input_layernorm.weight"] = torch.ones(h, dtype=torch.float16)
+            tensors[f"{p}.post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.float16)
+        flush(1 + start // per_shard, tensors)
+    index = {"metadata": {"total_size": sum(f.stat().st_size for f in tmp.glob("*.safetensors"))}}
+    (tmp / "model.safetensors.index.json").write_text(json.dumps({**index, "weight_map": weight_map}, indent=1))
+    config.save_pretrained(tmp)
+    (tmp / "quantize_config.json").write_text(json.dumps(qcfg, indent=2))
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def random_7b_dir(layers: int | None, vocab: int | None) -> Path:
+    layers = layers or QWEN25_CODER_7B["num_hidden_layers"]
+    vocab = vocab or QWEN25_CODER_7B["vocab_size"]
+    return CACHE / f"random-qwen2.5-coder-7b-L{layers}-V{vocab}-g128"
+
+
+def ensure_random_7b(path: Path, layers: int | None, vocab: int | None) -> Path:
+    if (path / "config.json").exists():
+        return path
+    started = time.monotonic()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build_random_gptq(path, num_hidden_layers=layers, vocab_size=vocab)
+    print(f"built the random GPTQ checkpoint {path} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return path
+
+
+def tiny_dir() -> Path:
+    out = Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny-qwen"
+    cmd = [sys.executable, "-m", "tests.tools.quantize_tiny", str(out)]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     return out
 
 
 # -- measuring ---------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _one(url: str, body: dict[str, Any]) -> dict[str, float]:
-    """One streamed request: TTFT, decode rate, token counts."""
-    t0 = time.monotonic()
-    first = None
-    end: dict[str, Any] = {}
-    with requests.post(url + "/v1/stream", json=body, stream=True, timeout=(5, 3600)) as resp:
-        resp.raise_for_status()
-        for raw in resp.iter_lines(chunk_size=None):
-            if not raw:
-                continue
-            line = json.loads(raw)
-            if line["type"] == "text" and first is None:
-                first = time.monotonic()
-            elif line["type"] == "end":
-                end = line
-            elif line["type"] == "error":
-                raise RuntimeError(line["message"])
-    t1 = time.monotonic()
-    n = int(end.get("completion_tokens", 0))
-    first = first or t1
-    return {
-        "ttft": first - t0,
-        "decode_tps": (n - 1) / (t1 - first) if n > 1 and t1 > first else 0.0,
-        "tokens": n,
-        "prompt_tokens": int(end.get("prompt_tokens", 0)),
-        "seconds": t1 - t0,
-    }
-
-
-def _concurrent(url: str, body: dict[str, Any], n: int) -> dict[str, float]:
-    results: list[dict[str, float]] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            results.append(_one(url, body))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(n)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.monotonic() - t0
-    if errors:
-        raise RuntimeError(f"{len(errors)} concurrent request(s) failed: {errors[0]}")
-    total = sum(r["tokens"] for r in results)
-    return {"aggregate_tps": total / wall, "wall": wall, "tokens": total,
-            "ttft_max": max(r["ttft"] for r in results)}  # fmt: skip
 
 
 def _prompt_of(tokens: int) -> str:
@@ -215,64 +213,160 @@ def _prompt_of(tokens: int) -> str:
     return ("def add(a, b):\n    return a + b\n" * (tokens // 8 + 1))[: tokens * 4]
 
 
-def run_bench(args: argparse.Namespace, model_dir: str) -> dict[str, Any]:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+class Target:
+    """Where requests go: the worker's NDJSON stream, or the gateway's OpenAI SSE stream."""
+
+    def __init__(self, via: str, url: str) -> None:
+        self.via, self.url = via, url
+
+    def one(self, content: str, tokens: int) -> dict[str, float]:
+        t0 = time.monotonic()
+        first = None
+        n = prompt = 0
+        if self.via == "worker":
+            body = {"messages": [{"role": "user", "content": content}], "temperature": 0,
+                    "max_tokens": tokens, "min_tokens": tokens}  # fmt: skip
+            with requests.post(self.url + "/v1/stream", json=body, stream=True, timeout=(5, 3600)) as resp:
+                resp.raise_for_status()
+                for raw in resp.iter_lines(chunk_size=None):
+                    line = json.loads(raw) if raw else {}
+                    if line.get("type") == "text" and first is None:
+                        first = time.monotonic()
+                    elif line.get("type") == "end":
+                        n, prompt = line["completion_tokens"], line["prompt_tokens"]
+                    elif line.get("type") == "error":
+                        raise RuntimeError(line["message"])
+        else:
+            body = {"model": LOCAL_MODEL, "messages": [{"role": "user", "content": content}], "stream": True,
+                    "temperature": 0, "max_tokens": tokens, "stream_options": {"include_usage": True}}  # fmt: skip
+            with requests.post(self.url + "/v1/chat/completions", json=body, stream=True, timeout=(5, 3600)) as resp:
+                resp.raise_for_status()
+                for raw in resp.iter_lines(chunk_size=None):
+                    if not raw.startswith(b"data: ") or raw == b"data: [DONE]":
+                        continue
+                    chunk = json.loads(raw[6:])
+                    if "error" in chunk:
+                        raise RuntimeError(chunk["error"])
+                    if chunk.get("choices") and chunk["choices"][0]["delta"].get("content") and first is None:
+                        first = time.monotonic()
+                    if chunk.get("usage"):
+                        n, prompt = chunk["usage"]["completion_tokens"], chunk["usage"]["prompt_tokens"]
+        t1 = time.monotonic()
+        first = first or t1
+        return {
+            "ttft": first - t0,
+            "decode_tps": (n - 1) / (t1 - first) if n > 1 and t1 > first else 0.0,
+            "tokens": n,
+            "prompt_tokens": prompt,
+            "seconds": t1 - t0,
+        }
+
+    def concurrent(self, content: str, tokens: int, n: int) -> dict[str, float]:
+        results: list[dict[str, float]] = []
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                results.append(self.one(content, tokens))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run) for _ in range(n)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.monotonic() - t0
+        if errors:
+            raise RuntimeError(f"{len(errors)} concurrent request(s) failed: {errors[0]}")
+        # decode rate: tokens after each stream's first one, over the time all were decoding
+        first_all = max(r["ttft"] for r in results)
+        decode_tokens = sum(max(0, r["tokens"] - 1) for r in results)
+        last = max(r["seconds"] for r in results)
+        return {
+            "aggregate_tps": sum(r["tokens"] for r in results) / wall,
+            "decode_aggregate_tps": decode_tokens / (last - first_all) if last > first_all else 0.0,
+            "wall": wall,
+            "tokens": sum(r["tokens"] for r in results),
+            "ttft_max": first_all,
+        }
+
+
+def start_worker(args: argparse.Namespace, model_dir: str, log_path: str | None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
     argv = [sys.executable, "-m", "workers.inference", "-m", model_dir, "-p", str(port),
-            "-cache", args.cache, "--device", args.device, "--dtype", args.dtype,
-            "--parallel", str(args.parallel), "--name", Path(model_dir).name]  # fmt: skip
+            "-cache", args.cache, "--device", args.device, "--dtype", args.dtype, "--kernel", args.kernel,
+            "--parallel", str(args.parallel), "--max-queue", str(max(16, *args.concurrency)),
+            "--name", Path(model_dir).name]  # fmt: skip
     if args.threads:
         argv += ["--threads", str(args.threads)]
     if args.max_seq_len:
         argv += ["-l", str(args.max_seq_len)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    log = open(args.worker_log, "wb") if args.worker_log else subprocess.DEVNULL
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), f"http://127.0.0.1:{port}"
+
+
+def wait_loaded(proc: subprocess.Popen, url: str) -> dict[str, Any]:
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode} (see --worker-log)")
+        try:
+            health = requests.get(url + "/health", timeout=2).json()
+        except requests.RequestException:
+            health = {}
+        if health.get("status") == "ok":
+            return health
+        if health.get("status") == "error":
+            raise RuntimeError(f"worker failed to load: {health.get('error')}")
+        time.sleep(0.5)
+
+
+def run_bench(args: argparse.Namespace, model_dir: str, label: str, via: str) -> dict[str, Any]:
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc, worker_url = start_worker(args, model_dir, args.worker_log)
+    fake = gateway = None
     try:
-        health: dict[str, Any] = {}
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {proc.returncode} (see --worker-log)")
-            try:
-                health = requests.get(url + "/health", timeout=2).json()
-            except requests.RequestException:
-                health = {}
-            if health.get("status") == "ok":
-                break
-            if health.get("status") == "error":
-                raise RuntimeError(f"worker failed to load: {health.get('error')}")
-            time.sleep(0.5)
+        health = wait_loaded(proc, worker_url)
         load_s = time.monotonic() - t0
-        body = {
-            "messages": [{"role": "user", "content": _prompt_of(args.prompt_tokens)}],
-            "temperature": 0,
-            "max_tokens": args.gen_tokens,
-            "min_tokens": args.gen_tokens,
-        }
-        _one(url, {**body, "max_tokens": 2, "min_tokens": 2})  # warm-up
-        singles = [_one(url, body) for _ in range(args.runs)]
+        url = worker_url
+        if via == "gateway":
+            fake = Fake()
+            gateway = Gateway(fake, LOCAL_MODEL_URL=worker_url, LOCAL_MODEL_NAME=LOCAL_MODEL)
+            url = gateway.url
+        target = Target(via, url)
+        content = _prompt_of(args.prompt_tokens)
+        target.one(content, 2)  # warm-up (and the gateway's first request)
+        singles = [target.one(content, args.gen_tokens) for _ in range(args.runs)]
+        rss_loaded = psutil.Process(proc.pid).memory_info().rss / 2**20
         result: dict[str, Any] = {
-            "model": Path(model_dir).name,
+            "model": label,
+            "via": via,
             "device": health.get("device"),
             "dtype": health.get("dtype"),
             "kernel": health.get("kernel"),
             "cache": health.get("cache"),
             "parallel": args.parallel,
+            "threads": args.threads,
             "load_s": load_s,
             "prompt_tokens": singles[0]["prompt_tokens"],
-            "gen_tokens": args.gen_tokens,
+            "gen_tokens": statistics.median(r["tokens"] for r in singles),
             "ttft_ms": statistics.median(r["ttft"] for r in singles) * 1000,
             "decode_tps": statistics.median(r["decode_tps"] for r in singles),
             "concurrent": {},
         }
-        conc_body = {**body, "max_tokens": args.conc_gen_tokens, "min_tokens": args.conc_gen_tokens}
         for n in args.concurrency:
-            result["concurrent"][n] = _concurrent(url, conc_body, n)
-        health = requests.get(url + "/health", timeout=5).json()
-        result["memory"] = health.get("memory", {})
+            result["concurrent"][n] = target.concurrent(content, args.conc_gen_tokens, n)
+        health = requests.get(worker_url + "/health", timeout=5).json()
+        result["memory"] = {**health.get("memory", {}), "rss_after_load_mb": rss_loaded}
+        result["batch"] = health.get("batch", {})
         return result
     finally:
+        if gateway is not None:
+            gateway.stop()
+        if fake is not None:
+            fake.stop()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=20)
@@ -281,27 +375,27 @@ def run_bench(args: argparse.Namespace, model_dir: str) -> dict[str, Any]:
             proc.wait()
 
 
-def print_table(r: dict[str, Any]) -> None:
-    mem = r.get("memory", {})
-    rows = [
-        ("model", r["model"]),
-        ("device / dtype / cache", f"{r['device']} / {r['dtype']} / {r['cache']}"),
-        ("auto-gptq kernel", r["kernel"]),
-        ("worker start + load (s)", f"{r['load_s']:.1f}"),
-        ("prompt tokens / generated", f"{r['prompt_tokens']} / {r['gen_tokens']}"),
-        ("time to first token (ms, median)", f"{r['ttft_ms']:.1f}"),
-        ("decode tok/s, batch 1 (median)", f"{r['decode_tps']:.2f}"),
-    ]
-    for n, c in r["concurrent"].items():
-        rows.append((f"aggregate tok/s, {n} concurrent (parallel {r['parallel']})", f"{c['aggregate_tps']:.2f}"))
-    rows.append(("peak RSS (MiB)", f"{mem.get('rss_peak_mb', 0):.0f}"))
-    if "cuda_peak_mb" in mem:
-        rows.append(("peak CUDA allocated (MiB)", f"{mem['cuda_peak_mb']:.0f}"))
-    width = max(len(k) for k, _ in rows)
-    print(f"| {'metric'.ljust(width)} | value |")
-    print(f"|{'-' * (width + 2)}|-------|")
-    for k, v in rows:
-        print(f"| {k.ljust(width)} | {v} |")
+def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    levels = sorted({n for r in results for n in r["concurrent"]})
+    print(f"# {time.strftime('%Y-%m-%d')} · {machine()} · torch threads {args.threads or 'default'} · "
+          f"batch {args.parallel} · prompt ~{args.prompt_tokens} tokens")  # fmt: skip
+    head = ["model", "via", "kernel", "load s", "TTFT ms", "tok/s 1 stream"]
+    for n in levels:
+        head += [f"agg. tok/s {n} streams", f"x single ({n})"]
+    head += ["peak RSS MiB", "RSS loaded MiB"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in results:
+        mem = r.get("memory", {})
+        kernel = (r["kernel"] or "").replace("aten.", "").split(" ")[0]
+        row = [r["model"], r["via"], kernel, f"{r['load_s']:.0f}", f"{r['ttft_ms']:.0f}", f"{r['decode_tps']:.2f}"]
+        for n in levels:
+            c = r["concurrent"].get(n)
+            row += [f"{c['aggregate_tps']:.2f}", f"{c['aggregate_tps'] / r['decode_tps']:.1f}"] if c else ["–", "–"]
+        row += [f"{mem.get('rss_peak_mb', 0):.0f}", f"{mem.get('rss_after_load_mb', 0):.0f}"]
+        if "cuda_peak_mb" in mem:
+            row[-2] += f" (CUDA {mem['cuda_peak_mb']:.0f})"
+        print("| " + " | ".join(row) + " |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -309,44 +403,52 @@ def main(argv: list[str] | None = None) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="an existing GPTQ checkpoint folder")
     src.add_argument("--tiny", action="store_true", help="build and use the tiny test model")
-    src.add_argument("--random-7b", metavar="DIR", help="build (if missing) a random Qwen2.5-Coder-7B-shaped GPTQ")
-    p.add_argument("--layers", type=int, help="with --random-7b: fewer layers (CPU)")
-    p.add_argument("--vocab", type=int, help="with --random-7b: smaller vocabulary (CPU)")
+    src.add_argument("--random-7b", nargs="?", const="", metavar="DIR",
+                     help="a random Qwen2.5-Coder-7B-shaped GPTQ (built once; default: a cache folder)")  # fmt: skip
+    src.add_argument("--suite", action="store_true", help="tiny, 2-layer and 28-layer 7B shapes (CPU record)")
+    p.add_argument("--layers", type=int, help="with --random-7b: fewer layers")
+    p.add_argument("--vocab", type=int, help="with --random-7b: smaller vocabulary")
+    p.add_argument("--via", choices=["gateway", "worker"], help="default: gateway (worker for --tiny)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--kernel", default="auto", choices=["auto", "gptq"])
     p.add_argument("--cache", default="normal", choices=["normal", "q4"])
-    p.add_argument("--parallel", type=int, default=1, help="the worker's concurrent generation slots")
+    p.add_argument("--parallel", type=int, default=4, help="the worker's batch size")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--max-seq-len", type=int, default=0)
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--gen-tokens", type=int, default=128)
+    p.add_argument("--max-seq-len", type=int, default=4096)
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--gen-tokens", type=int, default=64)
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--concurrency", default="4,16", help="comma-separated concurrent request counts")
-    p.add_argument("--conc-gen-tokens", type=int, default=64)
+    p.add_argument("--concurrency", default="4", help="comma-separated concurrent stream counts")
+    p.add_argument("--conc-gen-tokens", type=int, default=0, help="tokens per stream (0: --gen-tokens)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--worker-log", help="write the worker's log here")
     args = p.parse_args(argv)
     args.concurrency = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
+    args.conc_gen_tokens = args.conc_gen_tokens or args.gen_tokens
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    if args.model:
-        model_dir = args.model
+    runs: list[tuple[str, str, str]] = []  # (model dir, label, via)
+    if args.suite:
+        runs.append((str(tiny_dir()), "tiny fixture (2 layers, hidden 128)", args.via or "worker"))
+        for layers in (2, 28):
+            path = ensure_random_7b(random_7b_dir(layers, args.vocab), layers, args.vocab)
+            runs.append((str(path), f"random 7B shape, {layers} layers", args.via or "gateway"))
+    elif args.model:
+        runs.append((args.model, Path(args.model).name, args.via or "gateway"))
     elif args.tiny:
-        tmp = Path(tempfile.mkdtemp(prefix="bench-tiny-"))
-        cmd = [sys.executable, "-m", "tests.tools.quantize_tiny", str(tmp / "tiny-qwen")]
-        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        model_dir = str(tmp / "tiny-qwen")
+        runs.append((str(tiny_dir()), "tiny fixture", args.via or "worker"))
     else:
-        out = Path(args.random_7b)
-        if not (out / "model.safetensors").exists():
-            started = time.monotonic()
-            build_random_gptq(out, num_hidden_layers=args.layers, vocab_size=args.vocab)
-            print(f"built random GPTQ checkpoint in {out} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
-        model_dir = str(out)
-    result = run_bench(args, model_dir)
-    print_table(result)
+        path = Path(args.random_7b) if args.random_7b else random_7b_dir(args.layers, args.vocab)
+        path = ensure_random_7b(path, args.layers, args.vocab)
+        runs.append((str(path), f"random 7B shape, {args.layers or 28} layers", args.via or "gateway"))
+    results = []
+    for model_dir, label, via in runs:
+        results.append(run_bench(args, model_dir, label, via))
+        print(json.dumps(results[-1]), file=sys.stderr)
+    print_table(results, args)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

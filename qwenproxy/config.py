@@ -142,8 +142,9 @@ DEFAULTS: dict[str, Any] = {
     "LOCAL_MODEL_CACHE": "normal",  # normal | q4 (4-bit HQQ KV cache)
     "LOCAL_MODEL_MAX_SEQ_LEN": 0,  # context window (-l); 0 = the checkpoint's max_position_embeddings
     "LOCAL_MODEL_DEVICE": "auto",  # auto | cpu | cuda | cuda:N
-    "LOCAL_MODEL_DTYPE": "auto",  # auto (fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
-    "LOCAL_MODEL_PARALLEL": 1,  # concurrent generations in the worker; the others queue FIFO
+    "LOCAL_MODEL_DTYPE": "auto",  # auto (bf16: torch's int4 kernels) | float32 | bfloat16 | float16
+    "LOCAL_MODEL_PARALLEL": 4,  # requests decoded together in one batch; the others queue FIFO
+    "LOCAL_MODEL_MAX_QUEUE": 16,  # requests waiting beyond the batch; more get 503 + Retry-After
     "LOCAL_MODEL_THREADS": 0,  # torch CPU threads in the worker; 0 = torch's default
     "LOCAL_MODEL_AUTO_INSTALL": True,  # the worker pip-installs requirements-local.txt when missing
     "LOCAL_MODEL_MAX_TOKENS": 4096,  # seed 002 defaults, each overridable per request

@@ -199,7 +199,8 @@ def qwen() -> Response:
 
 @bp.get("/qwen/status")
 def qwen_status() -> Response:
-    """Always 200: ``{"available", "model_loaded", "status"}`` of the local coder worker."""
+    """Always 200: ``{"available", "model_loaded", "status"}`` of the local coder worker, plus
+    ``kernel`` once a loaded worker reports it."""
     provider = registry().get("local")
     if provider is None:
         return seed_json(
@@ -221,7 +222,10 @@ def qwen_status() -> Response:
         status = "healthy" if model_loaded else ("loading" if available else "unavailable")
     if not available and START_WORKER_HINT not in status:
         status = f"{status}. {START_WORKER_HINT}"
-    return seed_json({"available": available, "model_loaded": model_loaded, "status": status})
+    body = {"available": available, "model_loaded": model_loaded, "status": status}
+    if info.get("kernel"):
+        body["kernel"] = info["kernel"]  # what runs the int4 weights (an addition to the seed's three keys)
+    return seed_json(body)
 
 
 @bp.get("/history")

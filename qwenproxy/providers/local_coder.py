@@ -1,4 +1,4 @@
-"""The local Qwen2.5-Coder (GPTQ) provider: talks to ``workers/inference.py`` over HTTP.
+"""The local Qwen2.5-Coder (GPTQ) provider: talks to the ``workers.inference`` worker over HTTP.
 
 The model never runs in a web process: this module imports no torch. It streams the worker's
 ``POST /v1/stream`` (NDJSON) with ``requests``, which gevent makes cooperative, and turns each
@@ -155,6 +155,9 @@ class LocalCoderProvider(Provider):
             "device",
             "dtype",
             "kernel",
+            "kernel_detail",
+            "batch",
+            "max_queue",
             "memory",
             "error",
         ):
@@ -275,7 +278,9 @@ def _raise_for(resp: requests.Response, url: str) -> None:
     code = err.get("code")
     resp.close()
     if resp.status_code == 503:
-        raise UpstreamUnavailable(f"The local model at {url} is not ready: {message}")
+        retry = resp.headers.get("Retry-After")  # the worker's batch and waiting line are full
+        headers = {"Retry-After": retry} if retry else None
+        raise UpstreamUnavailable(f"The local model at {url} is not ready: {message}", headers=headers)
     if code == "context_length_exceeded":
         raise ContextTooLong(message, param="messages")
     if resp.status_code == 400:

@@ -26,7 +26,7 @@ from qwenproxy.errors import ContextTooLong, UpstreamError, UpstreamUnavailable
 from qwenproxy.events import Finished, ResponseStarted, TextDelta, Usage
 from qwenproxy.providers.base import ChatRequest
 from qwenproxy.providers.local_coder import LocalCoderProvider
-from workers.inference import FairScheduler, worker_argv, worker_spec
+from workers.inference import worker_argv, worker_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,10 +99,11 @@ class Worker:
 
 @pytest.fixture(scope="session")
 def workers(tiny, tmp_path_factory) -> Iterator[dict[str, Worker]]:
-    """Two workers started together (their imports overlap): normal cache on TCP, and q4 cache
-    on a Unix socket. residual 8 makes the q4 cache really quantize on short sequences."""
+    """Two workers started together (their imports overlap): normal cache on TCP (a batch of 2
+    and 1 waiting place, so the admission bound is reachable), and q4 cache on a Unix socket.
+    residual 8 makes the q4 cache really quantize on short sequences."""
     logs = tmp_path_factory.mktemp("worker-logs")
-    normal = Worker(tiny["quant_dir"], "-l", "1024", log=logs / "normal.log")
+    normal = Worker(tiny["quant_dir"], "-l", "1024", "--parallel", "2", "--max-queue", "1", log=logs / "normal.log")
     q4 = Worker(
         tiny["quant_dir"],
         *("-cache", "q4", "--q4-residual", "8", "--q4-group-size", "32", "-l", "1024"),
@@ -118,7 +119,19 @@ def workers(tiny, tmp_path_factory) -> Iterator[dict[str, Worker]]:
 
 @pytest.fixture
 def worker(workers) -> Worker:
+    """The normal worker, idle: nothing left running or queued by an earlier test."""
+    wait_idle(workers["normal"].url)
     return workers["normal"]
+
+
+def wait_idle(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        health = requests.get(url + "/health", timeout=5).json()
+        if not health["active"] and not health["queue"]:
+            return
+        assert time.monotonic() < deadline, health
+        time.sleep(0.05)
 
 
 def stream_lines(url: str, body: dict, **kw) -> Iterator[dict]:
@@ -141,8 +154,13 @@ def test_health_reports_the_loaded_model(worker: Worker) -> None:
     assert health["status"] == "ok" and health["model_loaded"] is True
     assert health["model"] == "tiny-qwen" and health["queue"] == 0 and health["active"] == 0
     assert health["max_seq_len"] == 1024 and health["cache"] == "normal" and health["device"] == "cpu"
+    # torch's int4 kernel runs every projection, q/k/v and gate/up fused
+    assert health["kernel"] == "aten._weight_int4pack_mm_for_cpu" and health["dtype"] == "bfloat16"
+    assert health["kernel_detail"].startswith("aten._weight_int4pack_mm_for_cpu on 14/14 projections")
+    assert health["parallel"] == 2 and health["max_queue"] == 1
     log = worker.log.read_text(errors="replace")  # the load reports its stages as it goes
-    for stage in ("importing torch", "tokenizer", "weights (", "warm-up", "model tiny-qwen ready in"):
+    for stage in ("importing torch", "tokenizer", "weights (", "kernel aten._weight_int4pack_mm_for_cpu", "warm-up",
+                  "model tiny-qwen ready in"):  # fmt: skip
         assert stage in log, stage
 
 
@@ -252,53 +270,132 @@ def test_provider_cancel_from_another_thread(worker: Worker) -> None:
     provider.close()
 
 
-def test_two_concurrent_requests_both_complete_in_turn(worker: Worker) -> None:
-    spans: dict[int, list[float]] = {}
-    results: dict[int, dict] = {}
-
-    def run(i: int) -> None:
-        first = None
-        for line in stream_lines(worker.url, greedy(120)):
-            if line["type"] == "text" and first is None:
-                first = time.monotonic()
-            if line["type"] == "end":
-                spans[i] = [first, time.monotonic()]
-                results[i] = line
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert results[0]["completion_tokens"] == results[1]["completion_tokens"] == 120
-    (a0, a1), (b0, b1) = sorted(spans.values())
-    assert a1 <= b0 + 0.15  # one slot (--parallel 1): the second waited for the first, FIFO
+def _text(lines: list[dict]) -> str:
+    return "".join(x["text"] for x in lines if x["type"] == "text")
 
 
-def test_fair_scheduler_is_fifo_and_abandonable() -> None:
-    sched = FairScheduler(1)
-    assert sched.acquire()
-    order: list[int] = []
+def _last_log_line(worker: Worker, rid: str) -> str:
+    return [line for line in worker.log.read_text(errors="replace").splitlines() if f"{rid}: " in line][-1]
 
-    def wait(i: int, keep=lambda t: True) -> None:
-        if sched.acquire(keep):
-            order.append(i)
-            sched.release()
 
-    t1 = threading.Thread(target=wait, args=(1,))
-    t1.start()
-    time.sleep(0.05)
-    gone = threading.Thread(target=wait, args=(2, lambda t: False))  # its client left
-    gone.start()
-    time.sleep(0.05)
-    t3 = threading.Thread(target=wait, args=(3,))
-    t3.start()
-    time.sleep(0.4)
-    assert sched.queued == 2  # 1 and 3 (2 gave up)
-    sched.release()
-    for t in (t1, gone, t3):
-        t.join(timeout=5)
-    assert order == [1, 3] and sched.active == 0 and sched.queued == 0
+def test_concurrent_streams_decode_together(worker: Worker) -> None:
+    """A second stream joins the running one at the next step (continuous batching) and gets the
+    same greedy text it gets alone; it ends while the first, much longer one still runs."""
+    solo = _text(list(stream_lines(worker.url, greedy(64))))
+    resp = requests.post(worker.url + "/v1/stream", json={**greedy(LONG), "id": "long-one"}, stream=True, timeout=60)
+    lines = (json.loads(raw) for raw in resp.iter_lines(chunk_size=None) if raw)
+    assert next(lines)["type"] == "start" and next(lines)["type"] == "text"
+    try:
+        joined = list(stream_lines(worker.url, greedy(64)))
+        assert joined[-1]["completion_tokens"] == 64 and _text(joined) == solo
+        health = requests.get(worker.url + "/health", timeout=5).json()
+        assert health["active"] == 1 and health["batch"]["mean_batch"] > 1.0
+    finally:
+        resp.close()
+    wait_idle(worker.url)
+    last = _last_log_line(worker, "long-one")
+    assert "cancelled" in last  # the long one was still decoding when the joined one ended
+
+
+def test_admission_is_bounded_and_busy_answers_503_with_retry_after(worker: Worker) -> None:
+    """--parallel 2 --max-queue 1: two decode, the third waits (told its place), the fourth is
+    refused at once; when a running one leaves, the waiting one starts."""
+    opened = []
+    try:
+        for i in range(2):
+            resp = requests.post(worker.url + "/v1/stream", json={**greedy(LONG), "id": f"run-{i}"}, stream=True)
+            lines = (json.loads(raw) for raw in resp.iter_lines(chunk_size=None) if raw)
+            assert next(lines)["type"] == "start" and next(lines)["type"] == "text"
+            opened.append((resp, lines))
+        waiting = requests.post(worker.url + "/v1/stream", json=greedy(8), stream=True, timeout=60)
+        waiting_lines = (json.loads(raw) for raw in waiting.iter_lines(chunk_size=None) if raw)
+        assert next(waiting_lines)["type"] == "start"
+        assert next(waiting_lines) == {"type": "queued", "position": 1}
+        health = requests.get(worker.url + "/health", timeout=5).json()
+        assert health["active"] == 2 and health["queue"] == 1
+        busy = requests.post(worker.url + "/v1/stream", json=greedy(8), timeout=10)
+        assert busy.status_code == 503 and busy.json()["error"]["code"] == "queue_full"
+        assert int(busy.headers["Retry-After"]) >= 1
+        seed = requests.post(worker.url + "/generate", json={"messages": PROMPT, "max_tokens": 4}, timeout=10)
+        assert seed.status_code == 503 and "Retry-After" in seed.headers and "detail" in seed.json()
+        provider = worker.provider()  # the gateway passes the 503 and its Retry-After on
+        with pytest.raises(UpstreamUnavailable) as refused:
+            provider.open_stream(ChatRequest(model="qwen2.5-coder-local", messages=PROMPT, max_tokens=4))
+        assert int(refused.value.headers["Retry-After"]) >= 1 and "capacity" in refused.value.message
+        provider.close()
+        opened[0][0].close()  # a slot frees: the waiting request is admitted
+        rest = [line for line in waiting_lines if line["type"] != "queued"]
+        assert rest[-1]["type"] == "end" and rest[-1]["completion_tokens"] == 8
+    finally:
+        for resp, _ in opened:
+            resp.close()
+    wait_idle(worker.url)
+
+
+def test_a_client_that_does_not_read_never_stalls_the_batch(worker: Worker) -> None:
+    """A client that reads nothing until the end: its generation still runs to the end in the
+    batch (its text waits in its own queue and socket buffers), another stream is served
+    meanwhile, and no text is lost."""
+    served = requests.get(worker.url + "/health", timeout=5).json()["served"]
+    body = json.dumps({**greedy(LONG), "id": "never-reads"}).encode()
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    slow.connect(("127.0.0.1", worker.port))
+    slow.sendall(
+        b"POST /v1/stream HTTP/1.1\r\nHost: w\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    try:
+        other = list(stream_lines(worker.url, greedy(32)))
+        assert other[-1]["type"] == "end" and other[-1]["completion_tokens"] == 32
+        deadline = time.monotonic() + 60
+        while requests.get(worker.url + "/health", timeout=5).json()["served"] < served + 2:
+            assert time.monotonic() < deadline  # the batch finishes the unread generation too
+            time.sleep(0.05)
+        data = b""
+        slow.settimeout(10)
+        while not data.endswith(b"\r\n0\r\n\r\n"):
+            chunk = slow.recv(65536)
+            assert chunk, data[-300:]
+            data += chunk
+    finally:
+        slow.close()
+    lines = [json.loads(x) for x in data.split(b"\r\n") if x.startswith(b"{")]
+    end = lines[-1]
+    assert end["type"] == "end" and end["completion_tokens"] == lines[0]["max_tokens"]
+    assert sum(1 for x in lines if x["type"] == "text") > end["completion_tokens"] // 2
+
+
+def test_scheduler_admits_in_arrival_order_and_refuses_beyond_the_bound(tiny) -> None:
+    """In-process, on the real tiny model: a batch of 1 and a line of 2, stepped by hand."""
+    import torch
+
+    from workers.inference.model import LocalModel, SamplingParams
+    from workers.inference.scheduler import QueueFull, Request, Scheduler
+
+    torch.set_num_threads(1)
+    model = LocalModel(tiny["quant_dir"], max_batch=1)
+    model.load()
+    sched = Scheduler(model, max_batch=1, max_queue=2)
+    prompt = model.build_prompt(PROMPT, None, 3)
+    reqs = [Request(prompt=prompt, params=SamplingParams(max_tokens=3, temperature=0, min_tokens=3)) for _ in range(4)]
+    for r in reqs[:3]:
+        sched.submit(r)
+    with pytest.raises(QueueFull) as full:
+        sched.submit(reqs[3])
+    assert full.value.retry_after >= 1
+    reqs[1].cancel()  # its client left while it waited: skipped, never run
+    order = []
+    while sched.has_work():
+        sched.step()
+        running = [r for r in reqs[:3] if r.state == "running"]
+        assert len(running) <= 1
+        order += [reqs.index(r) for r in running if reqs.index(r) not in order]
+    assert order == [0, 2]
+    assert reqs[1].finish_reason == "cancelled" and reqs[1].events.get_nowait() == ("end", "cancelled", 0)
+    assert reqs[0].completion_tokens == reqs[2].completion_tokens == 3
+    assert model.runner.active == 0
 
 
 # -- q4 cache, truncation ----------------------------------------------------------------------
@@ -379,7 +476,8 @@ def test_worker_spec_follows_the_settings(tiny) -> None:
     assert argv[1:3] == ["-m", "workers.inference"]
     joined = " ".join(argv)
     assert f"-m {tiny['quant_dir']}" in joined and "-cache q4" in joined and "-l 4096" in joined
-    assert "--host 127.0.0.1 -p 18555" in joined and "--ensure-deps" in joined
+    assert "--host 127.0.0.1 -p 18555" in joined and "--ensure-deps" in joined and "--parallel 4" in joined
+    assert "--max-queue 3" in " ".join(worker_argv({**cfg, "LOCAL_MODEL_PARALLEL": 4, "LOCAL_MODEL_MAX_QUEUE": 3}))
     assert "--socket /run/w.sock" in " ".join(worker_argv({**cfg, "LOCAL_MODEL_URL": "unix:///run/w.sock"}))
 
 
@@ -437,7 +535,7 @@ def test_tied_embeddings_without_lm_head_load_correctly(tiny) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from workers.local_model import LocalModel
+    from workers.inference.model import LocalModel
 
     torch.set_num_threads(1)
     keys = _safetensors_keys(Path(tiny["tied_dir"]) / "model.safetensors")
@@ -463,7 +561,7 @@ def test_float16_on_cpu_generates(tiny) -> None:
     inner model, so fp16 works (recipe §5, gotcha 1)."""
     import torch
 
-    from workers.local_model import LocalModel, SamplingParams
+    from workers.inference.model import LocalModel, SamplingParams
 
     torch.set_num_threads(1)
     model = LocalModel(tiny["quant_dir"], dtype="float16")
@@ -544,7 +642,10 @@ def test_seed_qwen_route_and_status_on_the_real_worker(worker: Worker, tmp_path)
     try:
         client = app.test_client()
         status = client.get("/qwen/status").get_json()
-        assert status == {"available": True, "model_loaded": True, "status": "healthy"}
+        kernel = "aten._weight_int4pack_mm_for_cpu"
+        assert status == {"available": True, "model_loaded": True, "status": "healthy", "kernel": kernel}
+        local = client.get("/api/status").get_json()["providers"]["local"]
+        assert local["kernel"] == kernel and local["batch"]["max_batch"] == 2
         body = client.get("/qwen", query_string={"query": "def add(a, b):", "session_id": "s1", "max_tokens": 8})
         assert body.status_code == 200, body.data
         answer = body.get_json()

@@ -1,0 +1,5 @@
+"""``python -m workers.inference -m PATH [...]``: run the worker (see ``server.main``)."""
+
+from .server import main
+
+main()
