@@ -102,6 +102,9 @@ DEFAULTS: dict[str, Any] = {
     "BROWSER_WATCHDOG_SECONDS": 2.0,  # how often browsers and pages are pinged; a silent one is relaunched
     "BROWSER_HEADLESS": "auto",  # auto: headed on an own Xvfb (or $DISPLAY) when there is one | true | false
     "BROWSER_ANTIBOT_WAIT_S": 8.0,  # seconds a fresh page waits for the site's anti-bot module before its first call
+    # where on `window` the site's page keeps its front-end version (the `version` header the pool sends;
+    # QWEN_FRONTEND_VERSION when the page has none; "" = never read it)
+    "BROWSER_PAGE_VERSION_PATH": "__APP_CONFIG__.version",
     "BROWSER_TEST_HOOKS": False,  # tests only: the pool's POST /v1/debug/pages sends a CDP command to its pages
     "BROWSER_AUTO_STICKY_SECONDS": 300.0,  # auto: after a captcha, go straight to the browser this long
     # uploads (docs/UPLOADS.md)

@@ -49,3 +49,15 @@ def text_of(
         ]
         return joiner.join(texts)
     return other(content)
+
+
+def prefixed(content: Any, head: str) -> Any:
+    """``content`` (a string or parts) with ``head`` in front of its text."""
+    if not head:
+        return content
+    if isinstance(content, list):
+        for i, item in enumerate(content):
+            if isinstance(item, dict) and item.get("type") == "text":
+                return [*content[:i], {**item, "text": head + str(item.get("text", ""))}, *content[i + 1 :]]
+        return [{"type": "text", "text": head.rstrip()}, *content]
+    return head + ("" if content is None else str(content))

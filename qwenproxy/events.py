@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -106,6 +106,22 @@ class EventStream:
         close = getattr(self.events, "close", None)
         if close is not None:
             close()
+
+
+class EventFilter:
+    """An event iterator made by a generator over another stream (tool calls, structured
+    output); ``close`` ends the generator, and so the upstream read it holds."""
+
+    _iter: Generator[Event, None, None]
+
+    def __iter__(self) -> Iterator[Event]:
+        return self._iter
+
+    def __next__(self) -> Event:
+        return next(self._iter)
+
+    def close(self) -> None:
+        self._iter.close()
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import requests
 
 from qwenproxy import create_app
 from tests.fakes import ISSUED_SECRETS
+from tests.fakes.oss import FakeOSS
 from tests.fakes.qwen_web import FakeQwen
 from tests.fakes.server import BackgroundServer
 
@@ -143,6 +144,33 @@ def live_server(app) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def oai(live_server: LiveServer):
+    """The official ``openai`` SDK on the app, over a real socket."""
+    import openai
+
+    return openai.OpenAI(base_url=live_server.url + "/v1", api_key="dummy", max_retries=0, timeout=30)
+
+
+@pytest.fixture
+def claude(live_server: LiveServer):
+    """The official ``anthropic`` SDK as Claude Code configures it: only a base URL and a token."""
+    import anthropic
+
+    return anthropic.Anthropic(base_url=live_server.url, auth_token="any", max_retries=0, timeout=30)
+
+
+@pytest.fixture
+def fake_oss(fake_qwen: FakeQwen) -> Iterator[FakeOSS]:
+    """A fake OSS bucket attached to the fake chat.qwen.ai (its STS grants this bucket)."""
+    fake = FakeOSS().start()
+    fake_qwen.oss = fake
+    try:
+        yield fake
+    finally:
+        fake.stop()
 
 
 def free_port() -> int:

@@ -352,7 +352,7 @@ class QwenWebProvider(Provider):
         chat_id = request.conversation_id if same_account else None
         parent_id = request.parent_id if chat_id else None
         stateless = request.upstream_known is not None
-        content, system = self._turn(request, spec, continuing=bool(chat_id and parent_id) or stateless)
+        tool_prompt, content, system = self._turn(request, spec, continuing=bool(chat_id and parent_id) or stateless)
         history = self._history(request, spec, known=(request.upstream_known or 0) if chat_id else 0)
         attach = self.attachments.resolver(account) if self.attachments else None
         qwen_content, files = to_qwen_message(content, attach)
@@ -375,7 +375,7 @@ class QwenWebProvider(Provider):
         }
         # never above the body size wall: long parts go as documents (uploads/context.py)
         measure = partial(self._body, request, chat_id=chat_id or CHAT_ID_PLACEHOLDER, **fields)
-        context = self.fitter.fit(Context(system, history, qwen_content), measure, account)
+        context = self.fitter.fit(Context(system, history, qwen_content, tools=tool_prompt), measure, account)
         if not chat_id:
             chat_id = self.client.create_chat(
                 account.token, model, chat_type=chat_type, account_id=account.id, chat_mode=fields["chat_mode"]
@@ -433,12 +433,12 @@ class QwenWebProvider(Provider):
             self.pool.release(account.id)
 
     @staticmethod
-    def _turn(request: ChatRequest, spec: tools.ToolSpec, continuing: bool) -> tuple[Any, str | None]:
-        """The user content and system message of this turn; with tools, the tool prompt
-        and the earlier calls and results are written into it (tools.fold_turn)."""
+    def _turn(request: ChatRequest, spec: tools.ToolSpec, continuing: bool) -> tuple[str, Any, str | None]:
+        """The tool prompt, the user content and the system message of this turn; with
+        tools, the earlier calls and results are written into the content (tools.fold_turn_parts)."""
         if tools.engaged(request.messages, spec):
-            return tools.fold_turn(request.messages, spec, continuing=continuing)
-        return last_user_turn(request.messages)
+            return tools.fold_turn_parts(request.messages, spec, continuing=continuing)
+        return ("", *last_user_turn(request.messages))
 
     @staticmethod
     def _history(request: ChatRequest, spec: tools.ToolSpec, known: int) -> str:

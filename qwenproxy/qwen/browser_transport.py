@@ -248,16 +248,18 @@ class BrowserTransport(Transport):
 
 
 # Headers the page itself supplies in the browser (2026 §2, §4): its anti-bot script adds the
-# bx-* signature headers, and the front end knows its own `version`. The gateway's values go
-# as `page_headers`, fallbacks the pool uses only where the page has none of its own.
+# bx-* signature headers, and the front end knows its own `version` (BROWSER_PAGE_VERSION_PATH).
+# The gateway's values go as `page_headers`, fallbacks the pool uses only where the page has
+# none of its own.
 PAGE_OWNED = ("version",)
 
 
 def job_headers(headers: Mapping[str, str]) -> dict[str, Any]:
     """The header fields of a pool job: ``headers`` for the in-page ``fetch()`` without the
     page-owned ones (``bx-*`` dropped, ``version`` moved to ``page_headers``), and the
-    account ``token`` (the pool stores it in the profile's ``token`` cookie; it still reads
-    it from an ``Authorization: Bearer`` header, so that goes along)."""
+    account ``token``, which the pool puts in the profile's ``token`` cookie (how the 2026
+    site authenticates); no ``Authorization`` is made up for it (``QWEN_AUTH_HEADER`` still
+    sends one explicitly)."""
     sent: dict[str, str] = {}
     page: dict[str, str] = {}
     for key, value in headers.items():
@@ -269,8 +271,6 @@ def job_headers(headers: Mapping[str, str]) -> dict[str, Any]:
         elif low != "cookie":  # fetch() cannot set it; the profile's own jar goes along
             sent[key] = str(value)
     token = cookie_token(headers)
-    if token and not any(k.lower() == "authorization" for k in sent):
-        sent["Authorization"] = f"Bearer {token}"
     out: dict[str, Any] = {"headers": sent, "page_headers": page}
     if token:
         out["token"] = token

@@ -2,7 +2,8 @@
 
 A completions body above about 128 KB gets a captcha instead of an answer. ``ContextFitter``
 keeps every body at or under ``QWEN_MAX_BODY_BYTES``: when a turn would be larger, its long
-parts (the folded history, a long system prompt, a turn over ``INLINE_TURN_BYTES``) become
+parts (the folded history, a long system prompt, a long tool prompt, a turn over
+``INLINE_TURN_BYTES``) become
 parsed text documents, uploaded through the usual path (STS → OSS → files/parse →
 parse/status) and attached to ``messages[0].files`` as the front end attaches documents
 (``file_class: "document"``, ``context: "full"``, ``progress: 100``, a successful
@@ -24,10 +25,12 @@ from typing import Any
 
 from .. import db
 from ..accounts.pool import Account
+from ..content import prefixed
 from ..db.models import UploadedFile
 from ..errors import ContextTooLong
 from ..qwen.transport import json_bytes
-from ..wire.transcript import prefixed, with_history
+from ..wire.tools import with_tool_prompt
+from ..wire.transcript import with_history
 from .attachments import files_item, item_for_record
 from .uploader import Uploader
 
@@ -47,6 +50,10 @@ HISTORY_NOTE = (
     "They already happened, so do not answer them again. The latest message, which is the one to reply to:\n\n"
 )
 SYSTEM_NOTE = 'Your instructions are in the attached document "{name}". Follow them as your system instructions.'
+TOOLS_NOTE = (
+    'The functions you can call, and how to call them, are in the attached document "{name}". '
+    "Follow it as your instructions for calling functions."
+)
 TURN_NOTE = (
     'My message is too long to write here, so it is the attached document "{name}". '
     "Read all of it and reply to it as if I had written it here."
@@ -81,17 +88,19 @@ class Context:
     turn: Any  # the new turn as Qwen content: a string or text/media items
     documents: list[dict[str, Any]] = field(default_factory=list)  # files[] items of moved parts
     history_note: str = ""  # said inline instead of the history once it moved
+    tools: str = ""  # the tool prompt, in front of the turn (the same on every turn of a loop)
 
     def content(self) -> Any:
         """What goes in ``messages[0].content``."""
+        turn = with_tool_prompt(self.turn, self.tools)
         if self.history_note:
-            return prefixed(self.turn, self.history_note)
-        return with_history(self.history, self.turn)
+            return prefixed(turn, self.history_note)
+        return with_history(self.history, turn)
 
 
 @dataclass(frozen=True)
 class _Move:
-    kind: str  # conversation | instructions | message
+    kind: str  # conversation | instructions | tools | message
     text: str
 
     @property
@@ -119,15 +128,16 @@ class ContextFitter:
         """``context`` as it can be sent: unchanged when its body fits, else with documents.
 
         ``measure(context)`` builds the body (``CHAT_ID_PLACEHOLDER`` for a chat not created
-        yet). Moves, in order, while the body is too large: the history, a long system prompt;
-        then the turn when it is over the inline limit (or when nothing else is left). The
+        yet). Moves, in order, while the body is too large: the history, a long system prompt,
+        the tool prompt (one document, attached again on every turn of an agent loop); then
+        the turn when it is over the inline limit (or when nothing else is left). The
         documents are uploaded as ``account`` only once the plan is known to fit.
         """
         limit = self.max_body - MARGIN_BYTES
         if json_size(measure(context)) <= limit:
             return context
         planned, moves = context, []
-        for step in (self._move_history, self._move_system):
+        for step in (self._move_history, self._move_system, self._move_tools):
             planned, moves = step(planned, moves)
             if json_size(measure(planned)) <= limit:
                 break
@@ -168,6 +178,12 @@ class ContextFitter:
             return context, moves
         move = _Move("instructions", system)
         return self._planned(context, move, system=SYSTEM_NOTE.format(name=move.name)), [*moves, move]
+
+    def _move_tools(self, context: Context, moves: list[_Move]) -> tuple[Context, list[_Move]]:
+        if len(context.tools.encode("utf-8")) <= SMALL_SYSTEM_BYTES:
+            return context, moves
+        move = _Move("tools", context.tools)
+        return self._planned(context, move, tools=TOOLS_NOTE.format(name=move.name)), [*moves, move]
 
     def _move_turn(self, context: Context, moves: list[_Move]) -> tuple[Context, list[_Move]]:
         text = _text_of(context.turn)

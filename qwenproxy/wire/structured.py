@@ -30,7 +30,7 @@ from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from ..errors import BadRequest, UpstreamError
-from ..events import Event, Finished, ResponseStarted, TextDelta, ToolCallDelta, Usage, add_usage
+from ..events import Event, EventFilter, Finished, ResponseStarted, TextDelta, ToolCallDelta, Usage, add_usage
 from .transcript import strip_think
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,7 @@ def json_candidates(text: str) -> Iterator[tuple[str, Any]]:
 Retry = Callable[[ResponseStarted | None, str, Checked], Iterable[Event]]
 
 
-class StructuredFilter:
+class StructuredFilter(EventFilter):
     """A provider's events with the answer text held back until it is checked.
 
     ``ResponseStarted`` goes on at once (so the stream's headers and pings flow), as do
@@ -307,15 +307,6 @@ class StructuredFilter:
         self.retry = retry
         self.rounds = 0
         self._iter = self._run(iter(events))
-
-    def __iter__(self) -> Iterator[Event]:
-        return self._iter
-
-    def __next__(self) -> Event:
-        return next(self._iter)
-
-    def close(self) -> None:
-        self._iter.close()
 
     def _run(self, events: Iterator[Event]) -> Iterator[Event]:
         # the first event is pulled before anything is yielded: an upstream that fails at once

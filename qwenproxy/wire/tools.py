@@ -6,7 +6,7 @@ and its streamed text is watched for such blocks, which become ``ToolCallDelta``
 and ``finish_reason: "tool_calls"``. Flask-free; it knows nothing of Qwen either:
 
 - ``ToolSpec``: the request's ``tools``/``tool_choice``, validated.
-- ``fold_turn``: the text sent upstream for a turn: the instructions, then the new
+- ``fold_turn`` (``fold_turn_parts``): the text sent upstream for a turn: the instructions, then the new
   messages, where earlier ``assistant.tool_calls`` and ``role:"tool"`` results are written
   out as text (the upstream keeps its own history, so only the new part goes up).
 - ``CallParser``: incremental; holds back text that may start a call, releases it as
@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..content import is_text_part, json_text, text_of
+from ..content import is_text_part, json_text, prefixed, text_of
 from ..errors import BadRequest
-from ..events import Event, Finished, ResponseStarted, TextDelta, ToolCallDelta, Usage
+from ..events import Event, EventFilter, Finished, ResponseStarted, TextDelta, ToolCallDelta, Usage
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,21 @@ def _render(message: dict[str, Any], names: dict[str, str]) -> str:
 
 
 def fold_turn(messages: list[dict[str, Any]], spec: ToolSpec, *, continuing: bool) -> tuple[Any, str | None]:
-    """The user content sent upstream for this turn, and the first system message.
+    """The user content sent upstream for this turn (the tool prompt, then the turn), and
+    the first system message; ``fold_turn_parts`` keeps the two apart."""
+    prompt, content, system = fold_turn_parts(messages, spec, continuing=continuing)
+    return with_tool_prompt(content, prompt), system
+
+
+def with_tool_prompt(content: Any, prompt: str) -> Any:
+    """``content`` (a string or parts) with the tool prompt in front of its text."""
+    return prefixed(content, f"{prompt}\n\n") if prompt else content
+
+
+def fold_turn_parts(messages: list[dict[str, Any]], spec: ToolSpec, *, continuing: bool) -> tuple[str, Any, str | None]:
+    """The tool prompt, the user content of this turn without it, and the first system
+    message. Apart, because the prompt is the same on every turn of an agent loop and may
+    be long (a coding agent's tools): it can go up as one document, used again each turn.
 
     ``continuing``: the upstream already holds the conversation up to the last assistant
     message, so only what follows it is sent; otherwise everything from the last user
@@ -225,14 +239,13 @@ def fold_turn(messages: list[dict[str, Any]], spec: ToolSpec, *, continuing: boo
         body = "\n\n".join(_render(m, names) for m in segment)
         if segment and segment[-1].get("role") in ("tool", "function"):
             body += "\n\nContinue: use the results above to answer, or call another function."
-    text = f"{head}\n\n{body}" if head else body
     # keep the images/files of the last user message
     user_content = next((m.get("content") for m in reversed(segment) if m.get("role") == "user"), None)
     if isinstance(user_content, list):
         others = [p for p in user_content if isinstance(p, dict) and not is_text_part(p)]
         if others:
-            return [{"type": "text", "text": text}, *others], system
-    return text, system
+            return head, [{"type": "text", "text": body}, *others], system
+    return head, body, system
 
 
 def engaged(messages: list[dict[str, Any]], spec: ToolSpec) -> bool:
@@ -550,7 +563,7 @@ class CallParser:
         return self._names[name.lower()], json.dumps(args, ensure_ascii=False)
 
 
-class ToolCallFilter:
+class ToolCallFilter(EventFilter):
     """A provider's events with tool calls parsed out of the answer text.
 
     ``retry(started)`` opens a follow-up answer in the same conversation; it is used once,
@@ -567,15 +580,6 @@ class ToolCallFilter:
         self.spec = spec
         self.retry = retry if spec.required else None
         self._iter = self._run(events)
-
-    def __iter__(self) -> Iterator[Event]:
-        return self._iter
-
-    def __next__(self) -> Event:
-        return next(self._iter)
-
-    def close(self) -> None:
-        self._iter.close()
 
     def _run(self, events: Iterable[Event]) -> Iterator[Event]:
         parser = CallParser(self.spec)

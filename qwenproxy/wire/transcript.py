@@ -15,6 +15,7 @@ import json
 import re
 from typing import Any
 
+from ..content import prefixed
 from .tools import OPEN_TAG, render_call
 
 SYSTEM_ROLES = ("system", "developer")
@@ -126,18 +127,6 @@ def folded(messages: list[dict[str, Any]], start: int, end: int) -> str:
     system = first_system_index(messages)
     skip = system - start if system is not None and start <= system < end else None
     return transcript(messages[start:end], skip_system=skip, known=messages[:start])
-
-
-def prefixed(content: Any, head: str) -> Any:
-    """``content`` (a string or parts) with ``head`` in front of its text."""
-    if not head:
-        return content
-    if isinstance(content, list):
-        for i, item in enumerate(content):
-            if isinstance(item, dict) and item.get("type") == "text":
-                return [*content[:i], {**item, "text": head + str(item.get("text", ""))}, *content[i + 1 :]]
-        return [{"type": "text", "text": head.rstrip()}, *content]
-    return head + ("" if content is None else str(content))
 
 
 def with_history(history: str, content: Any) -> Any:

@@ -186,6 +186,9 @@ def fake() -> Iterator[FakeQwen]:
 
 @pytest.fixture(autouse=True)
 def reset_fake(fake: FakeQwen) -> None:
+    # the 2026 site: only the token cookie authenticates, and bodies must be the 2026 front end's
+    fake.require_token_cookie = True
+    fake.require_2026_body = True
     fake.antibot = True
     fake.chunk_delay = 0.0
     fake.hostile = None
@@ -649,6 +652,29 @@ def test_a_page_whose_antibot_module_never_gets_ready_calls_after_the_bound(serv
         _fresh_pages(pool)  # later tests get pages whose module is ready
 
 
+def test_the_page_sends_its_own_version_and_the_job_s_is_the_fallback(served, fake, pool) -> None:
+    """2026 §2: inside the pool the front end's `version` is the page's own; the gateway's
+    QWEN_FRONTEND_VERSION goes only where the page has none. The account authenticates with
+    its profile's token cookie (the fake takes nothing else), never an Authorization header."""
+    try:
+        for page_version, expected in (("0.2.99", "0.2.99"), (None, "0.2.87")):
+            fake.frontend_version = page_version
+            chat(served.url, "warm", stream=False)  # the account's browser is up
+            _fresh_pages(pool)  # and its pages load the page again
+            seen = len(fake.requests)
+            answer = chat(served.url, f"version {page_version}", stream=False)
+            assert answer.status_code == 200, answer.text
+            calls = [r for r in fake.requests[seen:] if r["path"].startswith("/api/v2/")]
+            assert {r["path"] for r in calls} >= {"/api/v2/chats/new", "/api/v2/chat/completions"}
+            for call in calls:
+                headers = call["headers"]
+                assert headers.get("version") == expected, (call["path"], headers.get("version"))
+                assert "authorization" not in headers and f"token={module_token(fake)}" in headers["cookie"]
+                assert headers.get("bx-umidtoken", "").startswith("T2gA")  # the page's script signed it
+    finally:
+        fake.frontend_version = None
+
+
 def _cookie_names(profile: Path, host: str) -> set[str]:
     """The cookies Chromium keeps on disk for ``host`` in a profile (read-only, no lock)."""
     [database] = [p for p in profile.glob("Default/**/Cookies") if p.is_file()] or [None]
@@ -786,6 +812,50 @@ def test_killed_pool_is_restarted_by_gunicorn_and_the_gap_is_a_503(tmp_path, fak
     assert wait_until(lambda: not psutil.pid_exists(new_pid), timeout=15)
     assert wait_until(lambda: not alive([new_chromium]), timeout=10)
     assert "MonkeyPatchWarning" not in server.log.read_text(errors="replace")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the Sora-era videos API of SDK 3.54
+def test_todays_site_through_the_pool_with_the_sdk(tmp_path, fake, pool) -> None:
+    """The whole 2026 site (models, summary thinking, ids on deltas, cookie-only auth, the 2.1
+    body check) through the pool: a thinking-locked model streamed, an image edit (STS inside
+    the page, the upload to OSS direct), a video task polled to its end."""
+    import openai
+
+    from tests.fakes.oss import FakeOSS
+    from tests.http.test_uploads import PNG
+
+    saved = (fake.models, fake.thinking_style, fake.delta_response_ids, fake.image_base_url, fake.oss)
+    oss = FakeOSS().start()
+    fake.use_2026_site()
+    fake.image_base_url, fake.oss = fake.url, oss
+    application = make_app(tmp_path, fake, pool.socket, QWEN_OSS_BASE_URL=oss.url, VIDEO_POLL_INTERVAL=0.0)
+    server = LiveServer(application)
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="any", max_retries=0, timeout=30)
+        seen = len(fake.requests)
+        stream = client.chat.completions.create(
+            model="qwen3.8-max", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "Echo: hi"
+        edited = client.images.edit(image=("cat.png", PNG, "image/png"), prompt="blue")
+        assert edited.data[0].url.startswith(fake.url + "/output/")
+        video = client.videos.create(prompt="a cat surfing")
+        for _ in range(10):
+            video = client.videos.retrieve(video.id)
+            if video.status in ("completed", "failed"):
+                break
+        assert video.status == "completed"
+        calls = [r for r in fake.requests[seen:] if r["path"].startswith("/api/")]
+        assert {"/api/v2/files/getstsToken", "/api/v2/chat/completions"} <= {r["path"] for r in calls}
+        assert any(r["path"].startswith("/api/v1/tasks/status/") for r in calls)
+        assert all("authorization" not in r["headers"] for r in calls)
+        assert fake.body_errors == [] and fake.errors == []
+    finally:
+        server.stop()
+        application.extensions["providers"].close()
+        oss.stop()
+        fake.models, fake.thinking_style, fake.delta_response_ids, fake.image_base_url, fake.oss = saved
 
 
 def test_release_closes_an_accounts_browser_and_the_next_job_reopens_it(served, pool) -> None:

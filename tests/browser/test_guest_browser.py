@@ -19,7 +19,8 @@ pytest.importorskip("pyppeteer")
 
 @pytest.fixture
 def guest_site() -> Iterator[FakeQwen]:
-    server = FakeQwen()
+    server = FakeQwen().use_2026_site()  # the 2026 models and the strict 2.1 body check
+    server.require_token_cookie = True
     server.antibot = True  # only a fetch made inside the site's page passes
     server.guest_mode = True
     server.baxia_ready_after = 0.0

@@ -101,6 +101,9 @@ Anti-bot mode (``antibot = True``; §2.4, §3.0, §9 item 1)
   ``window.__baxia__.getFYModule().getUidToken()``, which hands out its token that many
   seconds after the page loaded (``math.inf``: never); once ready it signs every ``fetch``
   of the page with a ``bx-umidtoken`` header (2026 spec §4).
+- ``frontend_version`` (None: off): the page carries the front end's config,
+  ``window.__APP_CONFIG__ = {"version": …}`` *[choice: where the real bundle keeps it is not
+  known]*; the browser pool sends that as the ``version`` header (recorded, not checked).
 
 Modes (§3.5, §4.4–4.6), picked by ``messages[0].chat_type`` and ``feature_config``:
 - thinking (``thinking_enabled: true``): ``thinking_style = "think"`` (2025, default) sends
@@ -578,6 +581,7 @@ class FakeQwen(Site2026Mixin):
         self.pages_served: int = 0
         self._antibot_nonces: set[str] = set()
         self.baxia_ready_after: float | None = None  # the page's anti-bot module: ready after N s
+        self.frontend_version: str | None = None  # the page's front-end config carries this version
         self.inject: Callable[[str, str], str | None] | None = None
         self.signin_page_local_storage: bool = True
         self.requests: list[dict[str, Any]] = []
@@ -933,13 +937,21 @@ class FakeQwen(Site2026Mixin):
             "(function(){var n='" + nonce + "',h=0;"
             "for(var i=0;i<n.length;i++){h=(Math.imul(h,31)+n.charCodeAt(i))>>>0;}"
             "document.cookie='ssxmod_itna='+n+'.'+h.toString(16)+'; path=/; max-age=900; SameSite=Lax';"
-            "})();</script>" + self._baxia_script(nonce) + "</head>"
+            "})();</script>" + self._frontend_config() + self._baxia_script(nonce) + "</head>"
             '<body><div id="root">Qwen Chat (fake)</div></body></html>'
         )
         response = Response(html, content_type="text/html; charset=utf-8")
         if not request.cookies.get("cna"):  # the device cookie a guest is known by (2026 §5)
             response.set_cookie("cna", secrets.token_urlsafe(18), max_age=365 * 86400, path="/")
         return response
+
+    def _frontend_config(self) -> str:
+        """The front end's config with its own version (``frontend_version``; 2026 §2: the
+        page's ``version`` header). Where the real bundle keeps it is not known: the fake's
+        ``window.__APP_CONFIG__`` is the default of ``BROWSER_PAGE_VERSION_PATH`` *[choice]*."""
+        if self.frontend_version is None:
+            return ""
+        return "<script>window.__APP_CONFIG__=" + json.dumps({"version": self.frontend_version}) + ";</script>"
 
     def _baxia_script(self, nonce: str) -> str:
         """The anti-bot module (``baxia_ready_after``): a uid token after a delay, then it signs

@@ -14,22 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from qwenproxy import create_app
 from qwenproxy.accounts.credentials import account_dir
 from qwenproxy.accounts.store import RELOGIN_BACKOFF, iso
 from qwenproxy.db.models import Account as AccountRow
-from tests.conftest import app_config
 from tests.fakes import sent_token
 from tests.fakes.qwen_web import FakeQwen
+from tests.helpers import AppMaker, Clock
 from tests.openai_schema import sse_events
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -39,19 +30,9 @@ def clock() -> Clock:
 
 @pytest.fixture
 def make_app(tmp_path, fake_qwen, clock):
-    apps = []
-
-    def build(**extra):
-        config = app_config(tmp_path, fake_qwen, QWEN_TOKEN="")
-        config.update(extra)
-        application = create_app(config)
-        application.extensions["account_pool"].clock = clock
-        apps.append(application)
-        return application
-
-    yield build
-    for application in apps:
-        application.extensions["providers"].close()
+    apps = AppMaker(tmp_path, fake_qwen, clock, QWEN_TOKEN="")
+    yield apps
+    apps.close()
 
 
 def import_tokens(application, tmp_path: Path, entries: list[dict]) -> None:

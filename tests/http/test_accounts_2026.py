@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from qwenproxy import create_app
 from qwenproxy.db.models import Account as AccountRow
-from tests.conftest import app_config
 from tests.fakes import sent_token
 from tests.fakes.qwen_web import FakeQwen
+from tests.helpers import AppMaker, Clock
 
 HOUR = 3600.0
 
@@ -43,14 +42,6 @@ TOOLS_OFF = {
 }
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock(fake_qwen: FakeQwen) -> Clock:
     shared = Clock(time.time())
@@ -60,19 +51,9 @@ def clock(fake_qwen: FakeQwen) -> Clock:
 
 @pytest.fixture
 def make_app(tmp_path, fake_qwen, clock):
-    apps = []
-
-    def build(**extra):
-        config = app_config(tmp_path, fake_qwen, QWEN_TOKEN="")
-        config.update(extra)
-        application = create_app(config)
-        application.extensions["account_pool"].clock = clock
-        apps.append(application)
-        return application
-
-    yield build
-    for application in apps:
-        application.extensions["providers"].close()
+    apps = AppMaker(tmp_path, fake_qwen, clock, QWEN_TOKEN="")
+    yield apps
+    apps.close()
 
 
 def ask(client, content="hi", model="qwen3-max"):

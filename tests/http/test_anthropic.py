@@ -12,41 +12,14 @@ import requests
 
 from qwenproxy.db.models import Chat, Message
 from tests.fakes.server import BackgroundServer
+from tests.helpers import ANTHROPIC_WEATHER as WEATHER
+from tests.helpers import PARIS_CALL, completions, weather_script
 
 MODEL = "claude-sonnet-5-5"  # a name the SDK knows and does not warn about
-WEATHER = {
-    "name": "get_weather",
-    "description": "Current weather for a city",
-    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
 
 
-@pytest.fixture
-def server(app):
-    server = BackgroundServer(app, name="app")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def claude(server):
-    """The SDK as Claude Code configures it: only a base URL and a token."""
-    return anthropic.Anthropic(base_url=server.url, auth_token="any", max_retries=0, timeout=20)
-
-
-def completions(fake) -> list[dict]:
-    return [r["json"] for r in fake.requests if r["path"] == "/api/v2/chat/completions"]
-
-
-def weather_script(text: str) -> str:
-    """The scripted model: call the tool, then answer from its result."""
-    if "Result of get_weather" in text:
-        result = text.rsplit("<tool_response>\n", maxsplit=1)[-1]
-        temp = json.loads(result.split("\n</tool_response>", maxsplit=1)[0])["temp"]
-        return f"It is {temp} degrees in Paris."
-    return 'I will look it up.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+# the scripted model: call the tool, then answer from its result
+weather = weather_script("I will look it up.\n" + PARIS_CALL)
 
 
 def test_create_answers_a_message(claude, fake_qwen) -> None:
@@ -84,11 +57,11 @@ def test_stream_is_the_anthropic_event_sequence(claude, fake_qwen) -> None:
     assert final.content[0].text == "one two three four" and final.stop_reason == "end_turn"
 
 
-def test_raw_stream_bytes(server, fake_qwen) -> None:
+def test_raw_stream_bytes(live_server, fake_qwen) -> None:
     """``event:`` names equal the data's ``type``; a ping follows message_start."""
     fake_qwen.answer = lambda text: "hi there"
     r = requests.post(
-        server.url + "/v1/messages?beta=true",
+        live_server.url + "/v1/messages?beta=true",
         json={"model": MODEL, "max_tokens": 50, "stream": True, "messages": [{"role": "user", "content": "x"}]},
         headers={"anthropic-version": "2023-06-01", "anthropic-beta": "interleaved-thinking-2025-05-14"},
         timeout=20,
@@ -106,7 +79,7 @@ def test_raw_stream_bytes(server, fake_qwen) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_tool_use_then_tool_result_round_trip(claude, fake_qwen, stream) -> None:
-    fake_qwen.answer = weather_script
+    fake_qwen.answer = weather
     messages: list = [{"role": "user", "content": "Weather in Paris?"}]
 
     def ask():
@@ -194,7 +167,7 @@ def test_count_tokens(claude) -> None:
 # --------------------------------------------------------------------------- errors
 
 
-def test_bad_requests_are_anthropic_400s(claude, server) -> None:
+def test_bad_requests_are_anthropic_400s(claude, live_server) -> None:
     with pytest.raises(anthropic.BadRequestError) as info:
         claude.messages.create(model=MODEL, max_tokens=0, messages=[{"role": "user", "content": "x"}])
     assert info.value.body == {
@@ -203,7 +176,7 @@ def test_bad_requests_are_anthropic_400s(claude, server) -> None:
     }
     assert info.value.body["error"]["message"].startswith("max_tokens")
     json_type = {"Content-Type": "application/json"}  # malformed JSON, not a wrong media type (415)
-    r = requests.post(server.url + "/v1/messages?beta=true", data="{nope", headers=json_type, timeout=10)
+    r = requests.post(live_server.url + "/v1/messages?beta=true", data="{nope", headers=json_type, timeout=10)
     assert r.status_code == 400 and r.json()["type"] == "error" and r.json()["error"]["type"] == "invalid_request_error"
     with pytest.raises(anthropic.BadRequestError, match="server tool"):
         claude.messages.create(
@@ -214,29 +187,29 @@ def test_bad_requests_are_anthropic_400s(claude, server) -> None:
         )
 
 
-def test_unknown_paths_and_methods_in_anthropic_shape(server) -> None:
-    r = requests.post(server.url + "/anthropic/v1/nothing", json={}, timeout=10)
+def test_unknown_paths_and_methods_in_anthropic_shape(live_server) -> None:
+    r = requests.post(live_server.url + "/anthropic/v1/nothing", json={}, timeout=10)
     assert r.status_code == 404 and r.json() == {
         "type": "error",
         "error": {"type": "not_found_error", "message": "Unknown endpoint (Эндпоинт не найден)"},
     }
-    r = requests.get(server.url + "/v1/messages?beta=true", timeout=10)
+    r = requests.get(live_server.url + "/v1/messages?beta=true", timeout=10)
     assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
-    r = requests.get(server.url + "/v1/nothing", timeout=10)
+    r = requests.get(live_server.url + "/v1/nothing", timeout=10)
     assert "type" not in r.json() and r.json()["error"]["code"] == "not_found"  # OpenAI paths keep OpenAI's shape
 
 
-def test_api_keys_by_bearer_or_x_api_key(server, tmp_path) -> None:
+def test_api_keys_by_bearer_or_x_api_key(live_server, tmp_path) -> None:
     (tmp_path / "Authorization.txt").write_text("sk-gateway-1\n", encoding="utf-8")
     body = {"model": MODEL, "max_tokens": 20, "messages": [{"role": "user", "content": "x"}]}
     with pytest.raises(anthropic.AuthenticationError) as info:
-        anthropic.Anthropic(base_url=server.url, api_key="wrong", max_retries=0).messages.create(**body)
+        anthropic.Anthropic(base_url=live_server.url, api_key="wrong", max_retries=0).messages.create(**body)
     assert info.value.status_code == 401 and info.value.body["error"]["type"] == "authentication_error"
-    by_key = anthropic.Anthropic(base_url=server.url, api_key="sk-gateway-1", max_retries=0)  # x-api-key
-    by_token = anthropic.Anthropic(base_url=server.url, auth_token="sk-gateway-1", max_retries=0)  # Bearer
+    by_key = anthropic.Anthropic(base_url=live_server.url, api_key="sk-gateway-1", max_retries=0)  # x-api-key
+    by_token = anthropic.Anthropic(base_url=live_server.url, auth_token="sk-gateway-1", max_retries=0)  # Bearer
     assert by_key.messages.create(**body).content[0].text
     assert by_token.messages.count_tokens(model=MODEL, messages=body["messages"]).input_tokens > 0
-    prefixed = anthropic.Anthropic(base_url=server.url + "/anthropic", api_key="sk-gateway-1", max_retries=0)
+    prefixed = anthropic.Anthropic(base_url=live_server.url + "/anthropic", api_key="sk-gateway-1", max_retries=0)
     assert prefixed.messages.create(**body).content[0].text
 
 
@@ -358,12 +331,12 @@ def test_agent_loop_big_system_prompt_ten_tools_three_rounds_streamed(claude, fa
     assert "output of step 3" in last and "Keep going." in last and "output of step 2" not in last
 
 
-def test_model_list_in_anthropic_shape_for_anthropic_clients(claude, server) -> None:
+def test_model_list_in_anthropic_shape_for_anthropic_clients(claude, live_server) -> None:
     models = list(claude.models.list())
     assert [m.id for m in models[:3]] == ["claude-opus", "claude-sonnet", "claude-haiku"]
     assert models[0].display_name == "Claude Opus → qwen3-coder-plus" and models[0].type == "model"
     assert "qwen3-max" in [m.id for m in models]
-    plain = requests.get(server.url + "/v1/models", timeout=10).json()  # OpenAI clients: unchanged
+    plain = requests.get(live_server.url + "/v1/models", timeout=10).json()  # OpenAI clients: unchanged
     assert plain["object"] == "list" and plain["data"][0]["object"] == "model"
 
 
@@ -393,10 +366,7 @@ def test_a_gigachat_model_by_its_own_name_with_the_whole_history(tmp_path, fake_
             app_config(
                 tmp_path,
                 fake_qwen,
-                GIGACHAT_CREDENTIALS=giga.credentials,
-                GIGACHAT_BASE_URL=giga.url,
-                GIGACHAT_AUTH_URL=giga.auth_url,
-                GIGACHAT_VERIFY_SSL_CERTS=False,
+                **giga.settings(),
                 GIGACHAT_TIMEOUT=5.0,
             )
         )

@@ -45,10 +45,7 @@ def api(tmp_path: Path, fake_qwen) -> Iterator:
                 fake_qwen,
                 QWEN_OSS_BASE_URL=oss.url,
                 QWEN_PARSE_POLL_INTERVAL=0.01,
-                GIGACHAT_CREDENTIALS=giga.credentials,
-                GIGACHAT_BASE_URL=giga.url,
-                GIGACHAT_AUTH_URL=giga.auth_url,
-                GIGACHAT_VERIFY_SSL_CERTS=False,
+                **giga.settings(),
                 GIGACHAT_TIMEOUT=5.0,
                 MAX_REQUEST_MB=1,
             )

@@ -12,10 +12,7 @@ import requests
 from qwenproxy import create_app
 from qwenproxy.db.models import Chat, ConversationPoint, Message
 from tests.conftest import LiveServer, app_config
-
-
-def completions(fake) -> list[dict]:
-    return [r["json"] for r in fake.requests if r["path"] == "/api/v2/chat/completions"]
+from tests.helpers import completions
 
 
 def chats_created(fake) -> int:

@@ -23,6 +23,8 @@ from tests.fakes import ISSUED_SECRETS
 from tests.fakes.oss import FakeOSS, running_fake_oss
 from tests.fakes.qwen_site2026 import QUOTA_FEATURES, THINKING_LOCKED_DETAILS, TINY_MP4
 from tests.fakes.qwen_web import DEFAULT_MODELS, MODELS_2026, FakeQwen, running_fake_qwen
+from tests.http.test_fake_qwen import iter_events
+from tests.http.test_fake_qwen import parse_sse as events
 
 IN_PROGRESS = "The chat is in progress!"
 
@@ -146,23 +148,6 @@ def blocks(raw: bytes) -> list[bytes]:
     """The SSE blocks of a body (each ends with a blank line)."""
     assert raw.endswith(b"\n\n"), raw[-200:]
     return raw[:-2].split(b"\n\n")
-
-
-def events(raw: bytes) -> list[dict[str, Any]]:
-    out = []
-    for block in blocks(raw):
-        assert block.startswith(b"data: ") and b"\n" not in block, block
-        out.append(json.loads(block[len(b"data: ") :]))
-    return out
-
-
-def iter_events(response: requests.Response) -> Iterator[dict[str, Any]]:
-    buffer = b""
-    for chunk in response.iter_content(chunk_size=None):
-        buffer += chunk
-        while b"\n\n" in buffer:
-            block, buffer = buffer.split(b"\n\n", 1)
-            yield json.loads(block[len(b"data: ") :])
 
 
 def deltas(evs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -441,13 +426,21 @@ def stop(fake: FakeQwen, token: str, chat_id: str, response_id: str, query: str 
     )
 
 
-def test_stop_ends_a_running_stream(fake26: FakeQwen) -> None:
-    fake26.chunk_delay = 0.01
-    token = fake26.make_token()
-    chat_id = new_chat(fake26, token)
-    r = complete(fake26, body_2026(chat_id, "words:500", thinking=False), token, stream=True)
+def running_stream(
+    fake: FakeQwen, words: int, delay: float
+) -> tuple[str, str, requests.Response, Iterator[dict[str, Any]], str]:
+    """A streamed answer of ``words`` words, started: (token, chat id, the response, its
+    remaining events, the response id)."""
+    fake.chunk_delay = delay
+    token = fake.make_token()
+    chat_id = new_chat(fake, token)
+    r = complete(fake, body_2026(chat_id, f"words:{words}", thinking=False), token, stream=True)
     stream = iter_events(r)
-    rid = next(stream)["response.created"]["response_id"]
+    return token, chat_id, r, stream, next(stream)["response.created"]["response_id"]
+
+
+def test_stop_ends_a_running_stream(fake26: FakeQwen) -> None:
+    token, chat_id, _r, stream, rid = running_stream(fake26, 500, 0.01)
     next(stream)
     answer = stop(fake26, token, chat_id, rid)
     assert answer.json() == {"success": True, "request_id": answer.json()["request_id"], "data": True}
@@ -462,12 +455,7 @@ def test_stop_ends_a_running_stream(fake26: FakeQwen) -> None:
 
 def test_abandoned_stream_keeps_the_chat_in_progress_until_stop(fake26: FakeQwen) -> None:
     fake26.abandon_keeps_generating = True
-    fake26.chunk_delay = 0.005
-    token = fake26.make_token()
-    chat_id = new_chat(fake26, token)
-    r = complete(fake26, body_2026(chat_id, "words:5000", thinking=False), token, stream=True)
-    stream = iter_events(r)
-    rid = next(stream)["response.created"]["response_id"]
+    token, chat_id, r, stream, rid = running_stream(fake26, 5000, 0.005)
     next(stream)
     r.close()
     assert fake26.wait_for(lambda: rid in fake26.aborted)
@@ -490,12 +478,7 @@ def test_abandoned_stream_keeps_the_chat_in_progress_until_stop(fake26: FakeQwen
 def test_abandoned_generation_can_end_by_itself(fake26: FakeQwen) -> None:
     fake26.abandon_keeps_generating = True
     fake26.abandon_seconds = 0.2
-    fake26.chunk_delay = 0.005
-    token = fake26.make_token()
-    chat_id = new_chat(fake26, token)
-    r = complete(fake26, body_2026(chat_id, "words:5000", thinking=False), token, stream=True)
-    stream = iter_events(r)
-    next(stream)
+    _token, chat_id, r, stream, _rid = running_stream(fake26, 5000, 0.005)
     next(stream)
     r.close()
     assert fake26.wait_for(lambda: fake26.aborted)
@@ -504,12 +487,7 @@ def test_abandoned_generation_can_end_by_itself(fake26: FakeQwen) -> None:
 
 
 def test_without_the_switch_an_abandoned_chat_is_free(fake26: FakeQwen) -> None:
-    fake26.chunk_delay = 0.005
-    token = fake26.make_token()
-    chat_id = new_chat(fake26, token)
-    r = complete(fake26, body_2026(chat_id, "words:5000", thinking=False), token, stream=True)
-    stream = iter_events(r)
-    rid = next(stream)["response.created"]["response_id"]
+    _token, chat_id, r, _stream, rid = running_stream(fake26, 5000, 0.005)
     r.close()
     assert fake26.wait_for(lambda: rid in fake26.aborted)
     assert not fake26.chats[chat_id]["in_progress"]

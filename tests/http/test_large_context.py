@@ -10,20 +10,15 @@ import pytest
 from qwenproxy import create_app
 from qwenproxy.qwen.transport import json_bytes
 from tests.conftest import LiveServer, app_config
-from tests.fakes.oss import FakeOSS
+from tests.helpers import completions
 
 LIMIT = 120000
 
 
 @pytest.fixture
-def fake_oss(fake_qwen):
-    fake = FakeOSS().start()
-    fake_qwen.oss = fake
+def fake_oss(fake_oss, fake_qwen):
     fake_qwen.check_documents = True  # a document must be this user's upload, parsed
-    try:
-        yield fake
-    finally:
-        fake.stop()
+    return fake_oss
 
 
 def make_app(tmp_path, fake_qwen, fake_oss, **extra):
@@ -36,10 +31,6 @@ def app(tmp_path, fake_qwen, fake_oss):
     application = make_app(tmp_path, fake_qwen, fake_oss)
     yield application
     application.extensions["providers"].close()
-
-
-def completions(fake) -> list[dict]:
-    return [r["json"] for r in fake.requests if r["path"] == "/api/v2/chat/completions"]
 
 
 def sts_calls(fake) -> int:

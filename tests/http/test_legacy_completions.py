@@ -10,6 +10,8 @@ import pytest
 import requests
 from openai.types import Completion, CompletionChoice
 
+from tests.helpers import completions
+
 
 def openai_shape(body: dict, *, chunk: bool = False) -> None:
     """The openai SDK's ``Completion``/``CompletionChoice``: no field they lack, none they need
@@ -20,10 +22,6 @@ def openai_shape(body: dict, *, chunk: bool = False) -> None:
         assert set(choice) == set(CompletionChoice.model_fields)
     if not chunk:
         Completion.model_validate(body)
-
-
-def completions(fake) -> list[dict]:
-    return [r["json"] for r in fake.requests if r["path"] == "/api/v2/chat/completions"]
 
 
 @pytest.fixture

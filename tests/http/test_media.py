@@ -17,25 +17,14 @@ from openai.types import ImagesResponse, Video
 from qwenproxy import create_app
 from qwenproxy.db.models import VideoTask
 from tests.conftest import app_config
-from tests.fakes.oss import FakeOSS
 from tests.fakes.qwen_site2026 import TASK_FAILED_MESSAGE, TINY_MP4
 from tests.fakes.qwen_web import TINY_PNG
-from tests.fakes.server import BackgroundServer
+from tests.helpers import completions
 from tests.http.test_uploads import PNG, USER_ID
 from tests.openai_schema import sse_events, validate
 
 # the Sora-era videos API is marked deprecated in SDK 3.54; the calls still work
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-@pytest.fixture
-def fake_oss(fake_qwen):
-    fake = FakeOSS().start()
-    fake_qwen.oss = fake
-    try:
-        yield fake
-    finally:
-        fake.stop()
 
 
 def media_config(tmp_path: Path, fake_qwen, fake_oss, **extra) -> dict:
@@ -54,24 +43,6 @@ def app(tmp_path: Path, fake_qwen, fake_oss):
     application = create_app(media_config(tmp_path, fake_qwen, fake_oss))
     yield application
     application.extensions["providers"].close()
-
-
-@pytest.fixture
-def server(app):
-    srv = BackgroundServer(app, name="app")
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture
-def oai(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="dummy", max_retries=0, timeout=20)
-
-
-def completions(fake) -> list[dict]:
-    return [r["json"] for r in fake.requests if r["path"] == "/api/v2/chat/completions"]
 
 
 def error_of(response) -> dict:

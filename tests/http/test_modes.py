@@ -5,35 +5,12 @@ from __future__ import annotations
 import base64
 import json
 
-import openai
 import pytest
 
 from tests.fakes.qwen_web import TINY_PNG
-from tests.fakes.server import BackgroundServer
+from tests.helpers import CHAT_WEATHER as WEATHER
+from tests.helpers import completions, weather_script
 from tests.openai_schema import sse_events, validate
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-
-
-@pytest.fixture
-def oai(app):
-    """The ``openai`` client on the app served over a real socket (a quick-to-stop server)."""
-    server = BackgroundServer(app, name="app")
-    try:
-        yield openai.OpenAI(base_url=server.url + "/v1", api_key="dummy", max_retries=0, timeout=20)
-    finally:
-        server.stop()
-
-
-def completions(fake):
-    return [r["json"] for r in fake.requests if r["path"] == "/api/v2/chat/completions"]
 
 
 def streamed(stream) -> tuple[str, str, dict, list]:
@@ -151,19 +128,13 @@ def test_images_b64_and_image_chat_suffix(client, fake_qwen) -> None:
 # --------------------------------------------------------------------------- tools
 
 
-def weather_script(text: str) -> str:
-    """The scripted model: call the tool, then answer from its result."""
-    if "Result of get_weather" in text:
-        temp = json.loads(text.rsplit("<tool_response>\n", maxsplit=1)[-1].split("\n</tool_response>", maxsplit=1)[0])[
-            "temp"
-        ]
-        return f"It is {temp} degrees in Paris."
-    return 'I will look it up.\n```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```'
+# the scripted model: call the tool (in a fenced block, as models often do), then answer from its result
+weather = weather_script('I will look it up.\n```json\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n```')
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_two_step_tool_calling_conversation(oai, fake_qwen, stream) -> None:
-    fake_qwen.answer = weather_script
+    fake_qwen.answer = weather
     messages: list = [{"role": "user", "content": "Weather in Paris?"}]
     first = oai.chat.completions.create(model="qwen3-max", messages=messages, tools=[WEATHER], stream=stream)
     if stream:
@@ -203,7 +174,7 @@ def test_two_step_tool_calling_conversation(oai, fake_qwen, stream) -> None:
 
 
 def test_tool_results_continue_the_upstream_chat(client, fake_qwen) -> None:
-    fake_qwen.answer = weather_script
+    fake_qwen.answer = weather
     messages: list = [{"role": "user", "content": "Weather in Paris?"}]
     first = client.post("/api/chat/completions", json={"messages": messages, "tools": [WEATHER]}).get_json()
     message = first["choices"][0]["message"]

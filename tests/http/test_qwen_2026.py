@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import struct
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +21,7 @@ from qwenproxy.qwen.transport import browser_headers
 from tests.conftest import LiveServer, app_config
 from tests.fakes import sent_token
 from tests.fakes.qwen_web import MODELS_2026, FakeQwen
+from tests.helpers import hang_up_after
 from tests.openai_schema import sse_events, validate
 
 
@@ -246,25 +245,6 @@ def served(make_app) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
-
-
-def hang_up_after(url: str, body: dict, words: int) -> None:
-    """Read a few answer chunks, then drop the connection (RST, like a killed client)."""
-    host, port = url.removeprefix("http://").split(":")
-    payload = json.dumps(body).encode()
-    sock = socket.create_connection((host, int(port)), timeout=30)
-    sock.sendall(
-        b"POST /api/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
-        + payload
-    )
-    received = b""
-    while len(re.findall(rb'"content":" ?w\d', received)) < words:
-        data = sock.recv(4096)
-        assert data, "the server closed the stream early"
-        received += data
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
 
 
 def test_a_client_that_leaves_gets_its_generation_stopped(served, fake_qwen) -> None:

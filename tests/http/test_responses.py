@@ -10,40 +10,8 @@ import pytest
 import requests
 
 from qwenproxy.db.models import ApiResponse, Chat
-from tests.fakes.server import BackgroundServer
-
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Current weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
-
-
-@pytest.fixture
-def server(app):
-    server = BackgroundServer(app, name="app")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def oai(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key="dummy", max_retries=0, timeout=20)
-
-
-def completions(fake) -> list[dict]:
-    return [r["json"] for r in fake.requests if r["path"] == "/api/v2/chat/completions"]
-
-
-def weather_script(text: str) -> str:
-    if "Result of get_weather" in text:
-        result = text.rsplit("<tool_response>\n", maxsplit=1)[-1]
-        temp = json.loads(result.split("\n</tool_response>", maxsplit=1)[0])["temp"]
-        return f"It is {temp} degrees in Paris."
-    return '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+from tests.helpers import RESPONSES_WEATHER as WEATHER
+from tests.helpers import completions, weather_script
 
 
 def test_create_plain(oai, fake_qwen) -> None:
@@ -99,7 +67,7 @@ def test_reasoning_summary(oai, fake_qwen) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_function_call_round_trip(oai, fake_qwen, stream) -> None:
-    fake_qwen.answer = weather_script
+    fake_qwen.answer = weather_script()
 
     def create(**kw):
         if not stream:
@@ -161,14 +129,14 @@ def test_previous_response_id_continues_the_conversation(oai, fake_qwen) -> None
     assert info.value.body["param"] == "previous_response_id"
 
 
-def test_input_items_pages(oai, server) -> None:
+def test_input_items_pages(oai, live_server) -> None:
     items = [{"role": "user", "content": f"m{n}"} for n in range(5)]
     response = oai.responses.create(model="qwen3-max", input=items)
     page = oai.responses.input_items.list(response.id, limit=2, order="asc")
     assert [i.content[0].text for i in page.data] == ["m0", "m1"] and page.has_more
     texts = [i.content[0].text for i in oai.responses.input_items.list(response.id, limit=2)]  # all pages, newest first
     assert texts == ["m4", "m3", "m2", "m1", "m0"]
-    r = requests.get(f"{server.url}/v1/responses/{response.id}/input_items?limit=0", timeout=10)
+    r = requests.get(f"{live_server.url}/v1/responses/{response.id}/input_items?limit=0", timeout=10)
     assert r.status_code == 400 and r.json()["error"]["param"] == "limit"
 
 

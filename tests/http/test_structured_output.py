@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from qwenproxy import create_app
 from tests.conftest import LiveServer, app_config
 from tests.fakes.gigachat import FakeGigaChat, count_tokens
+from tests.helpers import completions
 
 REPAIR = "Your previous answer cannot be used."
 
@@ -22,10 +23,6 @@ REPAIR = "Your previous answer cannot be used."
 class Person(BaseModel):
     name: str
     age: int = Field(ge=0)
-
-
-def completions(fake) -> list[dict]:
-    return [r["json"] for r in fake.requests if r["path"] == "/api/v2/chat/completions"]
 
 
 def user_text(body: dict) -> str:
@@ -252,10 +249,7 @@ def test_a_stateless_provider_repairs_with_the_whole_conversation(tmp_path, fake
         app_config(
             tmp_path,
             fake_qwen,
-            GIGACHAT_CREDENTIALS=giga.credentials,
-            GIGACHAT_BASE_URL=giga.url,
-            GIGACHAT_AUTH_URL=giga.auth_url,
-            GIGACHAT_VERIFY_SSL_CERTS=False,
+            **giga.settings(),
         )
     )
     try:

@@ -16,7 +16,6 @@ import requests
 
 from qwenproxy import create_app
 from tests.conftest import ROOT, Gunicorn, app_config
-from tests.fakes.oss import FakeOSS
 from tests.openai_schema import sse_events, validate
 
 USER_ID = "0b5c7d3e-1f2a-4b6c-8d9e-0a1b2c3d4e5f"
@@ -34,16 +33,6 @@ def png_bytes(width: int = 3, height: int = 2) -> bytes:
 
 
 PNG = png_bytes()
-
-
-@pytest.fixture
-def fake_oss(fake_qwen):
-    fake = FakeOSS().start()
-    fake_qwen.oss = fake
-    try:
-        yield fake
-    finally:
-        fake.stop()
 
 
 @pytest.fixture

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 
 import openai
 import pytest
 
+from tests.helpers import hang_up_after
 from tests.openai_schema import validate
 
 
@@ -106,36 +106,12 @@ def test_gevent_workers_serve_concurrent_streams(gunicorn_server, fake_qwen) -> 
     assert all(o.rstrip().endswith("data: [DONE]") for o in outputs)
 
 
-def _open_stream_and_hang_up(url: str, body: dict, words: int) -> None:
-    """A client that reads a few chunks and then drops the connection (a raw socket, so that
-    nothing drains the rest of the body on close)."""
-    import socket
-    import struct
-    from urllib.parse import urlparse
-
-    parsed = urlparse(url)
-    payload = json.dumps(body).encode()
-    sock = socket.create_connection((parsed.hostname, parsed.port), timeout=30)
-    sock.sendall(
-        b"POST /api/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
-        + payload
-    )
-    received = b""
-    while len(re.findall(rb'"content":" ?w\d', received)) < words:
-        data = sock.recv(4096)
-        assert data, "the server closed the stream early"
-        received += data
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, like a killed client
-    sock.close()
-
-
 def test_client_disconnect_cancels_upstream_and_keeps_the_partial_answer(gunicorn_server, fake_qwen, tmp_path) -> None:
     import sqlite3
 
     fake_qwen.chunk_delay = 0.1
     body = {"stream": True, "messages": [{"role": "user", "content": "words:200"}]}
-    _open_stream_and_hang_up(gunicorn_server.url, body, words=3)
+    hang_up_after(gunicorn_server.url, body, words=3)
     # the gateway notices at its next write, closes the upstream request, and saves what it had
     # (the operations issue's bound: the upstream sees its request closed within 2 s)
     # and asks the site to stop generating (2026 §3, from a greenlet of the gevent worker):

@@ -7,6 +7,7 @@ from peewee import PostgresqlDatabase
 
 from qwenproxy import create_app
 from tests.conftest import app_config
+from tests.helpers import AppMaker
 
 # Imported tests run again here, with this module's `app` fixture (PostgreSQL).
 from tests.http.test_accounts_2026 import (  # noqa: F401
@@ -26,7 +27,6 @@ from tests.http.test_conversations import (  # noqa: F401
     test_an_edited_turn_branches_from_the_last_matching_answer,
 )
 from tests.http.test_media import (  # noqa: F401
-    fake_oss,
     test_polls_back_off_and_any_worker_answers,
 )
 from tests.http.test_routes import (  # noqa: F401
@@ -65,20 +65,9 @@ def database_url(postgres) -> str:
 @pytest.fixture
 def make_app(tmp_path, fake_qwen, clock, postgres):  # noqa: F811 - the imported fixture
     """Apps on one PostgreSQL database (the accounts tests: several gateways, one registry)."""
-    url = postgres.new_database()
-    apps = []
-
-    def build(**extra):
-        config = app_config(tmp_path, fake_qwen, QWEN_TOKEN="", DATABASE_URL=url)
-        config.update(extra)
-        application = create_app(config)
-        application.extensions["account_pool"].clock = clock
-        apps.append(application)
-        return application
-
-    yield build
-    for application in apps:
-        application.extensions["providers"].close()
+    apps = AppMaker(tmp_path, fake_qwen, clock, QWEN_TOKEN="", DATABASE_URL=postgres.new_database())
+    yield apps
+    apps.close()
 
 
 def test_migrations_are_recorded_and_idempotent(app) -> None:

@@ -143,3 +143,11 @@ def test_json_size_counts_utf8_bytes() -> None:
     body = {"content": "привет"}
     assert json_size(body) == len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
     assert json_size(body) == len('{"content":""}') + 12
+
+
+def test_a_context_puts_the_tool_prompt_before_the_turn_and_after_the_history() -> None:
+    plain = Context(None, "old turns", "new", tools="# Tools")
+    text = plain.content()
+    assert text.index("old turns") < text.index("# Tools\n\nnew")
+    assert Context(None, "", "new", tools="# Tools").content() == "# Tools\n\nnew"
+    assert Context(None, "", "new").content() == "new"

@@ -185,5 +185,7 @@ def test_browser_jobs_leave_version_and_bx_headers_to_the_page() -> None:
     sent = {k.lower(): v for k, v in job["headers"].items()}
     assert "version" not in sent and not any(k.startswith("bx-") for k in sent) and "cookie" not in sent
     assert job["page_headers"] == {"version": "0.2.87"}  # a fallback, for a page without its own
-    assert job["token"] == "tok" and sent["authorization"] == "Bearer tok"  # the pool's way to learn it
+    assert job["token"] == "tok" and "authorization" not in sent  # the pool sets the token cookie
+    explicit = job_headers(browser_headers({**config, "QWEN_AUTH_HEADER": True}, token="tok"))
+    assert explicit["headers"]["Authorization"] == "Bearer tok"  # asked for: it goes along
     assert sent["source"] == "web" and "x-request-id" in sent

@@ -9,7 +9,15 @@ import pytest
 from qwenproxy.errors import BadRequest
 from qwenproxy.events import Finished, ResponseStarted, TextDelta, ToolCallDelta, Usage
 from qwenproxy.wire.openai import collect
-from qwenproxy.wire.tools import CallParser, ToolCallFilter, ToolSpec, engaged, fold_turn
+from qwenproxy.wire.tools import (
+    CallParser,
+    ToolCallFilter,
+    ToolSpec,
+    engaged,
+    fold_turn,
+    fold_turn_parts,
+    with_tool_prompt,
+)
 
 WEATHER = {
     "type": "function",
@@ -179,6 +187,18 @@ def test_fold_keeps_images_and_plain_first_turn() -> None:
     assert content[1] == parts[1]
     plain, _ = fold_turn([{"role": "user", "content": "hi"}], ToolSpec.parse([WEATHER], "none"), continuing=False)
     assert plain == "hi"
+
+
+def test_fold_parts_keep_the_tool_prompt_apart_and_join_as_fold_turn() -> None:
+    """The prompt is the same on every turn of a loop (it may go up once as a document)."""
+    parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "https://i/x.png"}}]
+    for content in ("Weather?", parts):
+        messages = [{"role": "system", "content": "s"}, {"role": "user", "content": content}]
+        prompt, turn, system = fold_turn_parts(messages, SPEC, continuing=False)
+        assert prompt == SPEC.instructions() and system == "s"
+        assert "# Tools" not in json.dumps(turn)
+        assert (with_tool_prompt(turn, prompt), system) == fold_turn(messages, SPEC, continuing=False)
+    assert with_tool_prompt("hi", "") == "hi"
 
 
 def _answer(text: str, rid: str) -> list:

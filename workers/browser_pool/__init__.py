@@ -23,7 +23,9 @@ Wire protocol (``curl --unix-socket PATH http://pool/health`` works):
   "failed", "aborted", "restarts", "draining", "display", "detail": [...]}``; 503 while
   draining. ``display``: ``xvfb``, ``display`` (``$DISPLAY``) or ``headless``.
 - ``POST /v1/fetch`` with ``{"method", "url", "headers", "body" (JSON-able or null),
-  "account_id", "timeout"}`` -> 200 and the upstream body, streamed as the page reads it,
+  "account_id", "timeout", "token", "page_headers"}`` (``token``: put in the account
+  profile's ``token`` cookie; ``page_headers``: fallbacks for headers the page owns, such as
+  ``version``) -> 200 and the upstream body, streamed as the page reads it,
   with ``X-Upstream-Status``, ``X-Upstream-Content-Type``, ``X-Upstream-H-<name>`` (the
   upstream's headers) and ``X-Pool-Job``. A failure before the upstream answered is a JSON
   ``{"error": {"message", "code"}}`` with 502 (browser failed), 503 (pool draining or full,

@@ -273,9 +273,16 @@ class BrowserSlot:
         self.pool.notify()
 
     async def put_token(self, page: PageSlot, job: Job) -> None:
-        """An account's token also goes into its profile (``token`` cookie, localStorage)."""
+        """An account's token goes into its profile (``token`` cookie, localStorage): the
+        2026 site authenticates with the cookie only. A token that cannot be stored there
+        (a job without an account, a failed ``setCookie``) goes as ``Authorization``."""
         token = job.token
-        if not token or not self.account_id or token == self.token:
+        if not token:
+            return
+        if not self.account_id or job.account_id != self.account_id:
+            job.header_auth = True  # an account-less job: this profile's cookie is not its to change
+            return
+        if token == self.token:
             return
         async with self._token_lock:
             if token == self.token:
@@ -291,7 +298,8 @@ class BrowserSlot:
                     await page.page.setCookie(cookie)
                 await page.page.evaluate(TOKEN_JS, token)
                 self.token = token
-            except Exception as exc:  # noqa: BLE001 - the Bearer header still carries it
+            except Exception as exc:  # noqa: BLE001 - the Bearer header carries it instead
+                job.header_auth = True
                 log.warning("%s: could not store the token in the profile: %s", self.key, exc)
 
     def died(self, reason: str, chromium: Any) -> None:

@@ -37,6 +37,9 @@ DROPPED_HEADERS = {
 }
 # upstream headers not worth passing back (the pool re-frames the body)
 HIDDEN_RESPONSE_HEADERS = {"content-length", "transfer-encoding", "content-encoding", "connection", "set-cookie"}
+# headers the page owns (qwen-web-2026.md §2): the page's own value wins over the job's
+# fallback (``page_headers``); an older gateway still sends ``version`` among the headers
+PAGE_OWNED = ("version",)
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
@@ -66,6 +69,8 @@ class Job:
     account_id: str | None
     timeout: float
     token: str | None = None
+    page_headers: dict[str, str] = field(default_factory=dict)  # fallbacks for page-owned headers
+    header_auth: bool = False  # the token goes as Authorization: it is not in the profile's cookie
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     page: PageSlot | None = None
     task: asyncio.Future | None = None
@@ -80,14 +85,22 @@ class Job:
             self.queue.put_nowait({"type": "error", "error": reason, "pool": True})
 
     def fetch_init(self, origin: str) -> dict[str, Any]:
+        """The ``fetch()`` options. The account authenticates with the profile's ``token``
+        cookie (2026 §2); only a job whose token is not there (no account, or the cookie
+        could not be set) carries ``Authorization: Bearer``. The page's anti-bot script adds
+        the ``bx-*`` headers itself, so none is taken from the job."""
         headers: dict[str, str] = {}
         referrer = None
         for key, value in self.headers.items():
             low = key.lower()
             if low == "referer":
                 referrer = str(value)
+            elif low in PAGE_OWNED or low.startswith("bx-"):
+                continue  # the page's own (READER_JS: page_headers as the fallback)
             elif low not in DROPPED_HEADERS and not low.startswith(("sec-", "proxy-")):
                 headers[key] = str(value)
+        if self.header_auth and self.token and not any(k.lower() == "authorization" for k in headers):
+            headers["Authorization"] = f"Bearer {self.token}"
         init: dict[str, Any] = {
             "method": self.method,
             "headers": headers,
@@ -114,6 +127,12 @@ def parse_job(spec: Any, origin: str, default_timeout: float) -> Job:
     if not isinstance(headers, dict):
         raise JobError(400, "bad_job", "headers must be an object")
     headers = {str(k): str(v) for k, v in headers.items()}
+    page_headers = spec.get("page_headers") or {}
+    if not isinstance(page_headers, dict):
+        raise JobError(400, "bad_job", "page_headers must be an object")
+    fallbacks = {k.lower(): v for k, v in headers.items() if k.lower() in PAGE_OWNED}
+    fallbacks.update({str(k).lower(): str(v) for k, v in page_headers.items()})
+    token = spec.get("token")
     body = spec.get("body")
     body_text = None if body is None else (body if isinstance(body, str) else json.dumps(body, ensure_ascii=False))
     try:
@@ -129,5 +148,6 @@ def parse_job(spec: Any, origin: str, default_timeout: float) -> Job:
         body=body_text,
         account_id=str(account) if account else None,
         timeout=max(0.1, timeout),
-        token=bearer_token(headers),
+        token=str(token) if isinstance(token, str) and token else bearer_token(headers),
+        page_headers=fallbacks,
     )

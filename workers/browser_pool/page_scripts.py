@@ -3,14 +3,30 @@
 BINDING = "__qpSink"  # window.<name> is visible to the site's scripts: keep it dull
 ABORTS = "__qpAborts"
 
-READER_JS = """async (url, init, job, sinkName, abortsName) => {
+# ``pageHeaders``: the job's fallbacks for headers the page owns; ``ownPaths``: where on
+# ``window`` the page keeps its own value of each (a dotted path, e.g. the front end's
+# ``version``). The page's value wins; the call goes through the page's own ``fetch``, so its
+# anti-bot script adds the bx-* headers (qwen-web-2026.md §2).
+READER_JS = """async (url, init, job, sinkName, abortsName, pageHeaders, ownPaths) => {
   const sink = window[sinkName];
   const send = (m) => { m.job = job; sink(JSON.stringify(m)); };
   const aborts = (window[abortsName] = window[abortsName] || {});
   const ac = new AbortController();
   aborts[job] = ac;
+  const own = (path) => {
+    try {
+      const v = String(path || '').split('.').reduce((o, k) => (o == null || !k ? undefined : o[k]), window);
+      return (typeof v === 'string' || typeof v === 'number') && String(v) ? String(v) : null;
+    } catch (e) { return null; }
+  };
+  const sendHeaders = Object.assign({}, init.headers || {});
+  const names = new Set(Object.keys(pageHeaders || {}).concat(Object.keys(ownPaths || {})));
+  for (const name of names) {
+    const value = own((ownPaths || {})[name]) || (pageHeaders || {})[name];
+    if (value) sendHeaders[name] = value;
+  }
   try {
-    const r = await fetch(url, Object.assign({}, init, {signal: ac.signal}));
+    const r = await fetch(url, Object.assign({}, init, {headers: sendHeaders, signal: ac.signal}));
     const headers = {};
     r.headers.forEach((v, k) => { headers[k] = v; });
     send({type: 'start', status: r.status, headers});

@@ -85,8 +85,11 @@ class Pool:
         await page.prepare(job)
         if not page.usable():
             raise JobError(502, "browser_failed", f"the browser page failed ({page.broken or page.browser.last_error})")
+        init = job.fetch_init(self.settings.origin)
         job.task = asyncio.ensure_future(
-            page.page.evaluate(READER_JS, job.url, job.fetch_init(self.settings.origin), job.id, BINDING, ABORTS)
+            page.page.evaluate(
+                READER_JS, job.url, init, job.id, BINDING, ABORTS, job.page_headers, self.settings.page_owned_paths
+            )
         )
         job.task.add_done_callback(consume_exception)
         message = await self.next(job)

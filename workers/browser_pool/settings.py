@@ -36,6 +36,7 @@ class Settings:
     test_hooks: bool = False  # POST /v1/debug/pages (tests only)
     chrome_path: str | None = None
     default_timeout: float = 120.0
+    page_version_path: str = "__APP_CONFIG__.version"  # BROWSER_PAGE_VERSION_PATH; "" = never read
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], address: str | None = None) -> Settings:
@@ -57,7 +58,13 @@ class Settings:
             test_hooks=bool(config.get("BROWSER_TEST_HOOKS")),
             chrome_path=config.get("CHROME_PATH") or None,
             default_timeout=float(config["QWEN_READ_TIMEOUT"]),
+            page_version_path=str(config.get("BROWSER_PAGE_VERSION_PATH") or "").strip(),
         )
+
+    @property
+    def page_owned_paths(self) -> dict[str, str]:
+        """Where the page keeps its own value of each header it owns (for ``READER_JS``)."""
+        return {"version": self.page_version_path} if self.page_version_path else {}
 
     @property
     def origin(self) -> str:
