@@ -208,20 +208,16 @@ def tiny_dir() -> Path:
 # -- measuring ---------------------------------------------------------------------------------
 
 
-def _prompt_of(tokens: int) -> str:
-    """Roughly ``tokens`` tokens of code-like text for the tiny and synthetic tokenizers."""
-    return ("def add(a, b):\n    return a + b\n" * (tokens // 8 + 1))[: tokens * 4]
-
-
 class Target:
     """Where requests go: the worker's NDJSON stream, or the gateway's OpenAI SSE stream."""
 
     def __init__(self, via: str, url: str) -> None:
         self.via, self.url = via, url
 
-    def one(self, content: str, tokens: int) -> dict[str, float]:
+    def one(self, content: str, tokens: int) -> dict[str, Any]:
+        """One streamed request; ``times`` holds the arrival time of each text piece."""
         t0 = time.monotonic()
-        first = None
+        times: list[float] = []
         n = prompt = 0
         if self.via == "worker":
             body = {"messages": [{"role": "user", "content": content}], "temperature": 0,
@@ -230,8 +226,8 @@ class Target:
                 resp.raise_for_status()
                 for raw in resp.iter_lines(chunk_size=None):
                     line = json.loads(raw) if raw else {}
-                    if line.get("type") == "text" and first is None:
-                        first = time.monotonic()
+                    if line.get("type") == "text":
+                        times.append(time.monotonic())
                     elif line.get("type") == "end":
                         n, prompt = line["completion_tokens"], line["prompt_tokens"]
                     elif line.get("type") == "error":
@@ -247,22 +243,26 @@ class Target:
                     chunk = json.loads(raw[6:])
                     if "error" in chunk:
                         raise RuntimeError(chunk["error"])
-                    if chunk.get("choices") and chunk["choices"][0]["delta"].get("content") and first is None:
-                        first = time.monotonic()
+                    if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                        times.append(time.monotonic())
                     if chunk.get("usage"):
                         n, prompt = chunk["usage"]["completion_tokens"], chunk["usage"]["prompt_tokens"]
         t1 = time.monotonic()
-        first = first or t1
+        first = times[0] if times else t1
         return {
             "ttft": first - t0,
             "decode_tps": (n - 1) / (t1 - first) if n > 1 and t1 > first else 0.0,
             "tokens": n,
             "prompt_tokens": prompt,
             "seconds": t1 - t0,
+            "times": times,
         }
 
     def concurrent(self, content: str, tokens: int, n: int) -> dict[str, float]:
-        results: list[dict[str, float]] = []
+        """``n`` streams at once. The decoding rate counts the text pieces of all streams that
+        arrive while every one of them is decoding (after the last first piece, before the
+        first last piece), over that window: the batch's steady rate, prompts excluded."""
+        results: list[dict[str, Any]] = []
         errors: list[BaseException] = []
 
         def run() -> None:
@@ -280,23 +280,33 @@ class Target:
         wall = time.monotonic() - t0
         if errors:
             raise RuntimeError(f"{len(errors)} concurrent request(s) failed: {errors[0]}")
-        # decode rate: tokens after each stream's first one, over the time all were decoding
-        first_all = max(r["ttft"] for r in results)
-        decode_tokens = sum(max(0, r["tokens"] - 1) for r in results)
-        last = max(r["seconds"] for r in results)
+        start = max(r["times"][0] for r in results)
+        end = min(r["times"][-1] for r in results)
+        pieces = sum(1 for r in results for t in r["times"] if start < t <= end)
         return {
             "aggregate_tps": sum(r["tokens"] for r in results) / wall,
-            "decode_aggregate_tps": decode_tokens / (last - first_all) if last > first_all else 0.0,
+            "decode_aggregate_tps": pieces / (end - start) if end > start else 0.0,
+            "overlap_pieces": pieces,
             "wall": wall,
             "tokens": sum(r["tokens"] for r in results),
-            "ttft_max": first_all,
+            "ttft_max": start - t0,
         }
+
+
+def prompt_text(model_dir: str, tokens: int) -> str:
+    """Code-like text that the checkpoint's tokenizer reads as about ``tokens`` tokens."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = tok.encode("def add(a, b):\n    return a + b\n" * (tokens // 4 + 1), add_special_tokens=False)
+    return tok.decode(ids[:tokens])
 
 
 def start_worker(args: argparse.Namespace, model_dir: str, log_path: str | None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     argv = [sys.executable, "-m", "workers.inference", "-m", model_dir, "-p", str(port),
             "-cache", args.cache, "--device", args.device, "--dtype", args.dtype, "--kernel", args.kernel,
+            "--lm-head", args.lm_head,
             "--parallel", str(args.parallel), "--max-queue", str(max(16, *args.concurrency)),
             "--name", Path(model_dir).name]  # fmt: skip
     if args.threads:
@@ -336,9 +346,11 @@ def run_bench(args: argparse.Namespace, model_dir: str, label: str, via: str) ->
             gateway = Gateway(fake, LOCAL_MODEL_URL=worker_url, LOCAL_MODEL_NAME=LOCAL_MODEL)
             url = gateway.url
         target = Target(via, url)
-        content = _prompt_of(args.prompt_tokens)
+        content = prompt_text(model_dir, args.prompt_tokens)
         target.one(content, 2)  # warm-up (and the gateway's first request)
         singles = [target.one(content, args.gen_tokens) for _ in range(args.runs)]
+        for single in singles:
+            single.pop("times")
         rss_loaded = psutil.Process(proc.pid).memory_info().rss / 2**20
         result: dict[str, Any] = {
             "model": label,
@@ -381,17 +393,21 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None
           f"batch {args.parallel} · prompt ~{args.prompt_tokens} tokens")  # fmt: skip
     head = ["model", "via", "kernel", "load s", "TTFT ms", "tok/s 1 stream"]
     for n in levels:
-        head += [f"agg. tok/s {n} streams", f"x single ({n})"]
+        head += [f"agg. tok/s {n} streams (decoding)", f"x single ({n})", f"agg. tok/s {n} (wall, with prompts)"]
     head += ["peak RSS MiB", "RSS loaded MiB"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in results:
         mem = r.get("memory", {})
-        kernel = (r["kernel"] or "").replace("aten.", "").split(" ")[0]
+        kernel = (r["kernel"] or "").replace("aten.", "").replace(" (tinygemm)", "")
         row = [r["model"], r["via"], kernel, f"{r['load_s']:.0f}", f"{r['ttft_ms']:.0f}", f"{r['decode_tps']:.2f}"]
         for n in levels:
             c = r["concurrent"].get(n)
-            row += [f"{c['aggregate_tps']:.2f}", f"{c['aggregate_tps'] / r['decode_tps']:.1f}"] if c else ["–", "–"]
+            if c:
+                ratio = c["decode_aggregate_tps"] / r["decode_tps"] if r["decode_tps"] else 0.0
+                row += [f"{c['decode_aggregate_tps']:.2f}", f"{ratio:.1f}", f"{c['aggregate_tps']:.2f}"]
+            else:
+                row += ["–", "–", "–"]
         row += [f"{mem.get('rss_peak_mb', 0):.0f}", f"{mem.get('rss_after_load_mb', 0):.0f}"]
         if "cuda_peak_mb" in mem:
             row[-2] += f" (CUDA {mem['cuda_peak_mb']:.0f})"
@@ -413,6 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--kernel", default="auto", choices=["auto", "gptq"])
     p.add_argument("--cache", default="normal", choices=["normal", "q4"])
+    p.add_argument("--lm-head", default="bf16", choices=["bf16", "int8"], help="the worker's output layer")
     p.add_argument("--parallel", type=int, default=4, help="the worker's batch size")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--max-seq-len", type=int, default=4096)

@@ -139,3 +139,20 @@ def test_what_cannot_be_repacked_says_why(quant_layers) -> None:
 
     with pytest.raises(CannotRepack, match="exllama"):
         GPTQWeight.from_module(Exllama())
+
+
+def test_int8_lm_head_is_within_a_percent_of_bf16() -> None:
+    """``--lm-head int8``: per-row symmetric int8 against the bf16 layer it replaces."""
+    from workers.inference.int4 import Int8Linear
+
+    gen = torch.Generator().manual_seed(6)
+    linear = torch.nn.Linear(256, 1000, bias=False).to(torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(1000, 256, generator=gen) * 0.02)
+    int8 = Int8Linear.from_linear(linear, rows_per_chunk=300)
+    assert int8.weight.dtype == torch.int8 and int8.out_features == 1000
+    x = torch.randn(3, 256, generator=gen).bfloat16()
+    want = linear(x)
+    got = int8(x)
+    assert got.dtype == torch.bfloat16 and rel_err(got, want) < 0.01
+    assert (got.argmax(-1) == want.argmax(-1)).all()

@@ -257,3 +257,39 @@ class Int4Linear(nn.Module):
         fused = f", splits={self.splits}" if len(self.splits) > 1 else ""
         order = ", act_order" if self.perm is not None else ""
         return f"in={self.in_features}, out={self.out_features}, group={self.group_size}{fused}{order}, {self.kernel}"
+
+
+class Int8Linear(nn.Module):
+    """``y = x @ W.T`` with ``W`` in int8 and one bf16 scale per output row (symmetric), on
+    ``aten._weight_int8pack_mm``. For the CPU's ``lm_head`` (``--lm-head int8``): a bf16 matvec
+    over a 152k-row vocabulary is memory-bound, and int8 halves what it reads."""
+
+    kernel = "aten._weight_int8pack_mm"
+
+    def __init__(self, weight: torch.Tensor, scales: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("weight", weight, persistent=False)
+        self.register_buffer("scales", scales, persistent=False)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Module, rows_per_chunk: int = 8192) -> Int8Linear:
+        """Quantize a linear layer's weight (no bias), a chunk of rows at a time."""
+        if getattr(linear, "bias", None) is not None:
+            raise CannotRepack("Int8Linear has no bias")
+        w = linear.weight
+        q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+        scales = torch.empty(w.shape[0], dtype=torch.float32, device=w.device)
+        for start in range(0, w.shape[0], rows_per_chunk):
+            chunk = w[start : start + rows_per_chunk].float()
+            scale = chunk.abs().amax(dim=1).clamp(min=1e-8) / 127.0
+            q[start : start + rows_per_chunk] = torch.round(chunk / scale[:, None]).clamp(-127, 127).to(torch.int8)
+            scales[start : start + rows_per_chunk] = scale
+        return cls(q, scales.to(torch.bfloat16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
+        y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scales)
+        return y.to(x.dtype).reshape(*shape, self.out_features)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .int4 import CannotRepack, GPTQWeight, Int4Linear, check_device, kernel_name
+from .int4 import CannotRepack, GPTQWeight, Int4Linear, Int8Linear, check_device, kernel_name
 from .protocol import (  # noqa: F401  (re-exported: the model's public request types)
     BadParams,
     ContextTooLongError,
@@ -311,7 +311,7 @@ class BatchRunner:
         self.embed = hf_model.model.embed_tokens
         self.norm = hf_model.model.norm
         self.lm_head = hf_model.lm_head
-        self.vocab = self.lm_head.weight.shape[0]
+        self.vocab = getattr(self.lm_head, "out_features", None) or self.lm_head.weight.shape[0]
         rotary = getattr(hf_model.model, "rotary_emb", None)
         inv_freq = getattr(rotary, "inv_freq", None)
         if inv_freq is None:  # default RoPE from the config (transformers 5 keeps it in rope_parameters)
@@ -698,6 +698,7 @@ class LocalModel:
         kernel: str = "auto",
         max_batch: int = 4,
         cuda_graphs: bool = True,
+        lm_head: str = "bf16",
     ) -> None:
         self.path = Path(path).expanduser().resolve()
         if device == "auto":
@@ -724,6 +725,9 @@ class LocalModel:
         self.q4_residual = q4_residual
         self.max_batch = max(1, max_batch)
         self.cuda_graphs = cuda_graphs
+        if lm_head not in ("bf16", "int8"):
+            raise ValueError("lm_head must be 'bf16' (the model's dtype) or 'int8'")
+        self.lm_head_mode = lm_head
         self.tokenizer = None
         self.model = None  # the transformers model inside auto-gptq's wrapper
         self.runner: BatchRunner | None = None
@@ -774,7 +778,10 @@ class LocalModel:
         else:
             self.kernels = KernelReport(kernel=_quantlinear_name(self.model))
         self.kernel = self.kernels.kernel
-        progress(f"weights loaded, kernel {self.kernels.summary()}")
+        if self.lm_head_mode == "int8":
+            self.model.lm_head = Int8Linear.from_linear(self.model.lm_head)  # a tied embedding stays bf16
+            self.kernel += f" + lm_head {Int8Linear.kernel}"
+        progress(f"weights loaded, kernel {self.kernels.summary()}, lm_head {self.lm_head_mode}")
         config = self.model.config
         self.max_seq_len = int(self.requested_max_seq_len or getattr(config, "max_position_embeddings", 32768))
         eos = self.model.generation_config.eos_token_id
