@@ -1,4 +1,4 @@
-# qwenproxy: the gateway under gunicorn + gevent, with Debian's Chromium for the browser pool.
+# qwenproxy: the gateway under gunicorn + gevent, with Debian's Chromium (headed, on Xvfb) for the browser pool.
 #   docker compose up -d --build                      (docker-compose.yml, docs/OPERATIONS.md)
 #   docker build --build-arg WITH_LOCAL_MODEL=1 .     (+ torch and the GPTQ stack, for the inference service)
 FROM python:3.11-slim-bookworm
@@ -15,10 +15,11 @@ ENV PYTHONUNBUFFERED=1 \
     SESSION_DIR=/app/session \
     LOGS_DIR=/app/logs \
     UPLOADS_DIR=/app/uploads \
-    API_KEYS_FILE=/app/session/Authorization.txt
+    API_KEYS_FILE=/app/session/Authorization.txt \
+    QWENPROXY_USER=qwenproxy
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends chromium fonts-liberation fonts-noto-color-emoji \
+ && apt-get install -y --no-install-recommends chromium xvfb fonts-liberation fonts-noto-color-emoji \
         ca-certificates curl tini \
  && rm -rf /var/lib/apt/lists/*
 
@@ -32,7 +33,12 @@ RUN pip install -r requirements.txt \
             -r requirements-local.txt; \
     fi
 COPY . .
-RUN mkdir -p session logs uploads
+# the gateway and Chromium run as this unprivileged user, never as root: scripts/boot.sh starts
+# as root only to hand the (possibly bind-mounted) folders to it, then drops to it with setpriv
+RUN useradd --system --uid 10001 --user-group --home-dir /app/session --shell /usr/sbin/nologin qwenproxy \
+ && mkdir -p session logs uploads \
+ && chown qwenproxy:qwenproxy session logs uploads \
+ && chmod 700 session logs uploads
 
 VOLUME ["/app/session", "/app/logs", "/app/uploads"]
 EXPOSE 3264

@@ -5,11 +5,11 @@ if __name__ == "__main__":  # gunicorn's gevent worker patches by itself; here w
 
     monkey.patch_all()
 
-from qwenproxy import create_app  # noqa: E402
+from qwenproxy import create_app
 
 app = create_app()
 
 if __name__ == "__main__":
-    from qwenproxy.serve import main
+    from qwenproxy.runtime.serve import main
 
     main(app)

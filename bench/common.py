@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
@@ -58,7 +58,8 @@ class Fake:
 class Gateway:
     """``gunicorn -c gunicorn.conf.py app:app`` with gevent workers, on a fresh database."""
 
-    def __init__(self, fake: Fake, workers: int = 1, **env: str) -> None:
+    def __init__(self, fake: Fake, workers: int = 1, root: Path = ROOT, **env: str) -> None:
+        """``root``: the checkout to serve (another one to compare two versions in one run)."""
         self.dir = Path(tempfile.mkdtemp(prefix="qwenproxy-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -71,7 +72,7 @@ class Gateway:
             SESSION_DIR=str(self.dir / "session"),
             LOGS_DIR=str(self.dir / "logs"),
             API_KEYS_FILE=str(self.dir / "none.txt"),
-            MODELS_FILE=str(ROOT / "AvailableModels.txt"),
+            MODELS_FILE=str(Path(root) / "AvailableModels.txt"),
             QWEN_BASE_URL=fake.url,
             QWEN_TOKEN=fake.token,
             QWEN_TRANSPORT="direct",
@@ -82,7 +83,7 @@ class Gateway:
         self.log = open(self.dir / "gunicorn.out", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app:app"],
-            cwd=ROOT,
+            cwd=root,
             env=full,
             stdout=self.log,
             stderr=subprocess.STDOUT,

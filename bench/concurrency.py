@@ -122,14 +122,18 @@ def main() -> None:
     finally:
         gw.stop()
         fake.stop()
-    print(f"# {time.strftime('%Y-%m-%d')} · {machine()} · gunicorn {args.workers} gevent worker(s), "
-          f"idle SSE streams (the upstream is silent after response.created); worker RSS at rest "
-          f"{baseline / 2**20:.1f} MiB")
+    print(
+        f"# {time.strftime('%Y-%m-%d')} · {machine()} · gunicorn {args.workers} gevent worker(s), "
+        f"idle SSE streams (the upstream is silent after response.created); worker RSS at rest "
+        f"{baseline / 2**20:.1f} MiB"
+    )
     print("| streams asked | open | errors | worker RSS MiB | RSS per stream KiB | /health/live p50 ms | opened in s |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['target']} | {r['open']} | {r['errors']} | {r['rss_mib']:.1f} | {r['per_stream_kib']:.1f} "
-              f"| {r['health_ms']:.1f} | {r['open_s']:.1f} |")
+        print(
+            f"| {r['target']} | {r['open']} | {r['errors']} | {r['rss_mib']:.1f} | {r['per_stream_kib']:.1f} "
+            f"| {r['health_ms']:.1f} | {r['open_s']:.1f} |"
+        )
     if errors:
         print(f"first error: {errors[0]}")
     print(f"gateway still running after the streams closed: {alive}")

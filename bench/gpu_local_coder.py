@@ -50,7 +50,7 @@ SHAPES = {
         num_attention_heads=28,
         num_key_value_heads=4,
         vocab_size=152064,
-    ),  # fmt: skip
+    ),
     # a CPU-sized check of the same code
     "tiny": dict(
         hidden_size=256,
@@ -59,7 +59,7 @@ SHAPES = {
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=1024,
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -321,7 +321,7 @@ def render(r: dict[str, Any]) -> str:
         + ", ".join(
             f"{k} {'ok' if v.get('ok') else 'FAIL'} ({v.get('rel_err', v.get('error'))})"
             for k, v in r.get("kernel_check", {}).items()
-        ),  # fmt: skip
+        ),
         f"weights {r.get('weights_gib', '–')} GiB, peak {r.get('peak_gib', '–')} GiB; build {r.get('build_s', '–')} s; "
         f"graph vs eager greedy agreement {r.get('graph_vs_eager_same_tokens', '–')}; total {r['total_s']} s",
         "",

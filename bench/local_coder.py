@@ -308,7 +308,7 @@ def start_worker(args: argparse.Namespace, model_dir: str, log_path: str | None)
     argv = [sys.executable, "-m", "workers.inference", "-m", model_dir, "-p", str(port),
             "-cache", args.cache, "--device", args.device, "--dtype", args.dtype, "--kernel", args.kernel,
             "--lm-head", args.lm_head,
-            "--parallel", str(args.parallel), "--max-queue", str(max(16, max(args.concurrency))),
+            "--parallel", str(args.parallel), "--max-queue", str(max(16, *args.concurrency)),
             "--name", Path(model_dir).name]  # fmt: skip
     if args.threads:
         argv += ["--threads", str(args.threads)]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
-from .config import load_config
+from .config import VERSION, load_config
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -20,24 +19,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # a test's mapping is the whole truth: neither the environment nor .env leak into it
     settings = load_config(config, environ={} if testing else None, env_file="" if testing else None)
     app.config.update(settings)
-    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_CONTENT_LENGTH_MB"]) * 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = int(float(app.config["MAX_REQUEST_MB"]) * 1024 * 1024)
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    Path(app.config["SESSION_DIR"]).mkdir(parents=True, exist_ok=True)
+    from .private import private_dir
 
-    from . import account_store, apikeys, db, middleware, ratelimit
-    from .api import (
-        chat,
-        chats,
-        dual_chat,
-        errors,
-        files,
-        health,
-        images,
-        openai,
-        status,
-    )
+    private_dir(app.config["SESSION_DIR"])  # accounts, browser profiles, the database: owner only
+    private_dir(app.config["UPLOADS_DIR"])
+
+    from . import db
+    from .accounts import cli as accounts_cli
+    from .accounts import store as account_store
+    from .api import anthropic, chat, chats, dual_chat, errors, files, health, images, openai, responses, status, videos
+    from .ops import apikeys, middleware, ratelimit
     from .providers import build_registry
+    from .serving.live import LiveTurns
 
     middleware.configure_logging(app.config["LOG_LEVEL"], app.config.get("LOGS_DIR"))
     middleware.init_app(app)
@@ -53,11 +49,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         status,
         dual_chat,
         images,
+        videos,
         files,
+        anthropic,
+        responses,
     )
     for module in blueprints:
         app.register_blueprint(module.bp)
 
     account_store.init_app(app)  # the Qwen accounts registry, before the providers use it
+    accounts_cli.init_app(app)
     app.extensions["providers"] = build_registry(app)
+    app.extensions["live_turns"] = LiveTurns()  # ended in-band before a shutdown deadline
     return app

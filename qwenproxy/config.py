@@ -14,6 +14,7 @@ from typing import Any
 from dotenv import dotenv_values
 
 ROOT = Path(__file__).resolve().parent.parent
+VERSION = "0.1.0"  # qwenproxy.__version__
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 
@@ -29,13 +30,19 @@ DEFAULTS: dict[str, Any] = {
     "UPLOADS_DIR": "./uploads",
     "DATABASE_URL": None,  # default: sqlite:///<SESSION_DIR>/qwenproxy.db
     "AUTO_MIGRATE": True,
+    "DATABASE_SHARED_CONNECTION": "auto",  # SQLite: one connection per worker (auto: under gevent) or one per greenlet
+    "DATABASE_POOL_SIZE": 20,  # PostgreSQL: pooled connections per worker
     "WEB_WORKERS": 0,  # 0: from the number of CPUs
     "GRACEFUL_TIMEOUT": 60,
-    "MAX_CONTENT_LENGTH_MB": 150,
+    "MAX_REQUEST_MB": 32,  # largest request body (a JSON body is held in memory while it is read)
+    "MAX_CONTENT_LENGTH_MB": None,  # the old name of MAX_REQUEST_MB, used when that is not set
     "WORKER_CONNECTIONS": 4000,  # gunicorn: connections (open streams included) one gevent worker holds
-    "KEEPALIVE": 2,  # seconds an idle keep-alive connection stays open (gunicorn's default)
+    "KEEPALIVE": 10,  # seconds an idle keep-alive connection stays open (sent as Keep-Alive: timeout=N)
     # operations (docs/OPERATIONS.md)
-    "CORS_ORIGINS": "*",  # browser origins allowed to call the API: "*", a comma-separated list, or "" for none
+    # browser origins allowed to call the API: "*", a comma-separated list, or "" for none;
+    # unset: "*" when API keys are configured, none without keys
+    "CORS_ORIGINS": None,
+    "STATUS_PAGE_PUBLIC": False,  # the status page at / without a key even when keys are configured
     "RATE_LIMIT_PER_MINUTE": 0,  # requests per API key (per client address without keys) a minute; 0 = off
     "REQUEST_LOG_KEEP": 1000,  # recent requests kept in the database for the status page
     "PROMETHEUS_MULTIPROC_DIR": None,  # set by gunicorn.conf.py: /metrics then adds up every worker
@@ -43,12 +50,27 @@ DEFAULTS: dict[str, Any] = {
     "API_KEYS_FILE": "./Authorization.txt",
     # models
     "MODELS_FILE": "./AvailableModels.txt",
-    "DEFAULT_MODEL": "qwen-max-latest",
+    "DEFAULT_MODEL": None,  # unset or gone upstream: the first model of chat.qwen.ai's live list (2026 §1)
+    "MODEL_ALIASES": None,  # extra legacy/foreign names, "name=target,gpt-4*=qwen3.7-max" (globs; docs/MODES.md)
     "MODELS_CACHE_SECONDS": 600,
+    # Anthropic Messages API (docs/AGENTS.md): claude-* names -> served models; "name=target|fallback,…",
+    # a target may be auto:max (newest coder/max model) or auto:fast (newest flash/turbo/plus)
+    "ANTHROPIC_MODEL_MAP": "opus=auto:max,sonnet=auto:max,haiku=auto:fast",
     # streaming
     "PING_INTERVAL": 15.0,  # seconds of upstream silence before a ": ping" comment
     # Qwen web modes (docs/MODES.md)
     "REASONING_IN_CONTENT": False,  # reasoning as <think>…</think> in content, not reasoning_content
+    # a model that cannot think off (think_skip.enable false) always thinks upstream; its
+    # reasoning reaches a client that did not ask for thinking only when this is on
+    "QWEN_SHOW_FORCED_REASONING": False,
+    "QWEN_THINKING_LOCKED_MODELS": "qwen3.8-*",  # globs, used when the live list does not say
+    # media (docs/MODES.md): downloads for b64_json and /v1/videos/{id}/content, video tasks
+    "MEDIA_HOSTS": "*.qwenlm.ai,qwen-webui-prod.oss-accelerate.aliyuncs.com",  # + QWEN_BASE_URL's host
+    "MEDIA_MAX_MB": 100.0,  # largest image or video the gateway downloads
+    "VIDEO_POLL_INTERVAL": 2.0,  # seconds before the first upstream task poll; grows 1.5x per poll
+    "VIDEO_POLL_MAX_INTERVAL": 15.0,
+    "VIDEO_CHAT_TIMEOUT": 900.0,  # seconds a -video chat waits for its task
+    "VIDEO_CONTENT": "stream",  # GET /v1/videos/{id}/content: stream (through the gateway) | redirect
     # Qwen web (chat.qwen.ai)
     "QWEN_BASE_URL": "https://chat.qwen.ai",
     "QWEN_TRANSPORT": "browser",  # browser (fetch inside a Chromium page) | direct | auto (direct, browser on captcha)
@@ -59,9 +81,17 @@ DEFAULTS: dict[str, Any] = {
         "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
         "(KHTML, like Gecko) Chrome/141.0.0.0 Safari/537.36"
     ),
-    "QWEN_BX_V": "2.5.31",
-    "QWEN_FRONTEND_VERSION": "0.2.63",
-    # browser pool (QWEN_TRANSPORT=browser|auto): workers/browser_pool.py, docs/BROWSER_POOL.md
+    # the 2026 front end's headers (2026 §2); the browser transport lets the page supply its own
+    "QWEN_FRONTEND_VERSION": "0.2.87",  # `version` header
+    "QWEN_BX_V": None,  # `bx-v` (e.g. 2.5.36) is sent only when set
+    "QWEN_AUTH_HEADER": False,  # also send Authorization: Bearer (the front end uses only the token cookie)
+    "QWEN_ACCEPT_LANGUAGE": "en-US,en;q=0.9",
+    "QWEN_STOP_TIMEOUT": 2.0,  # seconds for the best-effort stop call when a client leaves (2026 §3)
+    "QWEN_IN_PROGRESS_BACKOFF": "0.5,1,2",  # seconds between retries of a chat "in progress" (2026 §3)
+    # conversations (README "Conversations"): recognise re-sent histories; the body size wall
+    "QWEN_HISTORY_MATCHING": True,  # false: every request without chatId folds its history into a new chat
+    "QWEN_MAX_BODY_BYTES": 120000,  # larger completions bodies move their long part into a document
+    # browser pool (QWEN_TRANSPORT=browser|auto): workers/browser_pool/, docs/BROWSER_POOL.md
     "BROWSER_POOL_SOCKET": None,  # Unix socket path (default <SESSION_DIR>/browser_pool.sock) or http://127.0.0.1:PORT
     "BROWSER_POOL_SIZE": 2,  # pages per browser (one browser per account profile)
     "BROWSER_PAGE_JOBS": 6,  # fetches one page runs at once; more wait in the pool's queue
@@ -70,7 +100,12 @@ DEFAULTS: dict[str, Any] = {
     "BROWSER_QUEUE_TIMEOUT": 30.0,  # seconds a job may wait for a page before a 504
     "BROWSER_DRAIN_TIMEOUT": 20.0,  # on SIGTERM: seconds running jobs may take to finish
     "BROWSER_WATCHDOG_SECONDS": 2.0,  # how often browsers and pages are pinged; a silent one is relaunched
-    "BROWSER_HEADLESS": True,
+    "BROWSER_HEADLESS": "auto",  # auto: headed on an own Xvfb (or $DISPLAY) when there is one | true | false
+    "BROWSER_ANTIBOT_WAIT_S": 8.0,  # seconds a fresh page waits for the site's anti-bot module before its first call
+    # where on `window` the site's page keeps its front-end version (the `version` header the pool sends;
+    # QWEN_FRONTEND_VERSION when the page has none; "" = never read it)
+    "BROWSER_PAGE_VERSION_PATH": "__APP_CONFIG__.version",
+    "BROWSER_TEST_HOOKS": False,  # tests only: the pool's POST /v1/debug/pages sends a CDP command to its pages
     "BROWSER_AUTO_STICKY_SECONDS": 300.0,  # auto: after a captcha, go straight to the browser this long
     # uploads (docs/UPLOADS.md)
     "MAX_UPLOAD_MB": 20.0,  # per file; also bounds data: URIs in chat messages
@@ -97,6 +132,12 @@ DEFAULTS: dict[str, Any] = {
     "ACCOUNT_AUTO_RELOGIN": False,  # sign in again with credentials kept by `add --remember`
     "ACCOUNT_LOGIN_TIMEOUT": 300.0,  # seconds `accounts add`/`relogin` wait for a browser login
     "CHROME_PATH": None,  # Chrome/Chromium binary; default: Debian's /usr/bin/chromium
+    "ACCOUNT_REFRESH_AHEAD_HOURS": 6.0,  # renew a token (refresh token) when less than this is left
+    "ACCOUNT_KEEP_MEMORY": False,  # `accounts add/relogin` leave the account's memory and tools on
+    "ACCOUNT_QUOTA_MINUTES": 30.0,  # ask entitlement_quota at most this often per account; 0 = never
+    "QWEN_QUOTA_FEATURES": "model,thinking,search,t2i,t2v,image_edit,deep_research_deep_research",
+    "ACCOUNT_WALLS_FOR_HUMAN": 3,  # captcha walls in a row before an account "needs a human"
+    "QWEN_GUEST": "auto",  # auto: chat as a guest when no account is usable | off
     # shared by the bots
     "DEFAULT_SYSTEM_PROMPT": None,
     # local Qwen2.5-Coder (GPTQ) inference worker: workers/inference.py, requirements-local.txt
@@ -154,13 +195,18 @@ def load_config(
         env_file = environ.get("QWENPROXY_ENV_FILE", ".env")
     config: dict[str, Any] = dict(DEFAULTS)
     file_values = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
+    explicit: set[str] = set()  # keys set anywhere but in DEFAULTS
     # an empty env_file ("") means: read no .env at all
     for source in (file_values, environ):
         for key, value in source.items():
             if key in DEFAULTS and value is not None:
                 config[key] = _coerce(key, value)
+                explicit.add(key)
     for key, value in (overrides or {}).items():
         config[key] = _coerce(key, value)
+        explicit.add(key)
+    if config.get("MAX_CONTENT_LENGTH_MB") is not None and "MAX_REQUEST_MB" not in explicit:
+        config["MAX_REQUEST_MB"] = _coerce("MAX_REQUEST_MB", str(config["MAX_CONTENT_LENGTH_MB"]))
     # the seed's alias for SKIP_ACCOUNT_MENU
     if config.get("NON_INTERACTIVE"):
         config["SKIP_ACCOUNT_MENU"] = True

@@ -53,6 +53,20 @@ class BadRequest(ApiError):
     type = "invalid_request_error"
 
 
+class UnsupportedMediaType(ApiError):
+    """A body in a format the route does not take (a JSON route sent text/plain, a form)."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class Forbidden(ApiError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
 class AuthenticationError(ApiError):
     status = 401
     type = "invalid_request_error"
@@ -79,6 +93,22 @@ class UpstreamError(ApiError):
     status = 502
     type = "upstream_error"
     code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream stopped sending for longer than the read timeout."""
+
+    status = 504
+    type = "timeout"
+    code = "upstream_timeout"
+
+
+class ServerShutdown(ApiError):
+    """This process is shutting down and ended the request before its deadline."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "server_shutdown"
 
 
 class UpstreamUnavailable(UpstreamError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -62,6 +62,18 @@ class Finished:
     reason: str = "stop"
 
 
+def add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
+    """The usage of two answers of one request added up (the later one's raw figures kept)."""
+    if a is None or b is None:
+        return a or b
+    return Usage(
+        a.prompt_tokens + b.prompt_tokens,
+        a.completion_tokens + b.completion_tokens,
+        a.total_tokens + b.total_tokens,
+        b.raw,
+    )
+
+
 Event = Union[ResponseStarted, TextDelta, ReasoningDelta, ToolCallDelta, Annotation, ImageResult, Usage, Finished]
 
 
@@ -94,3 +106,35 @@ class EventStream:
         close = getattr(self.events, "close", None)
         if close is not None:
             close()
+
+
+class EventFilter:
+    """An event iterator made by a generator over another stream (tool calls, structured
+    output); ``close`` ends the generator, and so the upstream read it holds."""
+
+    _iter: Generator[Event, None, None]
+
+    def __iter__(self) -> Iterator[Event]:
+        return self._iter
+
+    def __next__(self) -> Event:
+        return next(self._iter)
+
+    def close(self) -> None:
+        self._iter.close()
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """Where an upstream media task stands, in OpenAI's video statuses: ``queued``,
+    ``in_progress``, ``completed`` (``url`` set) or ``failed`` (``error`` set)."""
+
+    status: str
+    progress: int = 0
+    url: str | None = None
+    error: str | None = None
+    raw: str = ""  # the upstream's own status word
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("completed", "failed")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what qwenproxy needs on a Debian machine (run as root), idempotently.
-#   scripts/setup.sh            gateway: Chromium, a venv in .venv, requirements.txt
+#   scripts/setup.sh            gateway: Chromium, Xvfb, a venv in .venv, requirements.txt
 #   scripts/setup.sh --local    + the local model's stack (torch 2.13.0 CPU, auto-gptq, transformers)
 #   scripts/setup.sh --tests    + everything the test suite needs (implies --local)
 set -euo pipefail
@@ -15,11 +15,12 @@ for arg in "$@"; do
   esac
 done
 
-if ! command -v chromium >/dev/null 2>&1 || ! command -v python3 >/dev/null 2>&1; then
-  echo "==> apt: chromium, python3-venv"
+# xvfb: the browser pool runs Chromium headed on its own virtual display (BROWSER_HEADLESS=auto)
+if ! command -v chromium >/dev/null 2>&1 || ! command -v Xvfb >/dev/null 2>&1 || ! command -v python3 >/dev/null 2>&1; then
+  echo "==> apt: chromium, xvfb, python3-venv"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq chromium python3 python3-venv python3-dev gcc curl >/dev/null
+  apt-get install -y -qq chromium xvfb python3 python3-venv python3-dev gcc curl >/dev/null
 fi
 
 if [ "$want_tests" = 1 ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

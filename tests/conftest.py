@@ -16,6 +16,7 @@ import requests
 
 from qwenproxy import create_app
 from tests.fakes import ISSUED_SECRETS
+from tests.fakes.oss import FakeOSS
 from tests.fakes.qwen_web import FakeQwen
 from tests.fakes.server import BackgroundServer
 
@@ -25,6 +26,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # children), so the leftover check below finds exactly ours.
 RUN_MARK = ("PYTEST_QWENPROXY_RUN", uuid.uuid4().hex)
 os.environ[RUN_MARK[0]] = RUN_MARK[1]
+
+# tests/<layer>/ gives each test its marker: `pytest -m unit` runs the fast layer alone
+LAYERS = ("unit", "http", "process", "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        layer = item.path.parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
 
 
 def marked_chromium() -> list:
@@ -61,7 +72,13 @@ def no_secret_in_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
     appears in any log the gateway wrote (LOGS_DIR files, gunicorn's output)."""
     yield
     secrets = sorted(s for s in ISSUED_SECRETS if len(s) >= 8)
-    logs = [p for p in tmp_path_factory.getbasetemp().rglob("*.log") if p.is_file()]
+    # a Chromium profile (a folder with "Local State") keeps the token on purpose, and its
+    # LevelDB journals are named *.log: they are the browser's storage, not logs
+    logs = [
+        p
+        for p in tmp_path_factory.getbasetemp().rglob("*.log")
+        if p.is_file() and not any((parent / "Local State").exists() for parent in p.parents)
+    ]
     leaks = []
     for path in logs:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -92,6 +109,8 @@ def app_config(tmp_path: Path, fake: FakeQwen, **extra) -> dict:
         "QWEN_READ_TIMEOUT": 10.0,
         "PING_INTERVAL": 15.0,
         "LOG_LEVEL": "WARNING",
+        "QWEN_GUEST": "off",  # tests of guest mode say so
+        "ACCOUNT_QUOTA_MINUTES": 0,  # no background quota calls unless a test asks
     }
     config.update(extra)
     return config
@@ -125,6 +144,33 @@ def live_server(app) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def oai(live_server: LiveServer):
+    """The official ``openai`` SDK on the app, over a real socket."""
+    import openai
+
+    return openai.OpenAI(base_url=live_server.url + "/v1", api_key="dummy", max_retries=0, timeout=30)
+
+
+@pytest.fixture
+def claude(live_server: LiveServer):
+    """The official ``anthropic`` SDK as Claude Code configures it: only a base URL and a token."""
+    import anthropic
+
+    return anthropic.Anthropic(base_url=live_server.url, auth_token="any", max_retries=0, timeout=30)
+
+
+@pytest.fixture
+def fake_oss(fake_qwen: FakeQwen) -> Iterator[FakeOSS]:
+    """A fake OSS bucket attached to the fake chat.qwen.ai (its STS grants this bucket)."""
+    fake = FakeOSS().start()
+    fake_qwen.oss = fake
+    try:
+        yield fake
+    finally:
+        fake.stop()
 
 
 def free_port() -> int:
@@ -161,6 +207,8 @@ class Gunicorn:
                 "LOG_LEVEL": "WARNING",
                 "QWENPROXY_ENV_FILE": "",
                 "QWEN_TRANSPORT": "direct",
+                "QWEN_GUEST": "off",
+                "ACCOUNT_QUOTA_MINUTES": "0",
             }
         )
         full_env["LOGS_DIR"] = str(Path(env["SESSION_DIR"]).parent / "logs")

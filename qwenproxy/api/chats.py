@@ -8,9 +8,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 from peewee import JOIN, Case, fn
 
-from ..conversations import default_chat_name, find_chat
+from ..db.models import Chat, Message
 from ..errors import BadRequest, NotFound
-from ..models import Chat, Message
+from ..serving.conversations import default_chat_name, find_chat
 from .common import json_body, registry
 
 bp = Blueprint("chats", __name__)

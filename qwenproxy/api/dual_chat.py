@@ -15,23 +15,18 @@ and FastAPI-style 422 bodies for missing parameters. Beyond the seed, compatibly
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
-from peewee import IntegrityError
+from flask import Blueprint, Response, request
 
-from .. import db
-from ..conversations import Turn, save_message
 from ..errors import ApiError, BadRequest, UpstreamUnavailable
-from ..models import Chat, Message
-from ..openai_wire import Collected
-from ..providers import ChatRequest, Provider
-from ..streaming import serve
+from ..providers import Provider
+from ..serving.conversations import kept_messages
+from ..serving.dual import find_session, run_bot
+from ..wire.openai import Collected
+from ..wire.seed import ParamError, seed_json
 from .common import registry
 
 log = logging.getLogger(__name__)
@@ -50,24 +45,6 @@ START_WORKER_HINT = (
     "Start the local Qwen2.5-Coder worker with `python -m workers.inference -m PATH` "
     "(or set LOCAL_MODEL_PATH and restart the gateway), then check GET /qwen/status."
 )
-
-
-class ParamError(BadRequest):
-    """A missing or malformed query parameter, rendered like FastAPI's 422."""
-
-    status = 422
-
-    def __init__(self, name: str, kind: str, msg: str, value: Any) -> None:
-        super().__init__(f"Query parameter `{name}`: {msg}", param=name, code="invalid_params")
-        self.detail = [{"type": kind, "loc": ["query", name], "msg": msg, "input": value}]
-
-
-def seed_json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """JSON exactly as the seed's FastAPI wrote it: compact, UTF-8, no trailing newline."""
-    body = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    response = Response(body.encode("utf-8"), status=status, mimetype="application/json")
-    response.headers.update(headers or {})
-    return response
 
 
 @bp.errorhandler(ApiError)
@@ -134,144 +111,7 @@ def _int_param(name: str, default: int) -> int:
 # --- history -----------------------------------------------------------------------------
 
 
-def find_session(session_id: str) -> Chat | None:
-    return Chat.get_or_none(Chat.session_id == session_id)
-
-
-def session_chat(session_id: str) -> Chat:
-    """The chat holding a seed session's history, created on its first message."""
-    chat = find_session(session_id)
-    if chat is not None:
-        return chat
-    try:
-        with db.database.atomic():
-            return Chat.create(session_id=session_id, name=f"Dual AI Chat: {session_id}"[:500], provider="dual")
-    except IntegrityError:  # a concurrent first message created it
-        return Chat.get(Chat.session_id == session_id)
-
-
-def visible(chat: Chat, bot: str | None = None):
-    """The session's kept messages (failed exchanges hidden), oldest first."""
-    query = Message.select().where((Message.chat == chat) & (Message.status != "error"))
-    if bot:
-        query = query.where(Message.bot == bot)
-    return query.order_by(Message.id)
-
-
-def prompt_history(chat: Chat, limit: int) -> list[dict[str, Any]]:
-    """The last ``limit`` messages of the session, from both bots, oldest first."""
-    if limit <= 0:
-        return []
-    rows = list(visible(chat).order_by(Message.id.desc()).limit(limit))[::-1]
-    return [{"role": m.role, "content": m.content} for m in rows]
-
-
-def build_messages(chat: Chat, query: str) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    system_prompt = current_app.config.get("DEFAULT_SYSTEM_PROMPT")
-    if system_prompt:
-        messages.append({"role": "system", "content": system_prompt})
-    messages.extend(prompt_history(chat, int(current_app.config.get("DUAL_HISTORY_TURNS", 10))))
-    messages.append({"role": "user", "content": query})
-    return messages
-
-
-@dataclass
-class DualTurn(Turn):
-    """A ``Turn`` whose rows record the bot, and whose failure hides the user's row too."""
-
-    bot: str = "gigachat"
-    user_row: int = 0
-
-    def begin(self, new_messages: list[dict[str, Any]]) -> None:
-        with db.session():
-            for message in new_messages:
-                row = save_message(
-                    self.chat,
-                    str(message.get("role", "user")),
-                    message.get("content", ""),
-                    model=self.model,
-                    provider=self.provider,
-                    bot=self.bot,
-                )
-                self.user_row = row.id
-
-    def close(self, status: str, error: str | None = None) -> None:
-        if self.closed:
-            return
-        super().close(status, error=error)
-        try:
-            with db.session():
-                Message.update(bot=self.bot).where(
-                    (Message.chat == self.chat)
-                    & (Message.id > self.user_row)
-                    & (Message.provider == self.provider)
-                    & Message.bot.is_null()
-                ).execute()
-                if status == "error":
-                    Message.update(status="error").where(Message.id == self.user_row).execute()
-        except Exception:
-            log.exception("could not label the answer of session chat %s", self.chat.id)
-
-
 # --- running a bot ---------------------------------------------------------------------
-
-
-def _no_extras(collected: Collected, info: dict[str, Any]) -> dict[str, Any]:
-    return {}
-
-
-def run_bot(
-    bot: str,
-    provider: Provider,
-    *,
-    query: str,
-    session_id: str,
-    stream: bool,
-    shape: Any,
-    model: str | None = None,
-    max_tokens: int | None = None,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    options: dict[str, Any] | None = None,
-) -> Response:
-    """One exchange: the session's history plus the query, stored when it ends."""
-    model = provider.resolve_model(model)
-    chat = session_chat(session_id)
-    messages = build_messages(chat, query)
-    chat_request = ChatRequest(
-        model=model,
-        messages=messages,
-        stream=stream,
-        requested_model=model,
-        conversation_id=chat.id,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        options=dict(options or {}),
-        request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
-    )
-    turn = DualTurn(chat=chat, provider=provider.name, model=model, bot=bot)
-    turn.begin([{"role": "user", "content": query}])
-    body: dict[str, Any] = {}
-
-    def shape_body(collected: Collected, fields: dict[str, Any]) -> dict[str, Any]:
-        body.update(shape(collected))
-        return body
-
-    response = serve(
-        lambda: provider.open_stream(chat_request),
-        turn,
-        stream=stream,
-        model=model,
-        extras=_no_extras,
-        include_usage=True,
-        ping_interval=float(current_app.config["PING_INTERVAL"]),
-        shape=shape_body,
-    )
-    if stream:
-        return response
-    return seed_json(body)
 
 
 # --- routes ----------------------------------------------------------------------------
@@ -396,5 +236,5 @@ def history() -> Response:
     if bot is not None and bot not in BOTS:
         raise ParamError("bot", "enum", "Input should be 'gigachat' or 'qwen'", bot)
     chat = find_session(session_id)
-    rows = list(visible(chat, bot)) if chat is not None else []
+    rows = list(kept_messages(chat, bot)) if chat is not None else []
     return seed_json({"history": [{"role": m.role, "content": m.content} for m in rows]})

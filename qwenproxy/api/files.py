@@ -11,14 +11,21 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
 from .. import db
+from ..db.models import UploadedFile
 from ..errors import BadRequest, NotFound, UpstreamUnavailable
-from ..models import UploadedFile
-from ..uploads import OPENAI_PURPOSES, FileTooLarge, Spool, Uploader, file_object
+from ..uploads.context import CONTEXT_PURPOSE
+from ..uploads.multipart import PartCounter
+from ..uploads.spool import Spool
+from ..uploads.uploader import Uploader, file_object
+from ..uploads.validation import FileTooLarge
+from ..wire.openai import OPENAI_PURPOSES
 from .common import json_body
 
 bp = Blueprint("files", __name__)
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and small fields around the file
+MAX_PARTS = 50  # the file and a few fields; more is refused as too_many_parts
+MAX_FIELD_BYTES = 1024 * 1024  # a text field (purpose, ...) held in memory
 
 
 def uploader() -> Uploader:
@@ -42,23 +49,36 @@ def receive(up: Uploader, spool: Spool) -> tuple[FileStorage, MultiDict]:
         )
     if request.content_length is not None and request.content_length > up.limit + MULTIPART_OVERHEAD:
         raise _too_large(up)
-    parser = FormDataParser(
-        stream_factory=spool.factory,
-        max_form_memory_size=1024 * 1024,
-        max_content_length=current_app.config.get("MAX_CONTENT_LENGTH"),
-        silent=False,
-        max_form_parts=50,
-    )
-    try:
-        _, form, files = parser.parse(request.stream, request.mimetype, request.content_length, request.mimetype_params)
-    except RequestEntityTooLarge:
-        raise _too_large(up) from None
-    except ValueError:
-        raise BadRequest("Malformed multipart/form-data body", code="invalid_multipart") from None
+    form, files = parse_multipart(up, spool)
     storage = files.get("file")
     if storage is None:
         raise BadRequest("No file in the field `file` (Файл не был загружен)", param="file", code="missing_file")
     return storage, form
+
+
+def parse_multipart(up: Uploader, spool: Spool) -> tuple[MultiDict, MultiDict]:
+    """``(form fields, files)`` of a multipart body, the files written straight into the spool
+    (each one bounded by ``MAX_UPLOAD_MB`` there, the whole body by ``MAX_CONTENT_LENGTH``)."""
+    parser = FormDataParser(
+        stream_factory=spool.factory,
+        max_form_memory_size=MAX_FIELD_BYTES,
+        max_content_length=current_app.config.get("MAX_CONTENT_LENGTH"),
+        silent=False,
+        max_form_parts=MAX_PARTS + 1,  # PartCounter refuses first, with the right message
+    )
+    boundary = request.mimetype_params.get("boundary", "").encode("latin-1", "replace")
+    stream = PartCounter(request.stream, boundary, MAX_PARTS) if boundary else request.stream
+    try:
+        _, form, files = parser.parse(stream, request.mimetype, request.content_length, request.mimetype_params)
+    except RequestEntityTooLarge:
+        if request.content_length is not None and request.content_length <= up.limit:
+            raise BadRequest(  # werkzeug's other "too large": a text field, not the file
+                f"A form field is larger than {MAX_FIELD_BYTES // 1024} KiB", code="field_too_large"
+            ) from None
+        raise _too_large(up) from None
+    except ValueError:
+        raise BadRequest("Malformed multipart/form-data body", code="invalid_multipart") from None
+    return form, files
 
 
 def _upload(purpose: str | None = None, *, require_purpose: bool = False) -> UploadedFile:
@@ -109,6 +129,8 @@ def sts_token() -> Response:
         raise BadRequest("`filename`, `filesize` and `filetype` are required (Некорректные данные о файле)")
     if not (isinstance(filename, str) and isinstance(filetype, str)):
         raise BadRequest("`filename` and `filetype` must be strings (Некорректные данные о файле)")
+    if "/" in filename or "\\" in filename:  # the upstream keeps it as the last part of an object path
+        raise BadRequest("`filename` must be a file name, not a path", param="filename")
     if isinstance(filesize, str) and filesize.strip().isdigit():
         filesize = int(filesize)
     if isinstance(filesize, bool) or not isinstance(filesize, int) or filesize <= 0:
@@ -126,7 +148,8 @@ def create_file() -> Response:
 
 @bp.get("/api/files")
 def list_files() -> Response:
-    query = UploadedFile.select()
+    # long contexts the gateway moved into documents itself (uploads/context.py) are not the client's
+    query = UploadedFile.select().where(UploadedFile.purpose != CONTEXT_PURPOSE)
     purpose = request.args.get("purpose")
     if purpose:
         query = query.where(UploadedFile.purpose == purpose)

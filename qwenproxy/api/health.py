@@ -6,62 +6,33 @@ counts requests and keeps the recent-request log.
 from __future__ import annotations
 
 import json
-import os
-import signal
+import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
 
-from .. import __version__, db, requestlog
-from ..metrics import Metrics, read_workers_file, state_metrics
+from .. import db
+from ..config import VERSION
+from ..ops import requestlog
+from ..ops.exposure import exposure_warning
+from ..ops.lifecycle import Health, health, workers_file
+from ..ops.logs import redact
+from ..ops.metrics import Metrics, read_workers_file, state_metrics
+from ..ops.middleware import keys_configured
 from .common import registry
+from .openapi import document
 
 bp = Blueprint("health", __name__)
 
-OPENAPI = Path(__file__).resolve().parent.parent / "openapi.json"
 # requests that are not worth a row in the request log (probes, scrapes, the page itself)
 QUIET_PREFIXES = ("/health", "/metrics", "/static", "/api/openapi.json", "/favicon.ico")
 
 
-@dataclass
-class Health:
-    """This process's lifecycle, as the probes report it."""
-
-    started: float = field(default_factory=time.time)
-    draining: bool = False
-    pid: int = field(default_factory=os.getpid)
-
-
-def health(app: Flask | None = None) -> Health:
-    return (app or current_app).extensions["health"]
-
-
-def start_draining(app: Flask) -> None:
-    """From now on ``/health/ready`` answers 503 (the process is shutting down)."""
-    health(app).draining = True
-
-
-def drain_on_sigterm(app: Flask, then: Callable[[int, Any], Any]) -> None:
-    """Install a SIGTERM handler that marks the app draining, then calls ``then`` (gunicorn's
-    own ``handle_exit``, which stops accepting and waits ``graceful_timeout`` for streams)."""
-
-    def _handler(signum: int, frame: Any) -> None:
-        start_draining(app)
-        then(signum, frame)
-
-    signal.signal(signal.SIGTERM, _handler)
-
-
-def workers_file(app: Flask) -> Path:
-    return Path(app.config["SESSION_DIR"]) / "workers.json"
-
-
 def provider_usable(status: dict[str, Any]) -> bool:
     """Whether a provider's ``status()`` says it can serve a request now."""
+    if status.get("guest"):  # no usable account, chats go out as a guest (QWEN_GUEST=auto)
+        return True
     if isinstance(status.get("accounts"), list):
         return any(a.get("status") == "OK" for a in status["accounts"])
     for key in ("model_loaded", "available", "configured"):
@@ -96,7 +67,7 @@ def database_check() -> str:
 def live() -> Response:
     """The process answers (a container's healthcheck)."""
     h = health()
-    return jsonify({"status": "ok", "pid": h.pid, "uptime": round(time.time() - h.started, 1), "version": __version__})
+    return jsonify({"status": "ok", "pid": h.pid, "uptime": round(time.time() - h.started, 1), "version": VERSION})
 
 
 @bp.get("/health/ready")
@@ -150,7 +121,11 @@ def metrics() -> Response:
 
 @bp.get("/api/openapi.json")
 def openapi() -> Response:
-    return Response(OPENAPI.read_bytes(), mimetype="application/json")
+    """The OpenAPI document, built from the routes and request models once per process."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if "openapi" not in app.extensions:
+        app.extensions["openapi"] = json.dumps(document(app), ensure_ascii=False, indent=2).encode("utf-8")
+    return Response(app.extensions["openapi"], mimetype="application/json")
 
 
 # --- the status page ------------------------------------------------------------------
@@ -177,7 +152,7 @@ def status_page() -> Response:
     ready_now = database == "ok" and any(usable.values()) and not h.draining
     html = render_template(
         "status.html",
-        version=__version__,
+        version=VERSION,
         ready=ready_now,
         draining=h.draining,
         database=database,
@@ -188,27 +163,38 @@ def status_page() -> Response:
             for name, s in statuses.items()
         },
         accounts=accounts,
+        guest=any(s.get("guest") for s in statuses.values()),
         workers=read_workers_file(workers_file(app)),
         web_workers=app.config.get("WEB_WORKERS") or "auto",
         models=models,
-        default_model=app.config.get("DEFAULT_MODEL"),
+        default_model=statuses.get("qwen", {}).get("defaultModel") or app.config.get("DEFAULT_MODEL"),
         recent=[_row(r) for r in recent],
         errors=[_row(r) for r in errors],
-        refresh=int(request.args.get("refresh", 10)) if request.args.get("refresh", "10").isdigit() else 10,
+        refresh=refresh_seconds(request.args.get("refresh")),
+        exposure=exposure_warning([str(app.config.get("HOST") or "")], keys_configured(app)),
     )
     response = Response(html, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
+def refresh_seconds(value: str | None, default: int = 10) -> int:
+    """``?refresh=N``: ASCII digits only (``"²".isdigit()`` is true too), at most an hour."""
+    if value is None or not re.fullmatch(r"[0-9]{1,6}", value):
+        return default
+    return min(int(value), 3600)
+
+
 def _state(usable: bool, status: dict[str, Any]) -> str:
+    if status.get("guest"):
+        return "guest"
     if usable:
         return "usable"
     return "not configured" if status.get("configured") is False else "unusable"
 
 
 def _details(status: dict[str, Any]) -> str:
-    skip = {"name", "accounts", "browserPool"}
+    skip = {"name", "accounts", "browserPool", "guest"}
     parts = []
     for key, value in status.items():
         if key in skip or value in (None, "", [], {}):
@@ -229,9 +215,17 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {secs}s"
 
 
+SHOWN_MESSAGE_CHARS = 160
+
+
 def _row(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out["time"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.get("created") or 0))
+    if out.get("error_message"):  # error messages may echo a client's input: scrubbed and cut
+        message = redact(str(out["error_message"]))
+        if len(message) > SHOWN_MESSAGE_CHARS:
+            message = message[: SHOWN_MESSAGE_CHARS - 1] + "…"
+        out["error_message"] = message
     return out
 
 
@@ -259,6 +253,9 @@ def init_app(app: Flask) -> None:
         m: Metrics = app.extensions["metrics"]
         m.requests.labels(request.method, route, str(response.status_code)).inc()
         m.request_seconds.labels(route).observe(elapsed)
+        if g.get("rejected"):  # refused before any route: a count, never a row anyone could flood
+            m.rejected.labels(g.rejected).inc()
+            return response
         if request.method == "OPTIONS" or request.path == "/" or request.path.startswith(QUIET_PREFIXES):
             return response
         if g.get("request_log_deferred"):  # a stream: the stream loop records it when it ends

@@ -1,85 +1,79 @@
-"""``POST /api/images/generations`` (also ``/v1/images/generations``): OpenAI's images API
-on top of Qwen's ``t2i`` chat mode (spec §4.6, docs/MODES.md)."""
+"""OpenAI's images API on Qwen's image modes (docs/MODES.md): ``POST /api/images/generations``
+and ``POST /api/images/edits`` (also under ``/v1``)."""
 
 from __future__ import annotations
 
-import base64
-import time
 import uuid
+from typing import Any
 
-import requests
-from flask import Blueprint, Response, current_app, g, jsonify
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from ..errors import BadRequest, UpstreamError
-from ..openai_wire import collect
-from ..providers import ChatRequest
-from ..qwen.modes import aspect_ratio
-from ..streaming import as_api_error
+from ..errors import BadRequest
+from ..serving import images
+from ..serving.fetch import MediaFetcher
+from ..wire.media import ImageEditRequest
+from ..wire.openai import ImageRequest, parse_request
 from .common import json_body, registry
+from .files import parse_multipart, uploader
 
 bp = Blueprint("images", __name__)
 
-MAX_IMAGES = 4  # each image is one upstream chat turn
+NO_IMAGE = "`image` is required: one or more image files (or, as JSON, URLs, data: URIs or file ids)"
+
+
+def _request_id() -> str:
+    return getattr(g, "request_id", "") or uuid.uuid4().hex
+
+
+def _draw(req: ImageRequest, refs: list[str]) -> Response:
+    # image models of other vendors (dall-e-3, gpt-image-1) fall back to the default model
+    return jsonify(
+        images.draw(
+            registry().for_model(req.model),
+            model=req.model,
+            prompt=req.prompt,
+            n=req.n,
+            ratio=req.ratio,
+            images=refs,
+            response_format=req.response_format,
+            fetcher=MediaFetcher.from_config(current_app.config),
+            request_id=_request_id(),
+        )
+    )
 
 
 @bp.post("/api/images/generations")
 def generations() -> Response:
-    body = json_body()
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise BadRequest("`prompt` must be a non-empty string", param="prompt")
-    n = body.get("n", 1)
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
-        raise BadRequest(f"`n` must be an integer between 1 and {MAX_IMAGES}", param="n")
-    response_format = body.get("response_format") or "url"
-    if response_format not in ("url", "b64_json"):
-        raise BadRequest("`response_format` must be url or b64_json", param="response_format")
-    try:
-        ratio = aspect_ratio(body.get("size")) or "1:1"
-    except ValueError as exc:
-        raise BadRequest(str(exc), param="size") from None
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise BadRequest("`model` must be a string", param="model")
-    # image models of other vendors (dall-e-3, gpt-image-1) fall back to the default model
-    provider = registry().for_model(model)
-    upstream_model, _shown, _options = provider.resolve_request(model)
-
-    urls: list[str] = []
-    for _ in range(n):
-        request = ChatRequest(
-            model=upstream_model,
-            messages=[{"role": "user", "content": prompt}],
-            requested_model=model,
-            options={"image": True, "image_size": ratio},
-            request_id=getattr(g, "request_id", "") or uuid.uuid4().hex,
-        )
-        try:
-            stream = provider.open_stream(request)
-            try:
-                urls += collect(stream).images
-            finally:
-                stream.close()
-        except BaseException as exc:
-            raise as_api_error(exc) from exc
-    if not urls:
-        raise UpstreamError("The upstream answered without an image", code="upstream_no_image")
-    if response_format == "b64_json":
-        data = [{"b64_json": _download(url)} for url in urls]
-    else:
-        data = [{"url": url} for url in urls]
-    return jsonify({"created": int(time.time()), "data": data})
+    return _draw(parse_request(ImageRequest.model_validate, json_body()), [])
 
 
-def _download(url: str) -> str:
-    """The image behind a (signed, short-lived) CDN URL, base64-encoded."""
-    timeout = (float(current_app.config["QWEN_CONNECT_TIMEOUT"]), float(current_app.config["QWEN_READ_TIMEOUT"]))
-    try:
-        response = requests.get(url, timeout=timeout)
-    except requests.RequestException as exc:
-        raise UpstreamError(f"Could not fetch the generated image: {exc}", code="upstream_image_fetch") from exc
-    if response.status_code != 200:
-        raise UpstreamError(
-            f"Fetching the generated image answered HTTP {response.status_code}", code="upstream_image_fetch"
-        )
-    return base64.b64encode(response.content).decode("ascii")
+@bp.post("/api/images/edits")
+def edits() -> Response:
+    """Multipart as OpenAI's (``image`` or ``image[]`` files); JSON with image references too."""
+    if request.mimetype != "multipart/form-data":
+        body = json_body()
+        refs = _json_images(body)
+        return _draw(parse_request(ImageEditRequest.model_validate, body), refs)
+    up = uploader()
+    with up.spool() as spool:
+        form, files = parse_multipart(up, spool)
+        sent = files.getlist("image") + files.getlist("image[]")
+        if not sent:
+            raise BadRequest(NO_IMAGE, param="image", code="missing_image")
+        req = parse_request(ImageEditRequest.from_form, form)
+        refs = images.upload_images(up, [(f.stream, f.filename, getattr(f.stream, "size", None)) for f in sent])
+    return _draw(req, refs)
+
+
+def _json_images(body: dict[str, Any]) -> list[str]:
+    """``image`` (a reference or a list) and ``images`` (``[{image_url} | {file_id}]``, as
+    OpenAI's JSON edits take them)."""
+    found: list[Any] = []
+    image = body.get("image")
+    found += image if isinstance(image, list) else ([image] if image else [])
+    for item in body.get("images") or []:
+        found.append(item.get("image_url") or item.get("file_id") if isinstance(item, dict) else item)
+    refs = [r.get("url") if isinstance(r, dict) else r for r in found]
+    if not refs or not all(isinstance(r, str) and r.strip() for r in refs):
+        raise BadRequest(NO_IMAGE, param="image", code="missing_image")
+    return refs

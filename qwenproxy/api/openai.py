@@ -1,9 +1,12 @@
-"""OpenAI-compatible routes: chat completions and the model list."""
+"""OpenAI-compatible routes: chat completions, legacy completions and the model list."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request
 
+from ..serving.completions import completion_turn
+from ..serving.messages import model_list
+from ..wire.openai import CompletionRequest, parse_request
 from .common import json_body, registry, run_chat
 
 bp = Blueprint("openai", __name__)
@@ -15,9 +18,17 @@ def chat_completions() -> Response:
     return run_chat(body, body.get("messages"), simple=False)
 
 
+@bp.post("/api/completions")
+def completions() -> Response:
+    req = parse_request(CompletionRequest.model_validate, json_body())
+    return completion_turn(registry().for_model(req.model), req)
+
+
 @bp.get("/api/models")
 def models() -> Response:
     cards = registry().list_models()
+    if request.headers.get("anthropic-version"):  # Anthropic clients: Claude Code's model picker
+        return jsonify(model_list(cards, current_app.config.get("ANTHROPIC_MODEL_MAP")))
     return jsonify(
         {
             "object": "list",

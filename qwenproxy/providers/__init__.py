@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Flask
 
-from .base import ChatRequest, ModelCard, Provider, ProviderRegistry
+from .base import ChatRequest, MediaTask, ModelCard, Provider, ProviderRegistry
 
-__all__ = ["ChatRequest", "ModelCard", "Provider", "ProviderRegistry", "build_registry"]
+__all__ = ["ChatRequest", "MediaTask", "ModelCard", "Provider", "ProviderRegistry", "build_registry"]
 
 
 def build_registry(app: Flask) -> ProviderRegistry:

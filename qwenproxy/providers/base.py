@@ -8,10 +8,12 @@ Adding a provider means one module with one class plus one line in ``providers/_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import EventStream
+from ..errors import BadRequest
+from ..events import EventStream, TaskState
 
 
 @dataclass
@@ -26,15 +28,35 @@ class ChatRequest:
     conversation_id: str | None = None  # upstream conversation (Qwen chat_id)
     parent_id: str | None = None  # upstream message to continue from (Qwen parent_id)
     account_id: str | None = None  # account the conversation is pinned to, if any
+    # Stateless history (serving/history.py): how many leading ``messages`` the upstream chat
+    # ``conversation_id`` already holds; the provider folds the rest before the new turn into
+    # a transcript (all of it in a new chat). None: only the new turn is sent (chatId clients).
+    upstream_known: int | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    tool_spec: Any = None  # ``tools``/``tool_choice`` parsed once (wire.tools.ToolSpec), when the route did
     options: dict[str, Any] = field(default_factory=dict)  # provider-specific extras; the modes
     # (docs/MODES.md) use thinking, thinking_budget, search, image, image_size, parallel_tool_calls
     request_id: str = ""
+    # the whole conversation as stored locally (OpenAI messages, this turn included), read
+    # only when a provider must move it to a new upstream chat (Qwen's "in progress", 2026 §3)
+    history: Callable[[], list[dict[str, Any]]] | None = None
+
+
+@dataclass(frozen=True)
+class MediaTask:
+    """A media task a provider started upstream (a Qwen ``t2v`` video): what it takes to ask
+    about it later, from any worker."""
+
+    task_id: str
+    account_id: str | None = None  # the account that owns the task upstream
+    chat_id: str | None = None
+    parent_id: str | None = None  # the upstream user message
+    response_id: str | None = None  # the upstream answer that will hold the video
 
 
 @dataclass(frozen=True)
@@ -57,7 +79,8 @@ class Provider(ABC):
 
     @abstractmethod
     def owns(self, model: str) -> bool:
-        """Whether a requested model name belongs to this provider."""
+        """Whether a requested model name belongs to this provider. Cheap: from its own names
+        and prefixes only, never a network call (the registry asks it for every request)."""
 
     def resolve_model(self, model: str | None) -> str:
         """Map an alias or a missing name to the id sent upstream."""
@@ -79,6 +102,15 @@ class Provider(ABC):
     def open_stream(self, request: ChatRequest) -> EventStream:
         """Start a completion. Errors before the first event are raised from here or from
         the first ``next()``; later ones are raised from the iteration."""
+
+    def start_video(self, request: ChatRequest) -> MediaTask:
+        """Start a video task from the last user message (text, maybe an image); providers
+        without videos refuse."""
+        raise BadRequest(f"Model {request.model!r} cannot generate videos", param="model", code="video_unsupported")
+
+    def video_status(self, task: MediaTask) -> TaskState:  # noqa: ARG002 - the interface
+        """Ask the upstream once where ``task`` stands."""
+        raise BadRequest("This provider has no video tasks", code="video_unsupported")
 
     def status(self) -> dict[str, Any]:
         """A JSON-able health summary for ``/api/status``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import contextvars
 import json
 import logging
@@ -31,7 +32,9 @@ from gigachat import exceptions as gexc
 from gigachat.models.chat import ChatCompletion, ChatCompletionChunk
 from gigachat.models.chat import Usage as GigaUsage
 from gigachat.settings import Settings
+from typing_extensions import override
 
+from ..content import is_text_part, json_text, text_of
 from ..errors import (
     ApiError,
     BadRequest,
@@ -42,15 +45,7 @@ from ..errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
-from ..events import (
-    Event,
-    EventStream,
-    Finished,
-    ReasoningDelta,
-    ResponseStarted,
-    TextDelta,
-    Usage,
-)
+from ..events import Event, EventStream, Finished, ReasoningDelta, ResponseStarted, TextDelta, Usage
 from .base import ChatRequest, ModelCard, Provider
 
 log = logging.getLogger(__name__)
@@ -96,6 +91,7 @@ class _ExplicitSettings(Settings):
     """The SDK's settings, filled only from the arguments given (no environment, no .env)."""
 
     @classmethod
+    @override
     def settings_customise_sources(
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
     ):
@@ -125,10 +121,8 @@ def _shutdown(response: httpx.Response) -> None:
     stream = response.extensions.get("network_stream")
     sock = stream.get_extra_info("socket") if stream is not None else None
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 def _remember_response(response: httpx.Response) -> None:
@@ -324,40 +318,44 @@ class GigaChatProvider(Provider):
             return f"HTTP {exc.status_code}: {_upstream_message(exc)}"
         return f"{type(exc).__name__}: {exc}"
 
+    def _map_response_error(self, exc: gexc.ResponseError, model: str | None) -> ApiError:
+        """An HTTP error answer of GigaChat (or of its auth endpoint) -> a typed error."""
+        if str(exc.url) == self._settings.auth_url:  # the SDK re-authenticated and failed
+            return self._auth_error(exc)
+        message = _upstream_message(exc)
+        self._last_error = f"HTTP {exc.status_code}: {message}"
+        if isinstance(exc, gexc.AuthenticationError):
+            return Unauthorized(
+                f"GigaChat refused a fresh access token ({message}); check "
+                f"{self.credentials_variable} and GIGACHAT_SCOPE.",
+                status=401,
+                type="authentication_error",
+                code="upstream_unauthorized",
+            )
+        if exc.status_code == 402:
+            return PaymentRequired(f"GigaChat: payment required ({message}).")
+        if isinstance(exc, gexc.NotFoundError):
+            return ModelNotFound(f"The model {model!r} does not exist at GigaChat ({message}).", param="model")
+        if isinstance(exc, gexc.UnprocessableEntityError):
+            return BadRequest(f"GigaChat: {message}", status=422, code="invalid_params")
+        if isinstance(exc, gexc.BadRequestError):
+            return BadRequest(f"GigaChat: {message}")
+        if isinstance(exc, gexc.RequestEntityTooLargeError):
+            return BadRequest(f"GigaChat: {message}", status=413, code="request_too_large")
+        if isinstance(exc, gexc.ForbiddenError):
+            return ApiError(f"GigaChat: {message}", status=403, type="permission_error", code="forbidden")
+        if isinstance(exc, gexc.RateLimitError):
+            return RateLimited(f"GigaChat: {message}", retry_after=exc.retry_after or None)
+        if isinstance(exc, gexc.ServerError):
+            return UpstreamError(f"GigaChat failed: HTTP {exc.status_code}: {message}")
+        return UpstreamError(f"GigaChat answered HTTP {exc.status_code}: {message}")
+
     def _map_error(self, exc: Exception, model: str | None = None) -> ApiError:
         """SDK and transport exceptions -> the gateway's typed errors (by type and status)."""
         if isinstance(exc, ApiError):
             return exc
         if isinstance(exc, gexc.ResponseError):
-            if str(exc.url) == self._settings.auth_url:  # the SDK re-authenticated and failed
-                return self._auth_error(exc)
-            message = _upstream_message(exc)
-            self._last_error = f"HTTP {exc.status_code}: {message}"
-            if isinstance(exc, gexc.AuthenticationError):
-                return Unauthorized(
-                    f"GigaChat refused a fresh access token ({message}); check "
-                    f"{self.credentials_variable} and GIGACHAT_SCOPE.",
-                    status=401,
-                    type="authentication_error",
-                    code="upstream_unauthorized",
-                )
-            if exc.status_code == 402:
-                return PaymentRequired(f"GigaChat: payment required ({message}).")
-            if isinstance(exc, gexc.NotFoundError):
-                return ModelNotFound(f"The model {model!r} does not exist at GigaChat ({message}).", param="model")
-            if isinstance(exc, gexc.UnprocessableEntityError):
-                return BadRequest(f"GigaChat: {message}", status=422, code="invalid_params")
-            if isinstance(exc, gexc.BadRequestError):
-                return BadRequest(f"GigaChat: {message}")
-            if isinstance(exc, gexc.RequestEntityTooLargeError):
-                return BadRequest(f"GigaChat: {message}", status=413, code="request_too_large")
-            if isinstance(exc, gexc.ForbiddenError):
-                return ApiError(f"GigaChat: {message}", status=403, type="permission_error", code="forbidden")
-            if isinstance(exc, gexc.RateLimitError):
-                return RateLimited(f"GigaChat: {message}", retry_after=exc.retry_after or None)
-            if isinstance(exc, gexc.ServerError):
-                return UpstreamError(f"GigaChat failed: HTTP {exc.status_code}: {message}")
-            return UpstreamError(f"GigaChat answered HTTP {exc.status_code}: {message}")
+            return self._map_response_error(exc, model)
         if isinstance(exc, httpx.TimeoutException):
             self._last_error = f"timeout: {exc}"
             return UpstreamUnavailable(f"GigaChat did not answer within {self.timeout:g} s", code="upstream_timeout")
@@ -498,24 +496,11 @@ class GigaChatProvider(Provider):
     def _message(message: dict[str, Any]) -> dict[str, Any]:
         role = message.get("role") or "user"
         content = message.get("content")
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                if isinstance(part, dict) and part.get("type") in ("text", "input_text"):
-                    texts.append(part.get("text") or "")
-                elif isinstance(part, str):
-                    texts.append(part)
-                else:
-                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise BadRequest(
-                        f"GigaChat models take text only here, not {kind!r} parts",
-                        param="messages",
-                    )
-            content = "\n".join(texts)
-        elif content is None:
-            content = ""
-        elif not isinstance(content, str):
-            content = json.dumps(content, ensure_ascii=False)
+        for part in content if isinstance(content, list) else ():
+            if not (is_text_part(part) or isinstance(part, str)):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise BadRequest(f"GigaChat models take text only here, not {kind!r} parts", param="messages")
+        content = text_of(content, joiner="\n", bare_strings=True, other=json_text)
         if role == "developer":
             role = "system"
         out: dict[str, Any] = {"role": role, "content": content}

@@ -10,92 +10,24 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlparse
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection
-from urllib3.connectionpool import HTTPConnectionPool
+from typing_extensions import override
 
+from ..content import text_of
 from ..errors import BadRequest, ContextTooLong, UpstreamError, UpstreamUnavailable
 from ..events import Event, EventStream, Finished, ResponseStarted, TextDelta, Usage
-from ..netutil import abort_response
+from ..netutil import UnixSocketAdapter, abort_response, unix_base_url
 from .base import ChatRequest, ModelCard, Provider
 
 log = logging.getLogger(__name__)
 
 HOW_TO_START = "start it with `python -m workers.inference -m PATH` or set LOCAL_MODEL_PATH"
-
-
-# -- Unix socket transport for requests (urllib3 1.26) ----------------------------------------
-
-
-class _UnixConnection(HTTPConnection):
-    def __init__(self, *args: Any, socket_path: str = "", **kwargs: Any) -> None:
-        self.socket_path = socket_path
-        super().__init__(*args, **kwargs)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        if isinstance(self.timeout, (int, float)):  # else urllib3's "default timeout" sentinel
-            sock.settimeout(self.timeout)
-        sock.connect(self.socket_path)
-        self.sock = sock
-
-
-class _UnixPool(HTTPConnectionPool):
-    ConnectionCls = _UnixConnection
-
-    def __init__(self, socket_path: str, **kwargs: Any) -> None:
-        super().__init__("localhost", **kwargs)
-        self.socket_path = socket_path
-
-    def _new_conn(self) -> HTTPConnection:
-        self.num_connections += 1
-        return _UnixConnection(host="localhost", timeout=self.timeout.connect_timeout, socket_path=self.socket_path)
-
-
-class UnixSocketAdapter(HTTPAdapter):
-    """Serves ``http+unix://<quoted socket path>/route`` URLs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._pools: dict[str, _UnixPool] = {}
-
-    def _pool(self, url: str) -> _UnixPool:
-        path = unquote(urlparse(url).netloc)
-        pool = self._pools.get(path)
-        if pool is None:
-            pool = self._pools[path] = _UnixPool(path, maxsize=16)
-        return pool
-
-    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):  # noqa: ANN001
-        return self._pool(request.url)
-
-    def get_connection(self, url, proxies=None):  # noqa: ANN001 - requests < 2.32
-        return self._pool(url)
-
-    def request_url(self, request, proxies):  # noqa: ANN001
-        return request.path_url
-
-    def close(self) -> None:
-        for pool in self._pools.values():
-            pool.close()
-        self._pools.clear()
-        super().close()
-
-
-def _base_url(url: str) -> str:
-    """``unix:///run/w.sock`` -> ``http+unix://%2Frun%2Fw.sock``; HTTP URLs unchanged."""
-    if url.startswith("unix:"):
-        return "http+unix://" + quote(urlparse(url).path, safe="")
-    return url.rstrip("/")
 
 
 # -- the provider ----------------------------------------------------------------------------
@@ -118,7 +50,7 @@ class LocalCoderProvider(Provider):
         read_timeout: float = 600.0,
     ) -> None:
         self.url = url
-        self.base = _base_url(url)
+        self.base = unix_base_url(url)
         self.model_name = model_name
         self.model_path = model_path
         self.folder_name = Path(model_path).expanduser().name if model_path else None
@@ -167,6 +99,7 @@ class LocalCoderProvider(Provider):
     def owns(self, model: str) -> bool:
         return model.lower() in {n.lower() for n in self._names()}
 
+    @override
     def resolve_model(self, model: str | None) -> str:
         return self.model_name
 
@@ -315,12 +248,7 @@ class LocalCoderProvider(Provider):
 
 def _plain_message(message: dict[str, Any]) -> dict[str, str]:
     """The worker takes ``{role, content: str}``; OpenAI parts are reduced to their text."""
-    content = message.get("content")
-    if isinstance(content, list):
-        content = "".join(
-            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") in ("text", "input_text")
-        )
-    return {"role": str(message.get("role") or "user"), "content": "" if content is None else str(content)}
+    return {"role": str(message.get("role") or "user"), "content": text_of(message.get("content"))}
 
 
 def _ndjson(resp: requests.Response) -> Iterator[dict[str, Any]]:

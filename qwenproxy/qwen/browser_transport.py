@@ -1,6 +1,6 @@
 """The ``browser`` and ``auto`` transports: Qwen calls through the browser pool worker.
 
-The pool (``workers/browser_pool.py``) makes each call as a ``fetch()`` inside a chat.qwen.ai
+The pool (``workers/browser_pool/``) makes each call as a ``fetch()`` inside a chat.qwen.ai
 page and streams the raw body back over a local socket. This side runs in the gevent web
 processes: plain ``http.client`` over a stdlib ``socket`` (which gevent patches), so a
 waiting stream never blocks the hub. Nothing here imports asyncio or pyppeteer.
@@ -11,6 +11,7 @@ with its captcha/WAF wall; ``UpstreamResponse.served_by`` tells which one served
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -22,10 +23,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from ..errors import UpstreamBlocked, UpstreamError, UpstreamUnavailable
-from ..netutil import shutdown
-from .protocol import error_from_response
-from .transport import DirectTransport, Transport, UpstreamResponse
+from ..errors import ApiError, UpstreamBlocked, UpstreamError, UpstreamUnavailable
+from ..netutil import UnixHTTPConnection, shutdown
+from . import walls
+from .protocol import SSEDecoder, StreamInterpreter, error_from_response
+from .transport import DirectTransport, Transport, UpstreamResponse, cookie_token, json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +42,6 @@ def pool_address(config: Mapping[str, Any]) -> str:
         return configured.rstrip("/")
     path = Path(configured) if configured else Path(str(config["SESSION_DIR"])) / "browser_pool.sock"
     return str(path.resolve())
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over a Unix socket; ``socket.socket`` is looked up at call time (gevent)."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("browser-pool", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class PoolResponse(UpstreamResponse):
@@ -111,14 +95,10 @@ class PoolResponse(UpstreamResponse):
         # a read blocked in another greenlet/thread returns now; the pool sees the
         # connection close and aborts the fetch inside the page
         shutdown(self._conn.sock)
-        try:
+        with contextlib.suppress(Exception):
             self._resp.close()
-        except Exception:
-            pass
-        try:
+        with contextlib.suppress(Exception):
             self._conn.close()
-        except Exception:
-            pass
 
 
 class BrowserTransport(Transport):
@@ -156,7 +136,7 @@ class BrowserTransport(Transport):
         if self.address.startswith("http://"):
             parts = urlsplit(self.address)
             return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
-        return _UnixConnection(self.address, timeout)
+        return UnixHTTPConnection(self.address, timeout, host="browser-pool")
 
     def _not_running(self, exc: BaseException) -> UpstreamUnavailable:
         return UpstreamUnavailable(
@@ -185,10 +165,11 @@ class BrowserTransport(Transport):
         job = {
             "method": method,
             "url": url,
-            "headers": dict(headers),
-            "body": json_body,
+            # as a string: the page sends exactly these bytes, the size uploads/context measured
+            "body": None if json_body is None else json_bytes(json_body).decode("utf-8"),
             "account_id": account_id,
             "timeout": job_timeout,
+            **job_headers(headers),
         }
         payload = json.dumps(job, ensure_ascii=False).encode("utf-8")
         # the pool enforces the job timeout (and its queue timeout) itself; this is a backstop
@@ -257,13 +238,43 @@ class BrowserTransport(Transport):
     def pool_status(self) -> dict[str, Any]:
         """The pool's ``/health``, for ``/api/status``; never raises."""
         try:
-            status, info = self._get("/health", timeout=2.0)
+            _status, info = self._get("/health", timeout=2.0)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             return {"running": False, "address": self.address, "error": f"{type(exc).__name__}: {exc}"}
         out = {"running": True, "address": self.address}
         if isinstance(info, dict):
             out.update(info)
         return out
+
+
+# Headers the page itself supplies in the browser (2026 §2, §4): its anti-bot script adds the
+# bx-* signature headers, and the front end knows its own `version` (BROWSER_PAGE_VERSION_PATH).
+# The gateway's values go as `page_headers`, fallbacks the pool uses only where the page has
+# none of its own.
+PAGE_OWNED = ("version",)
+
+
+def job_headers(headers: Mapping[str, str]) -> dict[str, Any]:
+    """The header fields of a pool job: ``headers`` for the in-page ``fetch()`` without the
+    page-owned ones (``bx-*`` dropped, ``version`` moved to ``page_headers``), and the
+    account ``token``, which the pool puts in the profile's ``token`` cookie (how the 2026
+    site authenticates); no ``Authorization`` is made up for it (``QWEN_AUTH_HEADER`` still
+    sends one explicitly)."""
+    sent: dict[str, str] = {}
+    page: dict[str, str] = {}
+    for key, value in headers.items():
+        low = key.lower()
+        if low.startswith("bx-"):
+            continue
+        if low in PAGE_OWNED:
+            page[low] = str(value)
+        elif low != "cookie":  # fetch() cannot set it; the profile's own jar goes along
+            sent[key] = str(value)
+    token = cookie_token(headers)
+    out: dict[str, Any] = {"headers": sent, "page_headers": page}
+    if token:
+        out["token"] = token
+    return out
 
 
 def _pool_error(status: int, body: bytes) -> UpstreamError:
@@ -297,10 +308,64 @@ class BufferedResponse(UpstreamResponse):
         pass
 
 
-class AutoTransport(Transport):
-    """Direct first; when Qwen answers with its captcha/WAF wall, the browser pool.
+class PeekedResponse(UpstreamResponse):
+    """A stream whose first chunks ``auto`` already read: they come first, then the rest."""
 
-    After a wall, calls go straight to the pool for ``sticky_seconds``.
+    def __init__(self, response: UpstreamResponse, held: list[bytes], rest: Iterator[bytes]) -> None:
+        self._response = response
+        self._held = held
+        self._rest = rest
+        self.status = response.status
+        self.headers = response.headers
+        self.served_by = response.served_by
+
+    def iter_bytes(self) -> Iterator[bytes]:
+        held, self._held = self._held, []
+        yield from held
+        yield from self._rest
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def peek_stream_wall(response: UpstreamResponse) -> tuple[list[bytes], Iterator[bytes], UpstreamBlocked | None]:
+    """Read a 200 event stream up to its first answer frame: a wall before it (2026 §4: a
+    captcha frame, a captcha page line) is returned; the chunks read so far are kept."""
+    decoder = SSEDecoder()
+    interp = StreamInterpreter()
+    held: list[bytes] = []
+    rest = response.iter_bytes()
+    try:
+        for chunk in rest:
+            held.append(chunk)
+            for data in decoder.feed(chunk):
+                interp.feed_data(data)
+                if '"choices"' in data or interp.finished:
+                    return held, rest, None
+            for line in decoder.take_stray():
+                interp.feed_stray(line)
+        for data in decoder.close():
+            interp.feed_data(data)
+        for line in decoder.take_stray():
+            interp.feed_stray(line)
+    except UpstreamBlocked as wall:
+        return held, rest, wall
+    except ApiError:  # any other failure is the stream's to report, unchanged
+        pass
+    return held, rest, None
+
+
+STREAM_WALL_STICKY = 30.0  # seconds: at least the retried turn goes to the browser
+
+
+class AutoTransport(Transport):
+    """Direct first; when Qwen answers with any of its walls, the browser pool.
+
+    A wall is a captcha/WAF answer, an ``x-actual-status-code`` 403/404 on a 200 (the call
+    is sent again through the pool), or a wall frame or line before the first answer frame of
+    a 200 event stream (2026 §4): then ``UpstreamBlocked`` with ``browser_next`` asks the
+    caller to start its turn again. After a wall, calls go straight to the pool for
+    ``sticky_seconds``.
     """
 
     name = "auto"
@@ -327,16 +392,34 @@ class AutoTransport(Transport):
             return self.browser.request(method, url, **kwargs)
         response = self.direct.request(method, url, **kwargs)
         ctype = response.header("content-type").lower()
-        if response.status == 200 and "text/event-stream" in ctype:
-            return response  # a stream: not a wall
-        try:
-            body = response.read()
-        finally:
+        err: ApiError | None
+        if response.status == 200 and "text/event-stream" in ctype and walls.header_wall(response.headers) is None:
+            held, rest, err = peek_stream_wall(response)
+            if err is None:
+                return PeekedResponse(response, held, rest)
             response.close()
-        err = error_from_response(response.status, response.headers, body)
-        if not isinstance(err, UpstreamBlocked):
-            return BufferedResponse(response.status, response.headers, body, served_by=response.served_by or "direct")
-        log.warning("direct call to %s hit the anti-bot wall (%s); using the browser pool", url.split("?")[0], err.code)
+            # the site may have recorded this turn before its wall: the caller starts the turn
+            # again (a new chat for a new conversation), and that goes to the browser
+            log.warning("direct stream from %s met the anti-bot wall; the turn goes to the browser pool", url)
+            self._browser_until = time.monotonic() + max(self.sticky_seconds, STREAM_WALL_STICKY)
+            retry = walls.blocked(getattr(err, "what", "captcha") + "; retried through the browser pool")
+            retry.browser_next = True  # type: ignore[attr-defined]
+            raise retry
+        else:
+            try:
+                body = response.read()
+            finally:
+                response.close()
+            err = error_from_response(response.status, response.headers, body)
+            if not isinstance(err, UpstreamBlocked):
+                return BufferedResponse(
+                    response.status, response.headers, body, served_by=response.served_by or "direct"
+                )
+        log.warning(
+            "direct call to %s hit the anti-bot wall (%s); using the browser pool",
+            url.split("?", maxsplit=1)[0],
+            err.code,
+        )
         self._browser_until = time.monotonic() + self.sticky_seconds
         try:
             return self.browser.request(method, url, **kwargs)

@@ -15,13 +15,13 @@ from typing import Any
 from ..errors import ApiError, NotFound, UpstreamError
 from .client import QwenClient
 from .protocol import error_from_response, unwrap
-from .transport import browser_headers
 
 STS_PATHS = ("/api/v2/files/getstsToken", "/api/v1/files/getstsToken")
 PARSE_PATH = "/api/v2/files/parse"
 PARSE_STATUS_PATH = "/api/v2/files/parse/status"
 PARSE_DONE = {"success", "succeeded", "done", "finished", "parsed"}
 PARSE_FAILED = {"failed", "fail", "error"}
+ACCEPT = "application/json, text/plain, */*"
 REQUIRED_STS_FIELDS = ("access_key_id", "access_key_secret", "security_token", "bucketname", "file_path", "file_url")
 
 
@@ -95,31 +95,10 @@ class QwenFiles:
         self.clock = clock
 
     def _post(self, path: str, token: str, body: Any, account_id: str | None) -> tuple[int, Mapping[str, str], bytes]:
-        response = self.client.transport.request(
-            "POST",
-            self.client.base_url + path,
-            headers=browser_headers(self.client.config, token=token, accept="application/json, text/plain, */*"),
-            json_body=body,
-            account_id=account_id,
-        )
-        try:
-            return response.status, response.headers, response.read()
-        finally:
-            response.close()
+        return self.client.call("POST", path, token=token, body=body, account_id=account_id, accept=ACCEPT)
 
     def _json(self, path: str, token: str, body: Any, account_id: str | None) -> Any:
-        status, headers, raw = self._post(path, token, body, account_id)
-        return self._decode(path, status, headers, raw)
-
-    @staticmethod
-    def _decode(path: str, status: int, headers: Mapping[str, str], raw: bytes) -> Any:
-        err = error_from_response(status, headers, raw)
-        if err is not None:
-            raise err
-        try:
-            return json.loads(raw.decode("utf-8")) if raw.strip() else None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UpstreamError(f"Qwen answered {path} with something that is not JSON") from exc
+        return self.client.decode(path, *self._post(path, token, body, account_id))
 
     def sts_token(
         self, token: str, filename: str, filesize: int, filetype: str, *, account_id: str | None = None
@@ -132,7 +111,7 @@ class QwenFiles:
             if _is_missing_endpoint(status, headers, raw):
                 last = (path, status, headers, raw)
                 continue
-            return self._decode(path, status, headers, raw)
+            return self.client.decode(path, status, headers, raw)
         assert last is not None
         path, status, headers, raw = last
         err = error_from_response(status, headers, raw)

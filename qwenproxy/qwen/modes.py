@@ -1,11 +1,13 @@
-"""Qwen web modes: thinking, web search, image generation (spec §3.5, §4.4–4.6).
+"""Qwen web modes: thinking, web search, images, video, deep research (spec §3.5, §4.4–4.6;
+2026 spec §6).
 
 A mode reaches us two ways: a model-name suffix (``qwen3-max-thinking``,
-``qwen3-max-search``, ``qwen3-max-image``; thinking and search stack, in any order) or a
-request field (``enable_thinking``, ``reasoning_effort``, ``web_search_options``). Routes
-put the generic flags in ``ChatRequest.options`` (``thinking``, ``search``, ``image``,
-``image_size``); this module turns them into Qwen's ``chat_type``, ``feature_config`` and
-top-level ``size``. Flask-free.
+``qwen3-max-search``, ``qwen3-max-image``, ``qwen3-max-video``, ``qwen3-max-deep-research``;
+thinking and search stack, in any order) or a request field (``enable_thinking``,
+``reasoning_effort``, ``web_search_options``, ``chat_type``, ``modalities``). Routes put the
+generic flags in ``ChatRequest.options`` (``thinking``, ``search``, ``image``, ``video``,
+``research``, ``image_size``); this module turns them into Qwen's ``chat_type``,
+``feature_config`` and top-level ``size``. Flask-free.
 """
 
 from __future__ import annotations
@@ -14,11 +16,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SUFFIXES: dict[str, str] = {"-thinking": "thinking", "-search": "search", "-image": "image"}
-
-# OpenAI image sizes → Qwen aspect ratios (§3.5 ``size``)
-ASPECT_RATIOS: dict[str, float] = {"1:1": 1.0, "16:9": 16 / 9, "9:16": 9 / 16, "4:3": 4 / 3, "3:4": 3 / 4}
-_EXACT_SIZES = {"1024x1024": "1:1", "1792x1024": "16:9", "1024x1792": "9:16"}
+SUFFIXES: dict[str, str] = {
+    "-thinking": "thinking",
+    "-search": "search",
+    "-image": "image",
+    "-video": "video",
+    "-deep-research": "research",
+}
+# the media and research modes exclude the others; the first one found wins
+EXCLUSIVE = ("video", "image", "research")
+# 2026 §6: a t2v turn thinks in summaries (the front end's values, FreeQwenApi)
+VIDEO_FEATURES: dict[str, Any] = {
+    "thinking_enabled": True,
+    "research_mode": "normal",
+    "auto_thinking": True,
+    "thinking_format": "summary",
+}
 
 
 @dataclass(frozen=True)
@@ -28,22 +41,22 @@ class Modes:
     thinking: bool = False
     search: bool = False
     image: bool = False
+    video: bool = False
+    research: bool = False
 
     def suffix(self) -> str:
         """The canonical suffix string, e.g. ``-thinking-search``."""
+        if self.video:
+            return "-video"
         if self.image:
             return "-image"
+        if self.research:
+            return "-deep-research"
         return ("-thinking" if self.thinking else "") + ("-search" if self.search else "")
 
     def options(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.thinking:
-            out["thinking"] = True
-        if self.search:
-            out["search"] = True
-        if self.image:
-            out["image"] = True
-        return out
+        names = ("thinking", "search", "image", "video", "research")
+        return {name: True for name in names if getattr(self, name)}
 
 
 def split_model(model: str | None) -> tuple[str | None, Modes]:
@@ -61,57 +74,54 @@ def split_model(model: str | None) -> tuple[str | None, Modes]:
                 break
         else:
             break
-    if "image" in found:  # image generation excludes the text modes
-        return name, Modes(image=True)
+    for flag in EXCLUSIVE:  # media and research exclude the text modes
+        if flag in found:
+            return name, Modes(**{flag: True})
     return name, Modes(thinking="thinking" in found, search="search" in found)
 
 
-def aspect_ratio(size: Any) -> str | None:
-    """``1024x1024`` → ``1:1``; ``1792x1024`` → ``16:9``; other ``WxH`` → the nearest ratio;
-    a ratio such as ``4:3`` is kept; ``None``/``auto`` → ``None`` (Qwen's default)."""
-    if size is None:
-        return None
-    text = str(size).strip().lower()
-    if not text or text == "auto":
-        return None
-    if text in ASPECT_RATIOS:
-        return text
-    if text in _EXACT_SIZES:
-        return _EXACT_SIZES[text]
-    sep = "x" if "x" in text else ("*" if "*" in text else ":")
-    try:
-        width, height = (float(p) for p in text.split(sep))
-    except ValueError:
-        raise ValueError(f"size must look like 1024x1024 or 16:9, not {size!r}") from None
-    if width <= 0 or height <= 0:
-        raise ValueError(f"size must be positive, not {size!r}")
-    ratio = width / height
-    return min(ASPECT_RATIOS, key=lambda r: abs(ASPECT_RATIOS[r] - ratio) / ASPECT_RATIOS[r])
+IMAGE_TYPES = ("t2i", "image_edit")
+SIZED_TYPES = (*IMAGE_TYPES, "t2v")
 
 
-def upstream_mode(options: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+def upstream_mode(options: Mapping[str, Any], *, has_image: bool = False) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """``(chat_type, feature_config, extra body fields)`` for a request's options.
 
-    Explicit ``chat_type``/``feature_config`` in the options win over the flags.
+    Explicit ``chat_type``/``feature_config`` in the options win over the flags. An image
+    turn edits the message's image when it has one (``image_edit``), else draws (``t2i``):
+    the site refuses ``image_edit`` without an image (2026 §6).
     """
-    if options.get("image"):
+    if options.get("video"):
+        chat_type = "t2v"
+    elif options.get("image"):
         chat_type = "t2i"
+    elif options.get("research"):
+        chat_type = "deep_research"
     elif options.get("search"):
         chat_type = "search"
     else:
         chat_type = "t2t"
     chat_type = str(options.get("chat_type") or chat_type)
-    features: dict[str, Any] = {}
+    if chat_type in IMAGE_TYPES:
+        chat_type = "image_edit" if has_image else "t2i"
+    features: dict[str, Any] = dict(VIDEO_FEATURES) if chat_type == "t2v" else {}
     thinking = options.get("thinking")
-    if thinking is not None and chat_type != "t2i":
+    if thinking is not None and chat_type not in SIZED_TYPES:
         features["thinking_enabled"] = bool(thinking)
         if thinking and options.get("thinking_budget"):
             features["thinking_budget"] = int(options["thinking_budget"])
     features.update(options.get("feature_config") or {})
     extra: dict[str, Any] = {}
-    if chat_type == "t2i" and options.get("image_size"):
+    if chat_type in SIZED_TYPES and options.get("image_size"):
         extra["size"] = options["image_size"]
     return chat_type, features, extra
+
+
+def media_kind(options: Mapping[str, Any]) -> str | None:
+    """``"video"`` when the options ask for a t2v task (answered by polling, not a stream)."""
+    if options.get("video") or options.get("chat_type") == "t2v":
+        return "video"
+    return None
 
 
 def variants(model: Mapping[str, Any]) -> list[str]:
@@ -127,4 +137,8 @@ def variants(model: Mapping[str, Any]) -> list[str]:
         out.append(base + "-search")
     if "t2i" in chat_types:
         out.append(base + "-image")
+    if "t2v" in chat_types:
+        out.append(base + "-video")
+    if "deep_research" in chat_types:
+        out.append(base + "-deep-research")
     return out

@@ -14,3 +14,15 @@ def issued(secret: str) -> str:
     if secret:
         ISSUED_SECRETS.add(secret)
     return secret
+
+
+def sent_token(headers: dict[str, str]) -> str | None:
+    """The account token a recorded request carried: the ``token`` cookie (how the 2026 front
+    end authenticates) or an ``Authorization: Bearer`` header."""
+    cookies = headers.get("cookie") or ""
+    for part in cookies.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == "token" and value:
+            return value
+    scheme, _, value = (headers.get("authorization") or "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None

@@ -208,6 +208,15 @@ class FakeGigaChat:
         """The value for ``GIGACHAT_AUTH_URL``."""
         return f"{self.origin}/api/v2/oauth"
 
+    def settings(self) -> dict[str, object]:
+        """The gateway's settings that point its GigaChat provider at this fake."""
+        return {
+            "GIGACHAT_CREDENTIALS": self.credentials,
+            "GIGACHAT_BASE_URL": self.url,
+            "GIGACHAT_AUTH_URL": self.auth_url,
+            "GIGACHAT_VERIFY_SSL_CERTS": False,
+        }
+
     # --- knobs -----------------------------------------------------------------------
 
     def fail_next(
@@ -411,7 +420,7 @@ class FakeGigaChat:
             pieces = split_pieces(text)
             kept: list[str] = []
             for piece in pieces:
-                if count_tokens("".join(kept + [piece])) > max_tokens:
+                if count_tokens("".join([*kept, piece])) > max_tokens:
                     break
                 kept.append(piece)
             text, finish = "".join(kept), "length"

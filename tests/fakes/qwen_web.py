@@ -4,8 +4,10 @@ Every behaviour follows ``/work/shared/specs/qwen-web.md``; where the real upstr
 unknown or varies, the fake takes the stricter, real-looking choice (marked *[choice]*).
 
 Transport
-- A werkzeug threaded server on 127.0.0.1 (HTTP/1.1, chunked bodies, ``Connection: close``).
-  Each SSE event is one write + flush, so clients see events as they are produced.
+- A werkzeug threaded server on 127.0.0.1: HTTP/1.1 with persistent connections, as the real
+  site (``keep_alive``, default on; off: ``Connection: close`` after every response), chunked
+  bodies. ``connections`` counts the TCP connections accepted. Each SSE event is one write +
+  flush, so clients see events as they are produced.
 
 Auth (§2)
 - §2.3: tokens are HS256 JWTs signed with the fake's secret, payload
@@ -21,7 +23,7 @@ Auth (§2)
   password with SHA-256, posts it to the sign-in API and keeps the token in
   ``localStorage.token`` (unless ``signin_page_local_storage`` is off) and, from the
   response, in the ``token`` cookie: what ``flask accounts add`` waits for in a browser.
-  Guest mode (no JWT, ``bx-umidtoken``) is not reproduced: every v2 route needs a token.
+  Guest mode (no JWT) only with the ``guest_mode`` switch (see the 2026 table below).
 
 Envelopes and errors (§3.0)
 - Success ``{"success":true,"request_id":…,"data":…}``, errors the same with
@@ -54,8 +56,10 @@ Chats (§3.4, §3.7)
 
 Completions (§3.5, Appendix A) — checks in this order, all HTTP 200 envelopes:
   hostile/WAF → auth → JSON body → ``chat_id`` in query and body equal (``Bad_Request``) →
-  exactly one message (``Bad_Request`` "Invalid input too many messages.") → known model
-  (``Not_Found`` "Model not found") → chat exists and belongs to the user (``Not_Found``
+  exactly one message (``Bad_Request`` "Invalid input too many messages.") → [2026 body
+  check, switch] → known model (``Not_Found`` "Model not found") → thinking lock
+  (``invalid_input``) → chat type; image_edit needs an image in ``files``; document files
+  [switch] → chat exists and belongs to the user (``Not_Found``
   "Chat not found") → not generating (``Bad_Request`` "The chat is in progress!") →
   ``parent_id`` null on the first turn, else the ``response_id`` of an assistant message of
   that chat (``Bad_Request`` "The parent message does not exist." *[choice: text
@@ -93,6 +97,13 @@ Anti-bot mode (``antibot = True``; §2.4, §3.0, §9 item 1)
   issued, with the checksum only the page's JavaScript computes) gets the slider-captcha JSON.
   So a plain HTTP client (``QWEN_TRANSPORT=direct``) is refused, and a ``fetch()`` made inside
   that page (the browser pool) passes. Records ``antibot_refused`` and ``pages_served``.
+- ``baxia_ready_after`` (None: off): the page also carries the site's anti-bot module,
+  ``window.__baxia__.getFYModule().getUidToken()``, which hands out its token that many
+  seconds after the page loaded (``math.inf``: never); once ready it signs every ``fetch``
+  of the page with a ``bx-umidtoken`` header (2026 spec §4).
+- ``frontend_version`` (None: off): the page carries the front end's config,
+  ``window.__APP_CONFIG__ = {"version": …}`` *[choice: where the real bundle keeps it is not
+  known]*; the browser pool sends that as the ``version`` header (recorded, not checked).
 
 Modes (§3.5, §4.4–4.6), picked by ``messages[0].chat_type`` and ``feature_config``:
 - thinking (``thinking_enabled: true``): ``thinking_style = "think"`` (2025, default) sends
@@ -124,9 +135,76 @@ Files (§5.1, §5.3)
   ``parse_polls`` polls, then ``parse_result`` (``success`` by default); unknown files →
   ``Not_Found``.
 
-Not reproduced: ``files/confirm``, task polling (§3.6), t2v/image_edit phases, parallel
-answers (``response_index`` "1"), ``response.stopped``, the header-based WAF heuristics
-(``bx-*``), ``/api/v2/models``.
+2026 site (``/work/shared/specs/qwen-web-2026.md``, sources in ``docs/QWEN_2026.md``)
+Always on (harmless to 2025-style clients): ``GET /api/v2/models/`` (also without the slash;
+``{"success","request_id","data":{"data":[…]}}``, every ``info.meta`` with ``think_skip``
+and ``supports_non_streaming:false``); a model in ``thinking_locked_models`` (qwen3.8-max)
+refuses ``feature_config.thinking_enabled`` other than ``true`` with
+``{"success":false,…,"data":{"code":"invalid_input","details":…}}``; the v2 account routes;
+``POST /api/v2/chat/completions/stop``; t2v tasks, image_edit, deep_research; the site page
+sets a ``cna`` cookie. Switches (attributes; ``use_2026_site()`` sets the first four marked *):
+
+==============================  =========  ====================================================
+switch                          default    when set
+==============================  =========  ====================================================
+``models`` = ``MODELS_2026`` *  2025 list  qwen3.7-plus, qwen3.8-max, qwen3.7-max, qwen3.6-plus
+``require_2026_body`` *         False      completions need ``version "2.1"``, ``chatId`` =
+                                           ``chat_id``, both ``parentId``/``parent_id`` ("" =
+                                           null), ms ``timestamp``, message ``user_action
+                                           "chat"``, ``files[]``, ``timestamp``, ``models
+                                           [model]``, ``chat_type``, ``sub_chat_type``,
+                                           ``childrenIds[]``, ``extra.meta.subChatType``,
+                                           ``feature_config.thinking_enabled`` (bool); chats/new
+                                           has no ``title`` and ``chat_mode`` normal|guest.
+                                           Else ``Bad_Request`` "Invalid input: <field>", the
+                                           field appended to ``body_errors``. (Without
+                                           ``output_schema:"phase"`` deltas lose ``phase``:
+                                           always, as before.)
+``delta_response_ids`` *        False      every delta carries top-level ``response_id`` and
+                                           ``timestamp`` (s)
+``thinking_style`` = summary *  "think"    ``thinking_summary`` phases
+``models_v2``                   True       False: ``/api/v2/models/`` → 404 ``{"detail":…}``
+``require_token_cookie``        False      only the ``token`` cookie authenticates
+``captcha_body_limit``          131072     chats/new or completions body longer (bytes) → the
+                                           slider-captcha JSON; None = no limit
+``hostile`` = ``captcha_frame`` None       HTTP 200 ``text/event-stream`` whose frame number
+                                           ``wall_after_frames`` (0 = first, before
+                                           ``response.created``) is ``data: {"ret":
+                                           stream_wall_ret, "data":{"url": …punish?x5secdata=…}}``,
+                                           then the body ends (no ``finished``)
+``hostile`` = ``html_frame``    None       same, the wall is ``data: <!doctypehtml>…`` (not JSON)
+``hostile`` = ``html_line``     None       same, a bare ``<!doctypehtml>…`` line (no ``data:``)
+``hostile`` = ``actual_status_403`` (/404) HTTP 200, ``x-actual-status-code: 403``, tiny JSON
+``abandon_keeps_generating``    False      a client that leaves mid-stream leaves the chat
+                                           busy: next completion → ``Bad_Request`` "The chat is
+                                           in progress!" until stop (or ``abandon_seconds``)
+``parallel_answers``            None       "interleave": two ``response.created`` (index "0",
+                                           "1"), deltas alternate (branch 1 first), each with
+                                           its ``response_id``; "empty_primary": branch 0 has
+                                           no content. ``parallel_alt_answer`` = branch 1 text
+``keep_open_after_finished``    False      after ``finished`` the body stays open for
+                                           ``keep_open_seconds`` (30) or until the client closes
+``guest_mode``                  False      no token + ``chat_mode:"guest"`` is served (owner =
+                                           ``cna`` cookie), models = ``guest_models`` (None:
+                                           qwen3.7-plus, qwen3.6-plus ∩ models)
+``signin_v1_status``            None       405: ``/api/v1/auths/signin`` answers HTTP 405
+``signin_v2``                   True       False: ``/api/v2/auths/signin`` answers 404
+``token_lifetime``              604800     seconds, tokens from sign-in (v1, v2) and refresh
+``refresh_rotates``             True       a refresh issues a new refresh token, old one dies
+``entitlement_quota``           {}         model id / feature → quota overrides
+``task_queued_polls``,          1, 2,      t2v task: queued for N polls, running for M
+``task_running_polls``,         "success"  (progress 33, 66 …), then success (``content`` =
+``task_outcome``                           video URL) or "failed" (``message``)
+``check_documents``             False      ``file_class:"document"`` files must be this user's
+                                           uploads with parse status success, else
+                                           ``Bad_Request`` "Invalid input: files"
+==============================  =========  ====================================================
+
+Records: ``walls``, ``body_errors``, ``stop_calls``, ``parallel_turns``, ``held_open``,
+``documents`` (with the uploaded text), ``image_edits``, ``tasks``, ``signin_calls``,
+``refresh_calls``, ``settings_updates``, ``quota_calls``; ``last_request(path)``.
+
+Not reproduced: ``files/confirm``, the header-based WAF heuristics (``bx-*``, ``version``).
 """
 
 from __future__ import annotations
@@ -139,6 +217,7 @@ import hmac
 import json
 import re
 import secrets
+import select
 import socket
 import threading
 import time
@@ -153,7 +232,24 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from tests.fakes import issued
+from tests.fakes.qwen_site2026 import (
+    GUEST_MODELS_2026,
+    MODELS_2026,
+    THINKING_LOCKED,
+    THINKING_LOCKED_DETAILS,
+    TINY_MP4,
+    Site2026Mixin,
+)
 from tests.fakes.server import BackgroundServer
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "GUEST_MODELS_2026",
+    "MODELS_2026",
+    "THINKING_LOCKED",
+    "FakeQwen",
+    "running_fake_qwen",
+]
 
 DEFAULT_MODELS: list[str] = [
     "qwen3-max",
@@ -186,8 +282,20 @@ CHAT_NOT_FOUND = "Chat not found"
 PARENT_NOT_FOUND = "The parent message does not exist."
 INVALID_CREDENTIALS = "The email or password provided is incorrect. Please check for typos and try logging in again."
 INJECTABLE = ("rate_limited", "unauthorized", "http_401", "http_403", "http_429")
-HOSTILE_MODES = ("captcha", "waf", "actual_status_404", "truncate", "stream_error")
+# walls inside a 200 text/event-stream (2026 §4)
+WALL_MODES = ("captcha_frame", "html_frame", "html_line")
+HOSTILE_MODES = (
+    "captcha",
+    "waf",
+    "actual_status_404",
+    "actual_status_403",
+    "truncate",
+    "stream_error",
+    *WALL_MODES,
+)
+PARALLEL_MODES = ("interleave", "empty_primary")
 CHAT_MODES = ("normal", "guest", "local")
+CHAT_MODES_2026 = ("normal", "guest")  # "local" is refused since 2026 (2026 §2)
 CHAT_TYPES = (
     "t2t",
     "search",
@@ -240,6 +348,7 @@ document.getElementById("signin").addEventListener("submit", async (event) => {
 SYSTEM_PROMPT_TOKENS = 24  # §4.7: input_tokens includes Qwen's hidden system prompt
 _TOKEN_RE = re.compile(r"\s*(?:\w+|[^\w\s]+)|\s+")
 _WORDS_RE = re.compile(r"words:(\d+)")
+LIVE_TEXT_LIMIT = 256 * 1024  # a message's text is kept exact after every delta up to this size
 _MODEL_USER_ID = "8a5f6b3e-9f0b-4c1e-8a51-2f7c9d0e1b23"
 _MODEL_CREATED_AT = 1732711466
 
@@ -263,7 +372,14 @@ _MODEL_TABLE: dict[str, tuple[str, bool, int, bool]] = {
     "qwen2.5-14b-instruct-1m": ("Qwen2.5-14B-Instruct-1M", False, 1000000, True),
     "qwen2.5-coder-32b-instruct": ("Qwen2.5-Coder-32B-Instruct", False, 131072, True),
     "qwen2.5-72b-instruct": ("Qwen2.5-72B-Instruct", False, 131072, True),
+    # 2026 §1 (contexts from a 2026-09 research note: 1M for plus, 256K for max)
+    "qwen3.7-plus": ("Qwen3.7-Plus", True, 1000000, True),
+    "qwen3.8-max": ("Qwen3.8-Max", True, 262144, True),
+    "qwen3.7-max": ("Qwen3.7-Max", True, 262144, True),
+    "qwen3.6-plus": ("Qwen3.6-Plus", True, 1000000, True),
 }
+_MODELS_2026_SET = frozenset(MODELS_2026)
+_CHAT_TYPES_2026 = ["t2t", "search", "t2i", "image_edit", "t2v", "deep_research", "artifacts", "web_dev"]
 
 
 def tokenize(text: str) -> list[str]:
@@ -314,6 +430,19 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _dig(obj: Any, *keys: str) -> Any:
+    """``obj[k1][k2]…`` through dicts, None when a level is missing or not a dict."""
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
 class _HeaderDict(dict):
     """A plain dict of request headers with lower-case keys and case-insensitive lookups."""
 
@@ -351,18 +480,35 @@ class _Turn:
     reasoning_tokens: int = 0
     outcome: str | None = None
     generation_done: bool = False
-    texts: dict[str, str] = field(default_factory=dict)
-    chat_type: str = "t2t"
+    pieces: dict[str, list[str]] = field(default_factory=dict)  # phase -> text so far, in pieces
+    sizes: dict[str, int] = field(default_factory=dict)  # phase -> characters so far
 
-    def usage(self) -> dict[str, Any]:
-        out_details: dict[str, int] = {"text_tokens": self.output_tokens}
-        if self.reasoning_tokens:
-            out_details["reasoning_tokens"] = self.reasoning_tokens
+    def text(self, phase: str) -> str:
+        """The phase's text so far (pieces joined once: a huge answer stays linear)."""
+        parts = self.pieces.get(phase) or []
+        if len(parts) > 1:
+            parts[:] = ["".join(parts)]
+        return parts[0] if parts else ""
+
+    chat_type: str = "t2t"
+    stop_requested: bool = False  # the stop endpoint was called while generating
+    abandoned: bool = False  # the client left; the site keeps generating (abandon_keeps_generating)
+    parallel: str | None = None  # one of PARALLEL_MODES: a second answer interleaves
+    alt_response_id: str | None = None  # the response_index "1" answer
+    alt_phases: list[tuple[str, list[Any]]] = field(default_factory=list)
+
+    def usage(self, output: int | None = None, reasoning: int | None = None) -> dict[str, Any]:
+        """Cumulative usage (§4.7); ``output``/``reasoning`` override the counters (branch 1)."""
+        output = self.output_tokens if output is None else output
+        reasoning = self.reasoning_tokens if reasoning is None else reasoning
+        out_details: dict[str, int] = {"text_tokens": output}
+        if reasoning:
+            out_details["reasoning_tokens"] = reasoning
         return {
             "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
+            "output_tokens": output,
             "characters": 0,
-            "total_tokens": self.input_tokens + self.output_tokens,
+            "total_tokens": self.input_tokens + output,
             "input_tokens_details": {"text_tokens": self.input_tokens},
             "output_tokens_details": out_details,
             "cached_tokens": 0,
@@ -389,7 +535,7 @@ class _StreamBody:
             self._on_close()
 
 
-class FakeQwen:
+class FakeQwen(Site2026Mixin):
     """A chat.qwen.ai look-alike; set the public attributes to steer it from a test.
 
     Knobs: ``chunk_delay`` (s between SSE events, read live), ``hostile`` (one of
@@ -403,10 +549,15 @@ class FakeQwen:
     ``inject`` ((token, path) → ``INJECTABLE`` kind or None: an account-level failure on
     ``chats/new`` and completions, checked right after auth), ``signin_page_local_storage``.
     Records: ``requests``, ``completed``, ``aborted``, ``chats``, ``users``, ``errors``.
+    The 2026 switches are listed in the module docstring and ``docs/QWEN_2026.md``.
     """
+
+    INVALID_CREDENTIALS = INVALID_CREDENTIALS
 
     def __init__(self, *, chunk_delay: float = 0.0, models: list[str] | None = None) -> None:
         self.chunk_delay = chunk_delay
+        self.keep_alive: bool = True  # persistent HTTP/1.1 connections (read by ``start``)
+        self.clock: Callable[[], float] = time.time  # token issue and expiry (tests move it with the gateway's)
         self.models: list[str] = list(models) if models is not None else list(DEFAULT_MODELS)
         self.hostile: str | None = None
         self.hostile_times: int | None = None  # None: every request; N: the next N, then off
@@ -429,6 +580,8 @@ class FakeQwen:
         self.antibot_refused: int = 0
         self.pages_served: int = 0
         self._antibot_nonces: set[str] = set()
+        self.baxia_ready_after: float | None = None  # the page's anti-bot module: ready after N s
+        self.frontend_version: str | None = None  # the page's front-end config carries this version
         self.inject: Callable[[str, str], str | None] | None = None
         self.signin_page_local_storage: bool = True
         self.requests: list[dict[str, Any]] = []
@@ -443,6 +596,28 @@ class FakeQwen:
         self.files: dict[str, dict[str, Any]] = {}  # file_id -> {"owner", "file_path", ...}
         self.parse_polls: int = 1  # "parsing" answers before parse_result
         self.parse_result: str = "success"
+        # 2026 site (module docstring, docs/QWEN_2026.md); off unless noted
+        self.require_2026_body: bool = False  # completions / chats/new bodies as the 2026 front end
+        self.body_errors: list[str] = []  # the field each refused 2026 body failed on
+        self.require_token_cookie: bool = False  # only the ``token`` cookie authenticates
+        self.delta_response_ids: bool = False  # top-level response_id + timestamp on every delta
+        self.wall_after_frames: int = 0  # frames before a captcha_frame/html_* wall (0: first)
+        self.stream_wall_ret: list[str] = ["FAIL_SYS_USER_VALIDATE::哎哟喂,被挤爆啦,请稍后重试"]
+        self.walls: list[str] = []  # every wall served, by kind (captcha, body_limit, captcha_frame, ...)
+        self.parallel_answers: str | None = None  # one of PARALLEL_MODES
+        self.parallel_alt_answer: Callable[[str], str] | None = None  # branch "1" text (default: same)
+        self.parallel_turns: list[dict[str, Any]] = []
+        self.keep_open_after_finished: bool = False
+        self.keep_open_seconds: float = 30.0
+        self.held_open: list[dict[str, Any]] = []  # {"response_id", "client_closed", "seconds"}
+        self.abandon_keeps_generating: bool = False
+        self.abandon_seconds: float | None = None  # None: an abandoned chat stays busy until stopped
+        self.stop_calls: list[dict[str, Any]] = []
+        self.check_documents: bool = False  # document files must be this user's, parsed
+        self.documents: list[dict[str, Any]] = []  # every file_class "document" attached to a turn
+        self.image_edits: list[dict[str, Any]] = []
+        self._timers: list[threading.Timer] = []
+        self._init_2026()
         self.url: str = ""
         self.secret: bytes = secrets.token_bytes(32)
         self._lock = threading.RLock()
@@ -468,6 +643,14 @@ class FakeQwen:
                 Rule("/api/v2/files/getstsToken", endpoint="sts_v2", methods=["POST"]),
                 Rule("/api/v2/files/parse", endpoint="files_parse", methods=["POST"]),
                 Rule("/api/v2/files/parse/status", endpoint="files_parse_status", methods=["POST"]),
+                # 2026
+                Rule("/api/v2/models/", endpoint="models_v2", methods=["GET"], strict_slashes=False),
+                Rule("/api/v2/chat/completions/stop", endpoint="completions_stop", methods=["POST"]),
+                Rule("/api/v2/auths/signin", endpoint="signin_v2", methods=["POST"]),
+                Rule("/api/v2/auths/refresh", endpoint="refresh", methods=["POST"]),
+                Rule("/api/v2/users/user/settings/update", endpoint="settings_update", methods=["POST"]),
+                Rule("/api/v2/users/user/entitlement_quota", endpoint="entitlement_quota", methods=["POST"]),
+                Rule("/api/v1/tasks/status/<task_id>", endpoint="task_status", methods=["GET"]),
             ]
         )
 
@@ -476,12 +659,21 @@ class FakeQwen:
     def start(self, port: int = 0) -> FakeQwen:
         """Bind 127.0.0.1 (a free port unless given) and serve in a daemon thread."""
         self._stopping.clear()
-        self._server = BackgroundServer(self._wsgi, port=port, name="fake-qwen")
+        self._server = BackgroundServer(self._wsgi, port=port, name="fake-qwen", keep_alive=self.keep_alive)
         self.url = self._server.url
         return self
 
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted since ``start`` (a client that reuses them opens few)."""
+        return self._server.accepted if self._server is not None else 0
+
     def stop(self) -> None:
         self._stopping.set()
+        with self._lock:
+            timers, self._timers = self._timers, []
+        for timer in timers:
+            timer.cancel()
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -502,11 +694,26 @@ class FakeQwen:
                 return False
             time.sleep(0.005)
 
+    def use_2026_site(self) -> Self:
+        """The 2026 front end's defaults in one call: the 2026 model list, the 2.1 body check,
+        ids on every delta and summary thinking. Walls, guest mode, parallel answers and the
+        account switches stay as they are."""
+        self.models = list(MODELS_2026)
+        self.require_2026_body = True
+        self.delta_response_ids = True
+        self.thinking_style = "summary"
+        return self
+
+    def last_request(self, path: str) -> dict[str, Any] | None:
+        """The newest recorded request to ``path`` (method, query, headers, json), if any."""
+        with self._lock:
+            return next((r for r in reversed(self.requests) if r["path"] == path), None)
+
     # ------------------------------------------------------------------ tokens and users
 
     def make_token(self, *, user_id: str | None = None, expires_in: int = 7 * 86400, expired: bool = False) -> str:
         """An HS256 JWT as chat.qwen.ai issues them (§2.3), signed with this fake's secret."""
-        now = int(time.time())
+        now = int(self.clock())
         payload = {
             "id": user_id or _new_id(),
             "last_password_change": now - 30 * 86400,
@@ -549,20 +756,34 @@ class FakeQwen:
         if not isinstance(payload, dict) or not isinstance(payload.get("id"), str):
             return None
         exp = payload.get("exp")
-        if not isinstance(exp, int) or exp <= time.time():
+        if not isinstance(exp, int) or exp <= self.clock():
             return None
         with self._lock:
             if token in self.revoked:
                 return None
         return payload
 
-    @staticmethod
-    def _presented_token(request: Request) -> str | None:
-        auth = request.headers.get("Authorization", "")
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
+    def _presented_token(self, request: Request) -> str | None:
+        if not self.require_token_cookie:
+            auth = request.headers.get("Authorization", "")
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                return value.strip()
         return request.cookies.get("token") or None
+
+    @staticmethod
+    def _guest_id(request: Request) -> str:
+        """A guest is known by the ``cna`` cookie the site page sets (2026 §5)."""
+        return "guest:" + (request.cookies.get("cna") or "anonymous")
+
+    def _identify(self, request: Request, body: Any) -> tuple[str, dict[str, Any]] | None:
+        """(token, payload) of an account, or ("", guest payload) for a guest request."""
+        auth = self._authenticate(request)
+        if auth is not None:
+            return auth
+        if self.guest_mode and isinstance(body, dict) and body.get("chat_mode") == "guest":
+            return "", {"id": self._guest_id(request), "guest": True}
+        return None
 
     def _authenticate(self, request: Request) -> tuple[str, dict[str, Any]] | None:
         token = self._presented_token(request)
@@ -614,22 +835,26 @@ class FakeQwen:
             return mode
 
     @staticmethod
-    def _captcha(request: Request) -> Response:
+    def _punish_url(path: str) -> str:
+        """The slider URL of a captcha answer (double slash as captured, §3.0)."""
         x5secdata = secrets.token_hex(120)
-        url = (
-            f"https://chat.qwen.ai:443/{request.path}/_____tmd_____/punish"
+        return (
+            f"https://chat.qwen.ai:443/{path}/_____tmd_____/punish"
             f"?x5secdata={x5secdata}&x5step=2&action=captcha&pureCaptcha="
         )
+
+    @staticmethod
+    def _captcha(request: Request) -> Response:
         body = {
             "ret": ["FAIL_SYS_USER_VALIDATE", "RGV587_ERROR::SM::哎哟喂,被挤爆啦,请稍后重试"],
-            "data": {"url": url},
+            "data": {"url": FakeQwen._punish_url(request.path)},
         }
         return _json_response(body)
 
     @staticmethod
-    def _waf() -> Response:
+    def _waf_html() -> str:
         aa = secrets.token_hex(16)
-        html = (
+        return (
             '<!doctypehtml><html><head><meta charset="utf-8">'
             f'<meta name="aliyun_waf_aa" content="{aa}">'
             f'<meta name="aliyun_waf_bb" content="{secrets.token_hex(16)}">'
@@ -638,29 +863,45 @@ class FakeQwen:
             "setTimeout(function(){location.reload()},1000);"
             "</script></body></html>"
         )
-        response = Response(html, content_type="text/html; charset=utf-8")
+
+    @staticmethod
+    def _waf() -> Response:
+        response = Response(FakeQwen._waf_html(), content_type="text/html; charset=utf-8")
         response.set_cookie("acw_tc", secrets.token_hex(16), max_age=1500, httponly=True)
         return response
 
     @staticmethod
-    def _actual_404() -> Response:
+    def _actual_status(code: int) -> Response:
+        """2026 §4: an HTTP 200 whose ``x-actual-status-code`` says 404/403, tiny JSON body."""
+        message = "Not Found" if code == 404 else "Forbidden"
         return _json_response(
-            {"success": False, "code": 404, "message": "Not Found"},
-            headers={"x-actual-status-code": "404"},
+            {"success": False, "code": code, "message": message},
+            headers={"x-actual-status-code": str(code)},
         )
 
+    @staticmethod
+    def _actual_404() -> Response:
+        return FakeQwen._actual_status(404)
+
+    def _note_wall(self, kind: str) -> None:
+        with self._lock:
+            self.walls.append(kind)
+
     def _guard(self, request: Request) -> Response | None:
-        """The anti-bot layer in front of chats/new and completions (§3.0)."""
+        """The anti-bot layer in front of chats/new and completions (§3.0, 2026 §2/§4)."""
         limit = self.captcha_body_limit
-        if limit is not None and (request.content_length or 0) > limit:
+        if limit is not None and len(request.get_data(cache=True)) > limit:
+            self._note_wall("body_limit")
             return self._captcha(request)
-        mode = self._take_hostile(("captcha", "waf", "actual_status_404"))
+        mode = self._take_hostile(("captcha", "waf", "actual_status_404", "actual_status_403"))
+        if mode is not None:
+            self._note_wall(mode)
         if mode == "captcha":
             return self._captcha(request)
         if mode == "waf":
             return self._waf()
-        if mode == "actual_status_404":
-            return self._actual_404()
+        if mode in ("actual_status_404", "actual_status_403"):
+            return self._actual_status(int(mode[-3:]))
         return None
 
     # ------------------------------------------------------------------ anti-bot mode
@@ -696,9 +937,35 @@ class FakeQwen:
             "(function(){var n='" + nonce + "',h=0;"
             "for(var i=0;i<n.length;i++){h=(Math.imul(h,31)+n.charCodeAt(i))>>>0;}"
             "document.cookie='ssxmod_itna='+n+'.'+h.toString(16)+'; path=/; max-age=900; SameSite=Lax';"
-            '})();</script></head><body><div id="root">Qwen Chat (fake)</div></body></html>'
+            "})();</script>" + self._frontend_config() + self._baxia_script(nonce) + "</head>"
+            '<body><div id="root">Qwen Chat (fake)</div></body></html>'
         )
-        return Response(html, content_type="text/html; charset=utf-8")
+        response = Response(html, content_type="text/html; charset=utf-8")
+        if not request.cookies.get("cna"):  # the device cookie a guest is known by (2026 §5)
+            response.set_cookie("cna", secrets.token_urlsafe(18), max_age=365 * 86400, path="/")
+        return response
+
+    def _frontend_config(self) -> str:
+        """The front end's config with its own version (``frontend_version``; 2026 §2: the
+        page's ``version`` header). Where the real bundle keeps it is not known: the fake's
+        ``window.__APP_CONFIG__`` is the default of ``BROWSER_PAGE_VERSION_PATH`` *[choice]*."""
+        if self.frontend_version is None:
+            return ""
+        return "<script>window.__APP_CONFIG__=" + json.dumps({"version": self.frontend_version}) + ";</script>"
+
+    def _baxia_script(self, nonce: str) -> str:
+        """The anti-bot module (``baxia_ready_after``): a uid token after a delay, then it signs
+        the page's ``fetch`` calls."""
+        after = self.baxia_ready_after
+        if after is None:
+            return ""
+        ready = "" if after == float("inf") else f"setTimeout(function(){{ready=true;}},{int(after * 1000)});"
+        return (
+            "<script>(function(){var ready=false,token='T2gA" + nonce + "',f=window.fetch;"
+            "window.__baxia__={getFYModule:function(){return {getUidToken:function(){return ready?token:'';}};}};"
+            "window.fetch=function(u,o){if(ready){o=Object.assign({},o||{});var h=new Headers(o.headers||{});"
+            "h.set('bx-umidtoken',token);o.headers=h;}return f.call(this,u,o);};" + ready + "})();</script>"
+        )
 
     # ------------------------------------------------------------------ WSGI
 
@@ -744,9 +1011,11 @@ class FakeQwen:
 
     # ------------------------------------------------------------------ endpoints
 
-    def _model_entry(self, model_id: str) -> dict[str, Any]:
+    def _model_entry(self, model_id: str, *, v2: bool = False) -> dict[str, Any]:
+        """One model of ``/api/models`` (§3.3); ``v2`` adds the 2026 fields (2026 §1)."""
         default = (model_id, False, 131072, False)
         name, thinking, context, vision = _MODEL_TABLE.get(model_id, default)
+        locked = model_id in self.thinking_locked_models
         capabilities = {
             "document": True,
             "vision": vision,
@@ -770,7 +1039,15 @@ class FakeQwen:
             meta["max_generation_length"] = 8192
         meta["abilities"] = {key: int(value) for key, value in capabilities.items()}
         meta["abilities"]["mcp"] = 1
+        if locked and thinking:
+            meta["abilities"]["thinking"] = 4  # "active, uncancellable" (2026 §1)
         meta["chat_type"] = ["t2t", "t2v", "t2i", "search", "artifacts", "web_dev", "deep_research"]
+        if model_id in _MODELS_2026_SET:
+            meta["chat_type"] = list(_CHAT_TYPES_2026)
+        if v2 or model_id in _MODELS_2026_SET:
+            meta["think_skip"] = {"enable": not locked}
+        if v2:
+            meta["supports_non_streaming"] = False  # the 2026-08 capture says so for every model
         meta["mcp"] = ["image-generation", "code-interpreter", "amap", "fire-crawl"]
         meta["modality"] = ["text"]
         if model_id in ("qwq-32b", "qvq-72b-preview-0310"):
@@ -808,7 +1085,7 @@ class FakeQwen:
         }
 
     def _ep_models(self, request: Request, body: Any) -> Response:
-        return _json_response({"data": [self._model_entry(m) for m in self.models]})
+        return _json_response({"data": [self._model_entry(m) for m in self._visible_models(request)]})
 
     def _ep_legacy_completions(self, request: Request, body: Any) -> Response:
         html = (
@@ -836,6 +1113,11 @@ class FakeQwen:
         }
 
     def _ep_signin(self, request: Request, body: Any) -> Response:
+        with self._lock:
+            self.signin_calls.append("v1")
+        if self.signin_v1_status is not None:  # 2026 §5: v1 answered 405 for some
+            detail = "Method Not Allowed" if self.signin_v1_status == 405 else "Error"
+            return _json_response({"detail": detail}, status=self.signin_v1_status)
         if not (
             isinstance(body, dict) and isinstance(body.get("email"), str) and isinstance(body.get("password"), str)
         ):
@@ -845,7 +1127,7 @@ class FakeQwen:
             user = self.users.get(body["email"].lower())
         if user is None or not hmac.compare_digest(body["password"].lower(), user["password_sha256"]):
             return _json_response({"detail": INVALID_CREDENTIALS}, status=401)
-        token = self.make_token(user_id=user["id"])
+        token = self.make_token(user_id=user["id"], expires_in=self.token_lifetime)
         payload = self._decode_token(token)
         assert payload is not None
         response = _json_response(self._session_info(token, payload))
@@ -867,11 +1149,19 @@ class FakeQwen:
             return self._unauthorized()
         return self._ok(True)
 
+    def _allowed_models(self, payload: dict[str, Any]) -> list[str]:
+        return self._guest_model_list() if payload.get("guest") else self.models
+
+    def _refuse_2026_body(self, field: str) -> Response:
+        with self._lock:
+            self.body_errors.append(field)
+        return self._fail("Bad_Request", f"Invalid input: {field}")
+
     def _ep_chats_new(self, request: Request, body: Any) -> Response:
         blocked = self._guard(request)
         if blocked is not None:
             return blocked
-        auth = self._authenticate(request)
+        auth = self._identify(request, body)
         if auth is None:
             return self._unauthorized()
         injected = self._injected(auth[0], request.path)
@@ -879,10 +1169,15 @@ class FakeQwen:
             return injected
         if not isinstance(body, dict):
             return self._fail("Bad_Request", "Invalid input")
+        if self.require_2026_body:  # 2026 §2: {chatId, models, project_id, timestamp, chat_type, chat_mode}
+            if "title" in body:
+                return self._refuse_2026_body("title")
+            if body.get("chat_mode") not in CHAT_MODES_2026:
+                return self._refuse_2026_body("chat_mode")
         models = body.get("models")
         if not (isinstance(models, list) and models and all(isinstance(m, str) for m in models)):
             return self._fail("Bad_Request", "Invalid input: models")
-        if any(m not in self.models for m in models):
+        if any(m not in self._allowed_models(auth[1]) for m in models):
             return self._fail("Not_Found", MODEL_NOT_FOUND)
         if body.get("chat_mode") not in CHAT_MODES:
             return self._fail("Bad_Request", "Invalid input: chat_mode")
@@ -902,9 +1197,11 @@ class FakeQwen:
                 "title": title if isinstance(title, str) and title else "New Chat",
                 "chat_type": body["chat_type"],
                 "chat_mode": body["chat_mode"],
+                "guest": bool(auth[1].get("guest")),
                 "messages": [],
                 "in_progress": False,
                 "last_response_id": None,
+                "turn": None,
                 "created_at": now,
                 "updated_at": now,
             }
@@ -943,6 +1240,8 @@ class FakeQwen:
             chat = self._owned_chat(chat_id, auth[1]["id"])
             if chat is None:
                 return self._fail("Not_Found", CHAT_NOT_FOUND)
+            for m in chat["messages"]:
+                self._sync_text(m)
             messages = [dict(m) for m in chat["messages"]]
             snapshot = {k: v for k, v in chat.items() if k != "messages"}
         history: dict[str, dict[str, Any]] = {}
@@ -1025,7 +1324,11 @@ class FakeQwen:
             creds = (grant.access_key_id, grant.secret, grant.token)
             file_url = self.oss.presign(file_path)
         else:
-            creds = ("STS." + secrets.token_urlsafe(18), secrets.token_urlsafe(30), "CAIS" + secrets.token_urlsafe(90))
+            creds = (
+                "STS." + secrets.token_urlsafe(18),
+                issued(secrets.token_urlsafe(30)),
+                issued("CAIS" + secrets.token_urlsafe(90)),
+            )
             file_url = f"https://{bucket}.oss-accelerate.aliyuncs.com/{file_path}?x-oss-expires=300"
         with self._lock:
             self.files[file_id] = {
@@ -1093,11 +1396,76 @@ class FakeQwen:
 
     # ------------------------------------------------------------------ completions
 
+    def _check_2026_completion(self, body: dict[str, Any], message: dict[str, Any]) -> str | None:
+        """The first field where a completions body differs from the 2026 front end's (2026 §2)."""
+        if body.get("version") != "2.1":
+            return "version"
+        if body.get("chatId") != body.get("chat_id"):
+            return "chatId"
+        if "parentId" not in body or "parent_id" not in body:
+            return "parentId"
+        if (body.get("parentId") or None) != (body.get("parent_id") or None):  # "" and null both mean none
+            return "parentId"
+        stamp = body.get("timestamp")
+        if not _is_int(stamp) or stamp < 10**12:
+            return "timestamp"
+        features = message.get("feature_config")
+        checks = (
+            ("messages[0].user_action", message.get("user_action") == "chat"),
+            ("messages[0].files", isinstance(message.get("files"), list)),
+            ("messages[0].timestamp", _is_int(message.get("timestamp"))),
+            ("messages[0].models", message.get("models") == [body.get("model")]),
+            ("messages[0].chat_type", isinstance(message.get("chat_type"), str)),
+            ("messages[0].sub_chat_type", isinstance(message.get("sub_chat_type"), str)),
+            ("messages[0].childrenIds", isinstance(message.get("childrenIds"), list)),
+            ("messages[0].extra.meta.subChatType", isinstance(_dig(message, "extra", "meta", "subChatType"), str)),
+            (
+                "messages[0].feature_config.thinking_enabled",
+                isinstance(features, dict) and isinstance(features.get("thinking_enabled"), bool),
+            ),
+        )
+        return next((name for name, ok in checks if not ok), None)
+
+    def _object_text(self, path: str | None) -> str | None:
+        """The text of an uploaded object, read back from the attached fake OSS."""
+        if path is None or self.oss is None:
+            return None
+        obj = self.oss.objects.get(path)
+        return None if obj is None else obj["data"].decode("utf-8", "replace")
+
+    def _documents(self, files: list[Any], user_id: str) -> list[dict[str, Any]]:
+        """The ``file_class: "document"`` entries of a message, resolved against uploads (2026 §2)."""
+        out = []
+        for item in files:
+            if not isinstance(item, dict) or item.get("file_class") != "document":
+                continue
+            with self._lock:
+                entry = self._own_file(item.get("id"), user_id)
+                parse = entry["parse"] if entry else None
+                path = entry["file_path"] if entry else None
+            problem = None
+            if entry is None:
+                problem = "not an upload of this user"
+            elif parse != "success":
+                problem = f"parse status {parse}"
+            out.append(
+                {
+                    "id": item.get("id"),
+                    "name": item.get("name"),
+                    "known": entry is not None,
+                    "parse": parse,
+                    "text": self._object_text(path),
+                    "problem": problem,
+                    "descriptor": item,
+                }
+            )
+        return out
+
     def _ep_completions(self, request: Request, body: Any) -> Response:
         blocked = self._guard(request)
         if blocked is not None:
             return blocked
-        auth = self._authenticate(request)
+        auth = self._identify(request, body)
         if auth is None:
             return self._unauthorized()
         token, payload = auth
@@ -1117,18 +1485,36 @@ class FakeQwen:
         message = messages[0]
         if not isinstance(message, dict) or message.get("role") != "user":
             return self._fail("Bad_Request", "Invalid input: messages")
+        if self.require_2026_body:
+            field_name = self._check_2026_completion(body, message)
+            if field_name is not None:
+                return self._refuse_2026_body(field_name)
         model = body.get("model")
-        if not isinstance(model, str) or model not in self.models:
+        if not isinstance(model, str) or model not in self._allowed_models(payload):
             return self._fail("Not_Found", MODEL_NOT_FOUND)
         stream = body.get("stream", True)
         feature_config = message.get("feature_config")
         if not isinstance(feature_config, dict):
             feature_config = {}
+        if model in self.thinking_locked_models and feature_config.get("thinking_enabled") is not True:
+            return self._fail("invalid_input", THINKING_LOCKED_DETAILS)  # 2026 §1
         text = message_text(message.get("content"))
         chat_type = message.get("chat_type", "t2t")
         if chat_type not in CHAT_TYPES:
             return self._fail("Bad_Request", "Invalid input: chat_type")
+        files = message.get("files") or []
+        if not isinstance(files, list):
+            return self._fail("Bad_Request", "Invalid input: files")
+        images = [f["url"] for f in files if isinstance(f, dict) and f.get("type") == "image" and f.get("url")]
+        if chat_type == "image_edit" and not images:
+            return self._fail("Bad_Request", "Invalid input: image_edit needs an image in files")
+        documents = self._documents(files, payload["id"])
+        if self.check_documents and any(d["problem"] for d in documents):
+            return self._fail("Bad_Request", "Invalid input: files")
         phases = self._phases(text, chat_type, feature_config, body.get("size"), payload["id"])
+        parallel = self.parallel_answers if stream is not False and chat_type in ("t2t", "search") else None
+        if parallel not in (None, *PARALLEL_MODES):
+            raise ValueError(f"unknown parallel_answers {parallel!r}")
         parent_id = body.get("parent_id")
         now = int(time.time())
 
@@ -1155,7 +1541,7 @@ class FakeQwen:
                         num=self.rate_limit_hours,
                     )
                 self.quota[token] = left - 1
-            cut = self._take_hostile(("truncate", "stream_error"))
+            cut = None if chat_type == "t2v" else self._take_hostile(("truncate", "stream_error", *WALL_MODES))
             turn = _Turn(
                 token=token,
                 chat_id=chat_id,
@@ -1171,6 +1557,23 @@ class FakeQwen:
                 cut_after=self.hostile_after,
                 chat_type=chat_type,
             )
+            if parallel:
+                turn.parallel = parallel
+                turn.alt_response_id = _new_id()
+                if self.parallel_alt_answer is None:
+                    turn.alt_phases = list(phases)
+                else:
+                    alt = tokenize(str(self.parallel_alt_answer(text)))
+                    turn.alt_phases = [(p, alt if p == "answer" else t) for p, t in phases]
+                if parallel == "empty_primary":
+                    turn.phases = [("answer", [])]
+                self.parallel_turns.append(
+                    {
+                        "chat_id": chat_id,
+                        "mode": parallel,
+                        "response_ids": {"0": turn.response_id, "1": turn.alt_response_id},
+                    }
+                )
             chat["messages"].append(
                 {
                     "id": turn.user_message_id,
@@ -1181,26 +1584,39 @@ class FakeQwen:
                     "timestamp": now,
                     "status": "finished",
                     "request_parent_id": message.get("parent_id", message.get("parentId")),
+                    "files": files,
                 }
             )
-            chat["messages"].append(
-                {
-                    "id": turn.response_id,
-                    "role": "assistant",
-                    "content": "",
-                    "reasoning": "",
-                    "parent_id": turn.user_message_id,
-                    "model": model,
-                    "timestamp": now,
-                    "status": "typing",
-                }
-            )
+            for rid in (turn.response_id, turn.alt_response_id):
+                if rid is None:
+                    continue
+                chat["messages"].append(
+                    {
+                        "id": rid,
+                        "role": "assistant",
+                        "content": "",
+                        "reasoning": "",
+                        "parent_id": turn.user_message_id,
+                        "model": model,
+                        "timestamp": now,
+                        "status": "typing",
+                    }
+                )
             chat["in_progress"] = True
+            chat["turn"] = turn
             chat["last_response_id"] = turn.response_id
             chat["updated_at"] = now
+            for doc in documents:
+                self.documents.append({**doc, "chat_id": chat_id, "response_id": turn.response_id})
+            if chat_type == "image_edit":
+                self.image_edits.append(
+                    {"chat_id": chat_id, "response_id": turn.response_id, "images": images, "prompt": text}
+                )
 
+        if chat_type == "t2v":
+            return self._t2v_answer(turn, payload["id"], text)
         if not turn.stream:
-            return self._complete_blocking(turn, request.environ)
+            return self._complete_blocking(turn, request)
         body_iter = _StreamBody(self._stream(turn, request.environ), lambda: self._end_turn(turn, "aborted"))
         return Response(
             body_iter,
@@ -1210,14 +1626,69 @@ class FakeQwen:
             direct_passthrough=True,
         )
 
+    def _t2v_answer(self, turn: _Turn, user_id: str, prompt: str) -> Response:
+        """2026 §6: t2v answers JSON at once; the task id is in ``data.messages[0].extra.wanx``."""
+        task_id = self._start_task(user_id, turn, prompt)
+        self._end_turn(turn, "completed")
+        message = {
+            "id": turn.response_id,
+            "role": "assistant",
+            "content": "",
+            "chat_type": "t2v",
+            "extra": {"wanx": {"task_id": task_id}},
+        }
+        data = {
+            "chat_id": "",
+            "parent_id": turn.user_message_id,
+            "message_id": turn.response_id,
+            "messages": [message],
+        }
+        return self._ok(data)
+
+    # ------------------------------------------------------------------ stop (2026 §3)
+
+    def _ep_completions_stop(self, request: Request, body: Any) -> Response:
+        auth = self._authenticate(request)
+        if auth is None and self.guest_mode:
+            auth = ("", {"id": self._guest_id(request), "guest": True})
+        if auth is None:
+            return self._unauthorized()
+        chat_id = request.args.get("chat_id")
+        if not isinstance(body, dict) or not chat_id or body.get("chat_id") != chat_id:
+            return self._fail("Bad_Request", "Invalid input: chat_id")
+        response_id = body.get("response_id")
+        with self._lock:
+            chat = self._owned_chat(chat_id, auth[1]["id"])
+            if chat is None:
+                return self._fail("Not_Found", CHAT_NOT_FOUND)
+            answers = {m["id"] for m in chat["messages"] if m["role"] == "assistant"}
+            if response_id not in answers:
+                return self._fail("Bad_Request", "Invalid input: response_id")
+            turn = chat.get("turn")
+            active = (
+                turn is not None
+                and response_id in (turn.response_id, turn.alt_response_id)
+                and not turn.generation_done
+            )
+            self.stop_calls.append(
+                {"chat_id": chat_id, "response_id": response_id, "active": active, "time": time.time()}
+            )
+            if active:
+                turn.stop_requested = True
+        if active:
+            self._end_generation(turn, "stopped")
+        return self._ok(True)
+
+    # ------------------------------------------------------------------ what a turn streams
+
     def _phases(
         self, text: str, chat_type: str, features: dict[str, Any], size: Any, user_id: str
     ) -> list[tuple[str, list[Any]]]:
         """What a turn will stream: (phase, tokens); a token is text or a prebuilt delta."""
-        if chat_type == "t2i":
+        if chat_type in ("t2i", "image_edit"):
             ratio = size if size in IMAGE_HW else "1:1"
             key = _b64url(secrets.token_bytes(48))
-            url = f"{self.image_base_url}/output/{user_id}/t2i/{_new_id()}/{int(time.time())}.png?key={key}"
+            url = f"{self.image_base_url}/output/{user_id}/{chat_type}/{_new_id()}/{int(time.time())}.png?key={key}"
             delta = {
                 "role": "assistant",
                 "content": url,
@@ -1226,27 +1697,27 @@ class FakeQwen:
                 "extra": {"output_image_hw": [IMAGE_HW[ratio]]},
             }
             return [("image_gen", [delta])]
+        if chat_type == "t2v":
+            return []  # the video comes from the task (2026 §6)
         phases: list[tuple[str, list[Any]]] = []
-        if features.get("thinking_enabled") is True:
+        if features.get("thinking_enabled") is True and chat_type != "deep_research":
             if self.thinking_style == "summary":
                 phases.append(("thinking_summary", self._summary_deltas(text)))
             else:
                 phases.append(("think", tokenize(f"The user asked: {text}. I will answer it.")))
         answer = str((self.answer or default_answer)(text))
-        if chat_type == "search":
+        if chat_type == "deep_research":  # [U] no peer parses it: progress as summary thinking, then sources
+            phases.append(("thinking_summary", self._research_deltas(text)))
+            phases.append(("web_search", self._search_deltas(text)))
+            answer = f"Research report: {answer} [[1]] [[2]]"
+        elif chat_type == "search":
             phases.append(("web_search", self._search_deltas(text)))
             answer += " [[1]] [[2]]"
         phases.append(("answer", tokenize(answer)))
         return phases
 
     @staticmethod
-    def _summary_deltas(text: str) -> list[dict[str, Any]]:
-        """2026 ``thinking_summary``: cumulative title/thought arrays (§4.4)."""
-        steps = [
-            (["Reading the question"], ["The user asked:"]),
-            (["Reading the question"], [f"The user asked: {text}."]),
-            (["Reading the question", "Planning the answer"], [f"The user asked: {text}.", "I will answer it."]),
-        ]
+    def _thought_deltas(steps: list[tuple[list[str], list[str]]]) -> list[dict[str, Any]]:
         return [
             {
                 "role": "assistant",
@@ -1257,6 +1728,32 @@ class FakeQwen:
             }
             for titles, thoughts in steps
         ]
+
+    @staticmethod
+    def _summary_deltas(text: str) -> list[dict[str, Any]]:
+        """2026 ``thinking_summary``: cumulative title/thought arrays (§4.4)."""
+        return FakeQwen._thought_deltas(
+            [
+                (["Reading the question"], ["The user asked:"]),
+                (["Reading the question"], [f"The user asked: {text}."]),
+                (["Reading the question", "Planning the answer"], [f"The user asked: {text}.", "I will answer it."]),
+            ]
+        )
+
+    @staticmethod
+    def _research_deltas(text: str) -> list[dict[str, Any]]:
+        """Deep-research progress as cumulative summary steps (plan, search, write)."""
+        plan = f"Research plan for: {text}"
+        return FakeQwen._thought_deltas(
+            [
+                (["Planning the research"], [plan]),
+                (["Planning the research", "Searching sources"], [plan, "Reading 2 sources."]),
+                (
+                    ["Planning the research", "Searching sources", "Writing the report"],
+                    [plan, "Reading 2 sources.", "Writing the report."],
+                ),
+            ]
+        )
 
     def _search_deltas(self, text: str) -> list[dict[str, Any]]:
         """The web_search tool call and its result (§4.5)."""
@@ -1293,6 +1790,8 @@ class FakeQwen:
     def _ep_image_file(self, request: Request, body: Any, rest: str) -> Response:
         if not request.args.get("key"):
             return Response("AccessDenied", status=403, content_type="text/plain")
+        if rest.endswith(".mp4"):
+            return Response(TINY_MP4, content_type="video/mp4")
         return Response(TINY_PNG, content_type="image/png")
 
     def _pause(self) -> None:
@@ -1302,21 +1801,39 @@ class FakeQwen:
         if delay > 0 and self._stopping.wait(delay):
             raise _Stopped
 
-    def _assistant_message(self, turn: _Turn) -> dict[str, Any] | None:
-        chat = self.chats.get(turn.chat_id)
-        if chat is None:
+    # ------------------------------------------------------------------ turn state
+
+    def _message(self, chat_id: str, message_id: str | None) -> dict[str, Any] | None:
+        chat = self.chats.get(chat_id)
+        if chat is None or message_id is None:
             return None
-        return next((m for m in chat["messages"] if m["id"] == turn.response_id), None)
+        return next((m for m in chat["messages"] if m["id"] == message_id), None)
+
+    @staticmethod
+    def _sync_text(msg: dict[str, Any], done: bool = False) -> None:
+        """Bring a big answer's message up to date from its turn (see ``_add_text``)."""
+        turn = msg.pop("_live", None) if done else msg.get("_live")
+        if turn is not None:
+            for phase in turn.pieces:
+                msg["content" if phase == "answer" else "reasoning"] = turn.text(phase)
+
+    def _assistant_message(self, turn: _Turn) -> dict[str, Any] | None:
+        return self._message(turn.chat_id, turn.response_id)
 
     def _add_text(self, turn: _Turn, phase: str, piece: str) -> None:
         with self._lock:
             turn.output_tokens += 1
             if phase == "think":
                 turn.reasoning_tokens += 1
-            turn.texts[phase] = turn.texts.get(phase, "") + piece
+            turn.pieces.setdefault(phase, []).append(piece)
+            turn.sizes[phase] = turn.sizes.get(phase, 0) + len(piece)
             msg = self._assistant_message(turn)
-            if msg is not None:
-                msg["content" if phase == "answer" else "reasoning"] = turn.texts[phase]
+            if msg is None:
+                return
+            if turn.sizes[phase] <= LIVE_TEXT_LIMIT:
+                msg["content" if phase == "answer" else "reasoning"] = turn.text(phase)
+            else:  # a huge answer: joined when the chat is read and when generation ends (linear)
+                msg["_live"] = turn
 
     def _add_raw(self, turn: _Turn, phase: str, delta: dict[str, Any]) -> None:
         """A prebuilt delta (summary, search, image) counts as one output token."""
@@ -1325,7 +1842,7 @@ class FakeQwen:
             if phase == "thinking_summary":
                 turn.reasoning_tokens += 1
             if phase == "image_gen":
-                turn.texts["answer"] = delta["content"]
+                turn.pieces["answer"] = [delta["content"]]
                 msg = self._assistant_message(turn)
                 if msg is not None:
                     msg["content"] = delta["content"]
@@ -1340,14 +1857,22 @@ class FakeQwen:
             if chat is not None:
                 chat["in_progress"] = False
                 chat["updated_at"] = int(time.time())
-            msg = self._assistant_message(turn)
-            if msg is not None:
-                msg["status"] = status
+            for rid in (turn.response_id, turn.alt_response_id):
+                msg = self._message(turn.chat_id, rid)
+                if msg is not None:
+                    self._sync_text(msg, done=True)
+                    msg["status"] = status
 
     def _end_turn(self, turn: _Turn, outcome: str) -> None:
         """Record how delivery of a turn ended (once): completed, aborted, truncated, …"""
+        if outcome == "aborted" and self.abandon_keeps_generating and not turn.generation_done:
+            self._abandon(turn)
+            return
         status = {"completed": "finished", "aborted": "aborted"}.get(outcome, outcome)
         self._end_generation(turn, status)
+        self._record_outcome(turn, outcome)
+
+    def _record_outcome(self, turn: _Turn, outcome: str) -> None:
         with self._lock:
             if turn.outcome is not None:
                 return
@@ -1356,6 +1881,21 @@ class FakeQwen:
                 self.completed.append(turn.response_id)
             elif outcome == "aborted":
                 self.aborted.append(turn.response_id)
+
+    def _abandon(self, turn: _Turn) -> None:
+        """2026 §3: the client left, the site keeps generating; the chat stays "in progress"
+        until the stop endpoint is called (or ``abandon_seconds`` pass)."""
+        with self._lock:
+            turn.abandoned = True
+        self._record_outcome(turn, "aborted")
+        if self.abandon_seconds is not None and not self._stopping.is_set():
+            timer = threading.Timer(self.abandon_seconds, self._end_generation, args=(turn, "finished"))
+            timer.daemon = True
+            with self._lock:
+                self._timers.append(timer)
+            timer.start()
+
+    # ------------------------------------------------------------------ SSE framing
 
     def _frame(self, payload: bytes) -> Iterator[bytes]:
         event = b"data: " + payload + b"\n\n"
@@ -1366,25 +1906,118 @@ class FakeQwen:
         yield event[:cut]
         yield event[cut:]
 
-    def _delta(self, turn: _Turn, delta: dict[str, Any], with_usage: bool = True) -> bytes:
+    def _delta(
+        self,
+        turn: _Turn,
+        delta: dict[str, Any],
+        with_usage: bool = True,
+        *,
+        usage: dict[str, Any] | None = None,
+        response_id: str | None = None,
+    ) -> bytes:
         if not turn.phase_schema:
             delta = {k: v for k, v in delta.items() if k != "phase"}
         event: dict[str, Any] = {"choices": [{"delta": delta}]}
         if with_usage:
-            event["usage"] = turn.usage()
+            event["usage"] = usage if usage is not None else turn.usage()
+        if response_id is None and self.delta_response_ids:
+            response_id = turn.response_id
+        if response_id is not None:  # 2026 captures: top-level response_id and timestamp
+            event["response_id"] = response_id
+            event["timestamp"] = int(time.time())
         return _spaced(event)
 
-    def _created(self, turn: _Turn) -> bytes:
+    def _created(self, turn: _Turn, response_id: str | None = None, index: str = "0") -> bytes:
         # Spacing copied from the Oct 2025 capture (§4.1, §4.3), trailing space included.
         chat_id = json.dumps(turn.chat_id)
         parent_id = json.dumps(turn.user_message_id)
-        response_id = json.dumps(turn.response_id)
+        rid = json.dumps(response_id or turn.response_id)
         return (
             f'{{"response.created":{{"chat_id": {chat_id}, "parent_id": {parent_id}, '
-            f'"response_id":{response_id}, "response_index": "0"}}}} '
+            f'"response_id":{rid}, "response_index": "{index}"}}}} '
         ).encode()
 
-    def _cut_stream(self, turn: _Turn, environ: dict[str, Any]) -> Iterator[bytes]:
+    @staticmethod
+    def _finished_delta(phase: str = "answer") -> dict[str, Any]:
+        return {"content": "", "role": "assistant", "status": "finished", "phase": phase}
+
+    def _captcha_html(self) -> str:
+        """A one-line captcha page (2026 §4: a non-JSON line inside the stream)."""
+        return (
+            '<!doctypehtml><html><head><meta charset="utf-8">'
+            f'<meta name="aliyun_waf_aa" content="{secrets.token_hex(16)}"><title>captcha</title></head>'
+            f'<body><script>location.href="{self._punish_url("/api/v2/chat/completions")}"</script></body></html>'
+        )
+
+    # ------------------------------------------------------------------ the stream
+
+    def _stream(self, turn: _Turn, environ: dict[str, Any]) -> Iterator[bytes]:
+        """The SSE body: the turn's events, with walls, stop and keep-open around them."""
+        events = self._events_parallel(turn) if turn.parallel else self._events(turn, environ)
+        try:
+            sent = 0
+            for payload in events:
+                if turn.cut in WALL_MODES and sent >= self.wall_after_frames:
+                    yield from self._wall(turn)
+                    return
+                if turn.stop_requested:
+                    self._end_turn(turn, "stopped")
+                    stopped = {"response.stopped": {"response_id": turn.response_id}}
+                    yield from self._frame(_spaced(stopped))
+                    return
+                yield from self._frame(payload)
+                sent += 1
+            if self.keep_open_after_finished and turn.outcome == "completed":
+                self._hold_open(turn, environ)
+        except _Stopped:
+            self._end_turn(turn, "stopped")
+        except Exception:  # noqa: BLE001 - a crash in the fake must be visible to tests
+            with self._lock:
+                self.errors.append(traceback.format_exc())
+            self._end_turn(turn, "crashed")
+        finally:
+            events.close()
+
+    def _wall(self, turn: _Turn) -> Iterator[bytes]:
+        """2026 §4: a captcha/WAF answer inside the HTTP 200 stream; the body then ends."""
+        kind = str(turn.cut)
+        self._note_wall(kind)
+        self._end_turn(turn, "walled")
+        if kind == "captcha_frame":
+            frame = {"ret": list(self.stream_wall_ret), "data": {"url": self._punish_url("/api/v2/chat/completions")}}
+            yield from self._frame(_compact(frame))
+        elif kind == "html_frame":  # a data: line that is not JSON
+            yield from self._frame(self._captcha_html().encode())
+        else:  # html_line: a bare line without "data:"
+            yield self._captcha_html().encode() + b"\n\n"
+
+    @staticmethod
+    def _client_gone(environ: dict[str, Any]) -> bool:
+        """Whether the client closed its end (EOF readable on the socket)."""
+        sock = environ.get("werkzeug.socket")
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _hold_open(self, turn: _Turn, environ: dict[str, Any]) -> None:
+        """2026 §3: the connection stays open after ``finished``; clients must stop reading."""
+        start = time.monotonic()
+        closed = False
+        while not self._stopping.is_set() and time.monotonic() - start < self.keep_open_seconds:
+            if self._client_gone(environ):
+                closed = True
+                break
+            self._stopping.wait(0.02)
+        with self._lock:
+            self.held_open.append(
+                {"response_id": turn.response_id, "client_closed": closed, "seconds": time.monotonic() - start}
+            )
+
+    def _cut_events(self, turn: _Turn, environ: dict[str, Any]) -> Iterator[bytes]:
         """Hostile end of a stream: a dropped connection or an in-stream error event."""
         if turn.cut == "truncate":
             self._end_turn(turn, "truncated")
@@ -1394,81 +2027,125 @@ class FakeQwen:
                     sock.shutdown(socket.SHUT_RDWR)
             return
         self._end_turn(turn, "error")
-        yield from self._frame(_spaced({"error": dict(self.stream_error_payload)}))
+        yield _spaced({"error": dict(self.stream_error_payload)})
 
-    def _stream(self, turn: _Turn, environ: dict[str, Any]) -> Iterator[bytes]:
-        try:
-            yield from self._frame(self._created(turn))
-            if self.info_events:
+    def _events(self, turn: _Turn, environ: dict[str, Any]) -> Iterator[bytes]:
+        """One answer's events (§4.2), as JSON payloads."""
+        cuts = ("truncate", "stream_error")
+        yield self._created(turn)
+        if self.info_events:
+            self._pause()
+            info = {
+                "action": "keep_alive",
+                "chat_id": turn.chat_id,
+                "response_id": turn.response_id,
+                "timestamp": int(time.time()),
+            }
+            yield _spaced({"response.info": info})
+        sent = 0
+        for phase, tokens in turn.phases:
+            for token in tokens:
+                if turn.cut in cuts and sent >= turn.cut_after:
+                    yield from self._cut_events(turn, environ)
+                    return
                 self._pause()
-                info = {
-                    "action": "keep_alive",
-                    "chat_id": turn.chat_id,
-                    "response_id": turn.response_id,
-                    "timestamp": int(time.time()),
-                }
-                yield from self._frame(_spaced({"response.info": info}))
-            sent = 0
-            for phase, tokens in turn.phases:
-                for token in tokens:
-                    if turn.cut and sent >= turn.cut_after:
-                        yield from self._cut_stream(turn, environ)
-                        return
+                if isinstance(token, dict):
+                    self._add_raw(turn, phase, token)
+                    delta = token
+                else:
+                    self._add_text(turn, phase, token)
+                    content = token if turn.incremental else turn.text(phase)
+                    delta = {"role": "assistant", "content": content, "phase": phase, "status": "typing"}
+                yield self._delta(turn, delta)
+                sent += 1
+            if phase in ("think", "thinking_summary", "image_gen"):
+                self._pause()
+                if phase == "image_gen":  # the last event of a t2i stream
+                    self._end_generation(turn, "finished")
+                yield self._delta(turn, self._finished_delta(phase))
+                if phase == "image_gen":
+                    self._end_turn(turn, "completed")
+                    return
+        if turn.cut in cuts:
+            yield from self._cut_events(turn, environ)
+            return
+        self._pause()
+        yield self._delta(turn, {"role": "assistant", "content": "", "phase": "answer", "status": "typing"})
+        self._pause()
+        self._end_generation(turn, "finished")
+        yield self._delta(turn, self._finished_delta(), with_usage=False)
+        # Reached only once the finished event was written to the socket.
+        self._end_turn(turn, "completed")
+
+    def _events_parallel(self, turn: _Turn) -> Iterator[bytes]:
+        """2026 §3: two answers (``response_index`` "0" and "1") interleaved, each delta with
+        its ``response_id``; branch "1" speaks first and finishes first, as captured (Rfym21 #149)."""
+        assert turn.alt_response_id is not None
+        yield self._created(turn, turn.response_id, "0")
+        yield self._created(turn, turn.alt_response_id, "1")
+        branches = [
+            (turn.alt_response_id, self._branch_events(turn, 1)),
+            (turn.response_id, self._branch_events(turn, 0)),
+        ]
+        while branches:
+            for item in list(branches):
+                rid, gen = item
+                try:
+                    payload = next(gen)
+                except StopIteration:
+                    branches.remove(item)
                     self._pause()
+                    if not branches:
+                        self._end_generation(turn, "finished")
+                    yield self._delta(turn, self._finished_delta(), with_usage=False, response_id=rid)
+                    continue
+                yield payload
+        self._end_turn(turn, "completed")
+
+    def _branch_events(self, turn: _Turn, index: int) -> Iterator[bytes]:
+        """The deltas of one parallel answer, up to (not including) its ``finished``."""
+        rid = turn.response_id if index == 0 else turn.alt_response_id
+        phases = turn.phases if index == 0 else turn.alt_phases
+        texts: dict[str, str] = {}
+        output = reasoning = 0
+        for phase, tokens in phases:
+            for token in tokens:
+                self._pause()
+                if index == 0:
                     if isinstance(token, dict):
                         self._add_raw(turn, phase, token)
-                        delta = token
                     else:
                         self._add_text(turn, phase, token)
-                        content = token if turn.incremental else turn.texts[phase]
-                        delta = {
-                            "role": "assistant",
-                            "content": content,
-                            "phase": phase,
-                            "status": "typing",
-                        }
-                    yield from self._frame(self._delta(turn, delta))
-                    sent += 1
-                if phase in ("think", "thinking_summary", "image_gen"):
-                    self._pause()
-                    delta = {
-                        "content": "",
-                        "role": "assistant",
-                        "status": "finished",
-                        "phase": phase,
-                    }
-                    if phase == "image_gen":  # the last event of a t2i stream
-                        self._end_generation(turn, "finished")
-                    yield from self._frame(self._delta(turn, delta))
-                    if phase == "image_gen":
-                        self._end_turn(turn, "completed")
-                        return
-            if turn.cut:
-                yield from self._cut_stream(turn, environ)
-                return
-            self._pause()
-            tail = {"role": "assistant", "content": "", "phase": "answer", "status": "typing"}
-            yield from self._frame(self._delta(turn, tail))
-            self._pause()
-            self._end_generation(turn, "finished")
-            finished = {
-                "content": "",
-                "role": "assistant",
-                "status": "finished",
-                "phase": "answer",
-            }
-            yield from self._frame(self._delta(turn, finished, with_usage=False))
-            # Reached only once the finished event was written to the socket.
-            self._end_turn(turn, "completed")
-        except _Stopped:
-            self._end_turn(turn, "stopped")
-        except Exception:  # noqa: BLE001 - a crash in the fake must be visible to tests
-            with self._lock:
-                self.errors.append(traceback.format_exc())
-            self._end_turn(turn, "crashed")
+                output += 1
+                reasoning += phase in ("think", "thinking_summary")
+                if isinstance(token, dict):
+                    delta = token
+                else:
+                    texts[phase] = texts.get(phase, "") + token
+                    content = token if turn.incremental else texts[phase]
+                    delta = {"role": "assistant", "content": content, "phase": phase, "status": "typing"}
+                    if index == 1 and phase == "answer":
+                        with self._lock:
+                            msg = self._message(turn.chat_id, rid)
+                            if msg is not None:
+                                msg["content"] = texts[phase]
+                yield self._delta(turn, delta, usage=turn.usage(output, reasoning), response_id=rid)
+            if phase in ("think", "thinking_summary"):
+                self._pause()
+                yield self._delta(
+                    turn, self._finished_delta(phase), usage=turn.usage(output, reasoning), response_id=rid
+                )
+        self._pause()
+        tail = {"role": "assistant", "content": "", "phase": "answer", "status": "typing"}
+        yield self._delta(turn, tail, usage=turn.usage(output, reasoning), response_id=rid)
 
-    def _complete_blocking(self, turn: _Turn, environ: dict[str, Any]) -> Response:
+    def _complete_blocking(self, turn: _Turn, request: Request) -> Response:
         """``stream:false``: generate everything, then answer the §3.5 JSON envelope."""
+        environ = request.environ
+        if turn.cut in WALL_MODES:
+            self._note_wall(str(turn.cut))
+            self._end_turn(turn, "walled")
+            return self._captcha(request) if turn.cut == "captcha_frame" else self._waf()
         try:
             for phase, tokens in turn.phases:
                 for token in tokens:
@@ -1486,7 +2163,7 @@ class FakeQwen:
                 self.stream_error_payload.get("code", "Internal_Server_Error"),
                 self.stream_error_payload.get("details", "Internal error occurred"),
             )
-        answer = turn.texts.get("answer", "")
+        answer = turn.text("answer")
         envelope = _compact(
             {
                 "success": True,
@@ -1531,8 +2208,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8899)
     parser.add_argument("--chunk-delay", type=float, default=0.02)
     parser.add_argument("--user", action="append", default=[], metavar="EMAIL:PASSWORD")
+    parser.add_argument("--site-2026", action="store_true", help="the 2026 front end's defaults (use_2026_site)")
     args = parser.parse_args(argv)
-    fake = FakeQwen(chunk_delay=args.chunk_delay).start(port=args.port)
+    fake = FakeQwen(chunk_delay=args.chunk_delay)
+    if args.site_2026:
+        fake.use_2026_site()
+    fake.start(port=args.port)
     print(f"fake chat.qwen.ai at {fake.url}", flush=True)
     print(f"token: {fake.make_token()}", flush=True)
     for spec in args.user:

@@ -56,7 +56,7 @@ def corpus() -> list[str]:
     import codecs
 
     with contextlib.redirect_stdout(io.StringIO()):
-        import this  # noqa: F401  (prints the Zen on import)
+        import this
     zen = codecs.decode(this.s, "rot13").splitlines()
     sentences = []
     n = len(_WORDS)

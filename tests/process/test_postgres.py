@@ -1,0 +1,80 @@
+"""The same chat, CRUD and cleanup tests on PostgreSQL: the SQL must stay portable."""
+
+from __future__ import annotations
+
+import pytest
+from peewee import PostgresqlDatabase
+
+from qwenproxy import create_app
+from tests.conftest import app_config
+from tests.helpers import AppMaker
+
+# Imported tests run again here, with this module's `app` fixture (PostgreSQL).
+from tests.http.test_accounts_2026 import (  # noqa: F401
+    clock,
+    test_two_gateways_on_one_database_refresh_once,
+    test_walls_in_a_row_make_an_account_need_a_human,
+)
+from tests.http.test_chats import (  # noqa: F401
+    test_cleanup_filters_and_max_chats,
+    test_cleanup_requires_a_filter_or_all,
+    test_crud,
+    test_history_of_a_real_conversation,
+)
+from tests.http.test_conversations import (  # noqa: F401
+    sdk,
+    test_a_resent_history_continues_the_same_upstream_chat,
+    test_an_edited_turn_branches_from_the_last_matching_answer,
+)
+from tests.http.test_media import (  # noqa: F401
+    test_polls_back_off_and_any_worker_answers,
+)
+from tests.http.test_routes import (  # noqa: F401
+    test_completion_stream_chunks_match_openai_schema,
+    test_truncated_stream_reports_in_band_and_keeps_partial,
+    test_two_turns_continue_the_upstream_conversation,
+)
+from tests.postgres import PostgresServer
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    try:
+        server = PostgresServer()
+    except (FileNotFoundError, OSError) as exc:
+        pytest.skip(f"no PostgreSQL server here: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def app(tmp_path, fake_qwen, postgres):
+    application = create_app(app_config(tmp_path, fake_qwen, DATABASE_URL=postgres.new_database()))
+    yield application
+    application.extensions["providers"].close()
+
+
+@pytest.fixture
+def database_url(postgres) -> str:
+    """The video tasks' two workers on one PostgreSQL database."""
+    return postgres.new_database()
+
+
+@pytest.fixture
+def make_app(tmp_path, fake_qwen, clock, postgres):  # noqa: F811 - the imported fixture
+    """Apps on one PostgreSQL database (the accounts tests: several gateways, one registry)."""
+    apps = AppMaker(tmp_path, fake_qwen, clock, QWEN_TOKEN="", DATABASE_URL=postgres.new_database())
+    yield apps
+    apps.close()
+
+
+def test_migrations_are_recorded_and_idempotent(app) -> None:
+    from qwenproxy import db
+
+    assert db.upgrade() == []  # everything already applied at start
+    with db.session():
+        names = [r[0] for r in db.database.execute_sql("SELECT name FROM migration_history ORDER BY name")]
+    assert names[0] == "0001_initial"
+    assert isinstance(db.database.obj, PostgresqlDatabase)
