@@ -44,19 +44,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> dict[str, str]:
+def tiny(tiny_gptq) -> dict[str, str]:
     """Tiny Qwen2 (fp), its GPTQ int4 checkpoint, and a tied copy without ``lm_head.weight``."""
-    base = tmp_path_factory.mktemp("local-coder")
-    out = subprocess.run(
-        [sys.executable, "-m", "tests.tools.quantize_tiny", str(base / "tiny-qwen"), "--tied-dir", str(base / "tied")],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return tiny_gptq
 
 
 class Worker:

@@ -98,10 +98,7 @@ def worker_spec(config: Mapping[str, Any]):
     ``LOCAL_MODEL_PATH`` is unset (the worker may then be run by hand)."""
     if not config.get("LOCAL_MODEL_PATH"):
         return None
-    try:  # the supervisor's home after the by-concern layout (issue 12); before it, top level
-        from qwenproxy.runtime.supervisor import WorkerSpec
-    except ModuleNotFoundError:
-        from qwenproxy.supervisor import WorkerSpec
+    from qwenproxy.runtime.supervisor import WorkerSpec
 
     url = str(config.get("LOCAL_MODEL_URL") or "http://127.0.0.1:8001")
     health = None if url.startswith("unix:") else url.rstrip("/") + "/health"

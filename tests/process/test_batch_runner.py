@@ -5,12 +5,6 @@ static decode step that a GPU captures as a CUDA graph computes what the eager s
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -19,7 +13,6 @@ pytest.importorskip("auto_gptq", reason="the local model stack (requirements-loc
 from workers.inference.model import LocalModel, SamplingParams  # noqa: E402
 from workers.inference.scheduler import Request, Scheduler  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [
     [{"role": "user", "content": "def add(a, b):"}],
     [{"role": "system", "content": "You write Python code."}, {"role": "user", "content": "class Stack:"}],
@@ -28,16 +21,9 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> LocalModel:
-    base = tmp_path_factory.mktemp("runner")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(
-        [sys.executable, "-m", "tests.tools.quantize_tiny", str(base / "tiny-qwen")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
+def model(tiny_gptq) -> LocalModel:
     torch.set_num_threads(1)
-    m = LocalModel(json.loads(out.stdout.strip().splitlines()[-1])["quant_dir"], max_batch=4, max_seq_len=512)
+    m = LocalModel(tiny_gptq["quant_dir"], max_batch=4, max_seq_len=512)
     m.load()
     return m
 

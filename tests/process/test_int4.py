@@ -7,12 +7,6 @@ largest output. A wrong zero-point convention (auto-gptq's +1) or row order is o
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -20,7 +14,6 @@ pytest.importorskip("auto_gptq", reason="the local model stack (requirements-loc
 
 from workers.inference.int4 import CannotRepack, GPTQWeight, Int4Linear  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 0.015
 
 
@@ -29,16 +22,9 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 @pytest.fixture(scope="module")
-def tiny_quant(tmp_path_factory) -> str:
-    """The tiny GPTQ fixture (same builder as tests/test_local_coder.py)."""
-    base = tmp_path_factory.mktemp("int4")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    out = subprocess.run(
-        [sys.executable, "-m", "tests.tools.quantize_tiny", str(base / "tiny-qwen")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])["quant_dir"]
+def tiny_quant(tiny_gptq) -> str:
+    """The tiny GPTQ fixture (tests/process/conftest.py)."""
+    return tiny_gptq["quant_dir"]
 
 
 @pytest.fixture(scope="module")
