@@ -37,6 +37,17 @@ def machine() -> str:
     return f"{system}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
 
 
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM a server's process group, SIGKILL it if it has not gone within 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
 class Fake:
     """``bench.fake_upstream`` in a process of its own (gevent: thousands of streams)."""
 
@@ -116,13 +127,7 @@ class Gateway:
         return total
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
         self.log.close()
 
 

@@ -11,7 +11,6 @@ map (no network), logging at ERROR.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import psutil
 import requests
+
+from bench.common import stop_group
 
 DEFAULT_VERSION = "1.106.12"  # 1.107.0 was a compromised release (pulled); pin what was measured
 CACHE = Path(os.environ.get("QWENPROXY_BENCH_CACHE") or Path.home() / ".cache" / "qwenproxy-bench")
@@ -114,11 +115,5 @@ class LiteLLM:
         return total
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
         self.log.close()
