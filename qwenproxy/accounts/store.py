@@ -36,9 +36,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from peewee import Case
-
 from .. import db
+from ..db import statements
 from ..db.models import Account as AccountRow
 from ..errors import RateLimited, UpstreamUnavailable
 from ..jwt import jwt_expiry, jwt_user_id
@@ -207,6 +206,22 @@ def refresh_fields(payload: Mapping[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the pool
 
 
+def _rotation_order():
+    """Every account, least recently used first (the rotation's one read per request)."""
+    return AccountRow.select().order_by(AccountRow.last_used_at, AccountRow.id)
+
+
+def _usage_sql(quote: Callable[[str], str], param: str) -> str:
+    """The usage a turn flushes (``flush_usage``): served count, walls reset on a success,
+    last use moved forward only."""
+    served, walls, used, key = (quote(n) for n in ("requests_served", "walls", "last_used_at", "id"))
+    return (
+        f"UPDATE {quote('account')} SET {served} = {served} + {param}, "
+        f"{walls} = CASE WHEN {param} > 0 THEN 0 ELSE {walls} END, "
+        f"{used} = CASE WHEN {used} < {param} THEN {param} ELSE {used} END WHERE {key} = {param}"
+    )
+
+
 class DatabasePool(AccountPool):
     """Accounts in the ``account`` table; ``clock`` is injectable (tests move time)."""
 
@@ -286,7 +301,8 @@ class DatabasePool(AccountPool):
             waited_since: float | None = None
             for _ in range(50):
                 now = self.clock()
-                rows = list(AccountRow.select().order_by(AccountRow.last_used_at, AccountRow.id))
+                sql, params = statements.compiled("accounts.rotation", _rotation_order)
+                rows = list(AccountRow.raw(sql, *params))
                 if self._renew_expired(rows, now):
                     continue  # tokens changed: read again
                 if self.relogin is not None and self._auto_relogin(rows, now):
@@ -419,16 +435,9 @@ class DatabasePool(AccountPool):
             return
         with db.session():
             for account_id in used.keys() | served.keys():
-                values: dict[Any, Any] = {}
-                if account_id in served:
-                    values[AccountRow.requests_served] = AccountRow.requests_served + served[account_id]
-                    values[AccountRow.walls] = 0  # a success ends a run of captcha walls
-                if account_id in used:
-                    stamp = used[account_id]
-                    values[AccountRow.last_used_at] = Case(
-                        None, [(AccountRow.last_used_at < stamp, stamp)], AccountRow.last_used_at
-                    )
-                AccountRow.update(values).where(AccountRow.id == account_id).execute()
+                # a success ends a run of captcha walls; last use only moves forward
+                count, stamp = served.get(account_id, 0), used.get(account_id, 0.0)
+                statements.execute("accounts.usage", _usage_sql, [count, count, stamp, stamp, account_id])
 
     def note_wall(self, account_id: str) -> None:
         """One more captcha/WAF wall in a row; ``ACCOUNT_WALLS_FOR_HUMAN`` of them and the

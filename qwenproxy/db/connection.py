@@ -25,13 +25,21 @@ database = DatabaseProxy()
 SQLITE_PRAGMAS = {"foreign_keys": 1, "synchronous": "normal"}
 
 
+_PATCHED: list[bool] = []  # once patched, a process stays patched
+
+
 def gevent_patched() -> bool:
     """Whether this process runs under gevent's monkey patching (a gunicorn web worker)."""
+    if _PATCHED:
+        return True
     try:
         from gevent import monkey
     except ImportError:
         return False
-    return bool(monkey.is_module_patched("threading"))
+    if monkey.is_module_patched("threading"):
+        _PATCHED.append(True)
+        return True
+    return False
 
 
 def make_database(url: str, *, shared: bool | None = None, pool_size: int = 20):

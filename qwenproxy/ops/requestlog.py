@@ -15,6 +15,7 @@ from typing import Any
 from peewee import CharField, DoubleField, IntegerField, TextField
 
 from .. import db
+from ..db import statements
 from ..db.models import BaseModel
 from .logs import redact
 
@@ -50,7 +51,7 @@ def record(keep: int = 1000, **fields: Any) -> None:
         fields["route"] = str(fields["route"])[:200]
     try:
         with db.session():
-            row_id = RequestLog.insert(**fields).execute()
+            row_id = statements.insert(RequestLog, **fields)
             if keep > 0 and isinstance(row_id, int) and row_id % PRUNE_EVERY == 0:
                 RequestLog.delete().where(RequestLog.id <= row_id - keep).execute()
     except Exception as exc:

@@ -346,7 +346,7 @@ class StreamInterpreter:
 
     def __init__(self) -> None:
         self.started: ResponseStarted | None = None
-        self.usage: Usage | None = None
+        self._usage_raw: Mapping[str, Any] | None = None  # the last one: every chunk repeats it
         self.finished = False
         self.may_end = False  # the last delta was a finished phase that can end a stream
         self.has_content = False  # answer text or an image was produced
@@ -404,14 +404,20 @@ class StreamInterpreter:
         if rid and primary and rid != primary:
             self._other(str(rid), obj)  # a parallel answer (2026 §3): read aside, never mixed in
             return []
-        if isinstance(obj.get("usage"), dict):
-            self.usage = usage_from_qwen(obj["usage"])
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            self._usage_raw = usage  # converted once, at the end
         delta = choices[0].get("delta") or {}
         out = self._delta(delta)
         self.has_content = self.has_content or any(isinstance(e, TextDelta | ImageResult) for e in out)
         if self.finished and not self.has_content:
             return self._maybe_switch(out)
         return out
+
+    @property
+    def usage(self) -> Usage | None:
+        """The last cumulative usage seen (§4.7), in OpenAI's names."""
+        return usage_from_qwen(self._usage_raw) if self._usage_raw is not None else None
 
     def _created(self, created: Mapping[str, Any]) -> list[Event]:
         started = ResponseStarted(
@@ -599,8 +605,9 @@ class StreamInterpreter:
     def _finish(self, reason: str) -> list[Event]:
         self.finished = True
         out: list[Event] = []
-        if self.usage is not None:
-            out.append(self.usage)
+        usage = self.usage
+        if usage is not None:
+            out.append(usage)
         out.append(Finished(reason))
         return out
 

@@ -16,6 +16,7 @@ from typing import Any
 from peewee import ModelSelect
 
 from .. import db
+from ..db import statements
 from ..db.models import Chat, Message, now_ms
 from ..events import Event, ResponseStarted
 from ..wire.openai import Collected
@@ -51,7 +52,8 @@ def open_chat(
         chat = find_chat(chat_id)
         if chat is not None:
             return chat, False
-        chat = Chat.create(
+        chat = statements.create(
+            Chat,
             id=chat_id,
             name=name or default_chat_name(),
             provider=provider,
@@ -59,7 +61,7 @@ def open_chat(
             upstream_chat_id=chat_id if adopt_upstream else None,
         )
         return chat, True
-    return Chat.create(name=name or default_chat_name(), provider=provider, model=model), True
+    return statements.create(Chat, name=name or default_chat_name(), provider=provider, model=model), True
 
 
 def kept_messages(chat: Chat, bot: str | None = None) -> ModelSelect:
@@ -84,9 +86,10 @@ def stored_history(chat: Chat, limit: int | None = None) -> list[dict[str, Any]]
     return [{"role": m.role, "content": m.content_value} for m in last_messages(chat, limit)]
 
 
-def save_message(chat: Chat, role: str, content: Any, **fields: Any) -> Message:
+def save_message(chat: Chat, role: str, content: Any, **fields: Any) -> int:
+    """Insert one message (its SQL built once: ``db/statements.py``); returns its row id."""
     text, is_json = Message.encode_content(content)
-    return Message.create(chat=chat, role=role, content=text, content_is_json=is_json, **fields)
+    return statements.insert(Message, chat=chat.id, role=role, content=text, content_is_json=is_json, **fields)
 
 
 @dataclass
@@ -161,7 +164,7 @@ class Turn:
                         updates["account_id"] = self.info["account_id"]
                 if started is not None and started.response_id and status == "complete":
                     updates["last_response_id"] = started.response_id
-                Chat.update(**updates).where(Chat.id == self.chat.id).execute()
+                statements.update(Chat, self.chat.id, **updates)
                 if self.on_close is not None:
                     self.on_close(self, status)
                 if status == "complete" and self.on_complete is not None:

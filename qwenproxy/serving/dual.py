@@ -68,7 +68,7 @@ class DualTurn(Turn):
     def begin(self, new_messages: list[dict[str, Any]]) -> None:
         with db.session():
             for message in new_messages:
-                row = save_message(
+                self.user_row = save_message(
                     self.chat,
                     str(message.get("role", "user")),
                     message.get("content", ""),
@@ -76,7 +76,6 @@ class DualTurn(Turn):
                     provider=self.provider,
                     bot=self.bot,
                 )
-                self.user_row = row.id
 
     def close(self, status: str, error: str | None = None, also: Callable[[], None] | None = None) -> None:
         if self.closed:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import db
+from ..db import statements
 from ..db.models import Chat, ConversationPoint
 from ..wire.openai import Collected
 from ..wire.transcript import content_text, strip_think
@@ -94,13 +95,12 @@ class Plan:
 def plan(messages: list[dict[str, Any]], *, matching: bool = True) -> Plan:
     """The longest stored point this history starts with, or a new chat (``matching`` off:
     always a new chat, the whole history folded)."""
-    if not matching:
-        return Plan()
-    prints = fingerprints(messages)
     # a point ends with an answer, and something must follow it: the new turn
-    candidates = {prints[i]: i + 1 for i, m in enumerate(messages[:-1]) if m.get("role") == "assistant"}
-    if not candidates:
+    answers = [i for i, m in enumerate(messages[:-1]) if m.get("role") == "assistant"]
+    if not matching or not answers:
         return Plan()
+    prints = fingerprints(messages[: answers[-1] + 1])
+    candidates = {prints[i]: i + 1 for i in answers}
     with db.session():
         rows = (
             ConversationPoint.select()
@@ -145,7 +145,8 @@ def remember(
     """Store the point after ``answer``: the next request that re-sends this history plus a
     new turn continues ``upstream_chat_id`` from ``response_id``. Call inside a session."""
     conversation = [*messages, answer]
-    return ConversationPoint.create(
+    return statements.create(
+        ConversationPoint,
         fingerprint=fingerprints(conversation)[-1],
         depth=len(conversation),
         upstream_chat_id=upstream_chat_id,

@@ -14,6 +14,7 @@ client that reads as fast) would starve every other request and gunicorn's heart
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 import threading
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from ..db.connection import gevent_patched
 from ..errors import ApiError, ServerShutdown
 
 log = logging.getLogger(__name__)
@@ -98,33 +100,49 @@ def off_hub(fn: Callable[[], T]) -> T:
     """``fn()`` in one of gevent's native threads when gevent runs this process, so that a
     long blocking call (SQLite writing a 50 MB answer: sqlite3 releases the GIL) does not
     hold every other request of the worker; a plain call otherwise."""
-    try:
-        from gevent import get_hub, monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
+    if not gevent_patched():
         return fn()
-    if not monkey.is_module_patched("threading"):
-        return fn()
+    from gevent import get_hub
+
     return get_hub().threadpool.apply(fn)
 
 
-def _native_thread_id() -> int:
-    """The OS thread's id (monkey-patching makes ``threading.get_ident`` a greenlet's)."""
-    try:
-        from gevent import monkey
+try:  # monkey-patching makes ``threading.get_ident`` a greenlet's: keep the OS thread's
+    from gevent.monkey import get_original
 
-        return monkey.get_original("_thread", "get_ident")()
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return threading.get_ident()
-
+    _native_thread_id: Callable[[], int] = get_original("_thread", "get_ident")
+except ImportError:  # pragma: no cover - gevent is a dependency
+    _native_thread_id = threading.get_ident
 
 _HUB_THREAD = _native_thread_id()  # imported by the thread that serves requests
 
+YIELD_EVERY = 0.002  # seconds a greenlet may run between two yields
+_last_yield = [0.0]
+
 
 def yield_to_hub() -> None:
-    """Let other requests run (gevent: ``sleep(0)``, bounded to about a switch interval).
+    """Let other requests run when this one has run for ``YIELD_EVERY`` since the last yield
+    (gevent: ``sleep(0)``). Called per event and per write: a switch each time cost more
+    than rendering a chunk, so the others get the hub at least every couple of milliseconds.
 
     ``time.sleep`` is gevent's under gunicorn and ``python app.py`` (monkey-patched); in a
     plain thread it only releases the GIL. In one of ``off_hub``'s native threads it does
     nothing (there the GIL's own switching lets the hub run)."""
-    if _native_thread_id() == _HUB_THREAD:
-        time.sleep(0)
+    now = time.perf_counter()
+    if now - _last_yield[0] < YIELD_EVERY or _native_thread_id() != _HUB_THREAD:
+        return
+    time.sleep(0)
+    _last_yield[0] = time.perf_counter()
+
+
+def spawn(fn: Callable[..., object], *args: object) -> None:
+    """``fn(*args)`` beside the caller, in the caller's context (its log lines keep the
+    request id): a greenlet under gevent (a patched ``Thread`` also waits for an event to
+    start), a daemon thread otherwise."""
+    context = contextvars.copy_context()
+    if gevent_patched():
+        import gevent
+
+        gevent.spawn(context.run, fn, *args)
+    else:
+        threading.Thread(target=context.run, args=(fn, *args), daemon=True, name=getattr(fn, "__name__", "")).start()

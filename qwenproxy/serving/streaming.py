@@ -9,10 +9,8 @@ produced is saved. Both answers, JSON and SSE, end in the same ``_Run.finish`` s
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
@@ -27,7 +25,7 @@ from ..ops.metrics import TurnStats
 from ..wire.openai import ChunkRenderer, Collected, completion_id
 from ..wire.render import Answer, OpenAIChunks, Renderer
 from .conversations import Turn
-from .live import LiveTurns, off_hub, yield_to_hub
+from .live import LiveTurns, off_hub, spawn, yield_to_hub
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +191,7 @@ class _Run:
         yield "".join(ready)
         pending: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._pending = pending
-        # the pump runs in this request's context, so its log lines carry the request id
-        context = contextvars.copy_context()
-        threading.Thread(target=context.run, args=(_pump, self.events, pending), daemon=True, name="upstream").start()
+        spawn(_pump, self.events, pending)  # in this request's context: log lines keep its id
         while True:
             if self.shutdown is not None:
                 raise _InBand(self.shutdown)

@@ -68,6 +68,8 @@ def usage_dict(usage: Usage | None) -> dict[str, Any]:
 
 
 THINK_OPEN, THINK_CLOSE = "<think>\n", "\n</think>\n\n"
+_MARK = "\x00qwenproxy-text\x00"  # where a content chunk's text goes (ChunkRenderer.content_frame)
+_MARK_JSON = json.dumps(_MARK)
 
 
 def url_citations(annotations: list[Annotation], text: str) -> list[dict[str, Any]]:
@@ -238,6 +240,7 @@ class ChunkRenderer:
         self.usage: Usage | None = None
         self.finished = False
         self._tool_seen: set[int] = set()
+        self._frame: tuple[str, str] | None = None  # a content chunk's SSE frame around its text
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -261,6 +264,22 @@ class ChunkRenderer:
             text = THINK_CLOSE + text
         self._text.append(text)
         return self.chunk({"content": text})
+
+    def content_frame(self, text: str) -> str:
+        """``sse(chunk)`` of a text delta, the frame around the text rendered once: a streamed
+        answer is mostly these, and dumping the whole chunk each time was most of its cost."""
+        if self._thinking or self._frame is None:
+            frame = sse(self._content(text))
+            if self._frame is None and not self._thinking:
+                whole = sse(self.chunk({"content": _MARK}))
+                head, _, tail = whole.partition(_MARK_JSON)
+                # a model name or chat id that holds the mark itself: no template, ever
+                self._frame = ("", "") if _MARK_JSON in head + tail else (head, tail)
+            return frame
+        if not self._frame[0]:
+            return sse(self._content(text))
+        self._text.append(text)
+        return self._frame[0] + json.dumps(text, ensure_ascii=False) + self._frame[1]
 
     def render(self, event: Event) -> list[dict[str, Any]]:
         if isinstance(event, TextDelta):

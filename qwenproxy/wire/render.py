@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..errors import ApiError
-from ..events import Event
+from ..events import Event, TextDelta
 from .openai import DONE, PING, ChunkRenderer, Collected, sse
 
 
@@ -53,6 +53,8 @@ class OpenAIChunks:
         return [sse(self.chunks.role())]
 
     def render(self, event: Event) -> list[str]:
+        if type(event) is TextDelta:
+            return [self.chunks.content_frame(event.text)] if event.text else []
         return [sse(c) for c in self.chunks.render(event)]
 
     def finish(self, reason: str) -> list[str]:

@@ -14,8 +14,14 @@ from qwenproxy.errors import RateLimited
 
 
 @pytest.fixture
-def pools(tmp_path, fake_qwen):
-    db.bind(f"sqlite:///{tmp_path / 'q.db'}")
+def database_url(tmp_path) -> str:
+    """SQLite here; tests/process/test_postgres.py runs these tests on PostgreSQL."""
+    return f"sqlite:///{tmp_path / 'q.db'}"
+
+
+@pytest.fixture
+def pools(database_url, fake_qwen):
+    db.bind(database_url)
     db.upgrade()
     first, second = DatabasePool(), DatabasePool()
     for n in range(3):

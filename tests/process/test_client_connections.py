@@ -120,3 +120,27 @@ def test_authorization_txt_is_created_on_first_start(server, tmp_path) -> None:
     port = int(server.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock, sock.makefile("rb") as reader:
         assert exchange(sock, reader, "GET", "/api/models")[0] == 200  # no key line yet: open
+
+
+def test_streamed_error_head_and_json_answers_keep_one_connection_in_step(server) -> None:
+    """gunicorn's worker sends a response head with the first body bytes and the chunked
+    terminator with what is still held (``runtime/gworker.py``): on one connection a stream,
+    an error, a bodiless HEAD answer and a JSON answer must each arrive whole, nothing of
+    one left over for the next."""
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock, sock.makefile("rb") as reader:
+        body = {"model": "qwen3-max", "stream": True, "messages": [{"role": "user", "content": "words:30"}]}
+        status, headers, streamed = exchange(sock, reader, "POST", "/v1/chat/completions", body)
+        assert status == 200 and headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in streamed.decode().split("\n") if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+        assert text.split() == [f"w{n}" for n in range(1, 31)]
+        status, _, error = exchange(sock, reader, "POST", "/v1/chat/completions", {"messages": []})
+        assert status == 400 and json.loads(error)["error"]["type"] == "invalid_request_error"
+        sock.sendall(b"HEAD /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert int(reader.readline().split()[1]) == 200
+        while reader.readline() not in (b"\r\n", b""):
+            pass  # a HEAD answer ends with its head
+        status, _, answer = exchange(sock, reader, "POST", "/api/chat", {"message": "last"})
+        assert status == 200 and json.loads(answer)["choices"][0]["message"]["content"] == "Echo: last"

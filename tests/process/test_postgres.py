@@ -29,6 +29,12 @@ from tests.http.test_conversations import (  # noqa: F401
 from tests.http.test_media import (  # noqa: F401
     test_polls_back_off_and_any_worker_answers,
 )
+from tests.http.test_rotation_shared import (  # noqa: F401
+    pools,
+    test_another_worker_sees_usage_when_a_turn_ends,
+    test_one_worker_takes_the_accounts_in_strict_turn_without_writing,
+    test_states_are_shared_at_once,
+)
 from tests.http.test_routes import (  # noqa: F401
     test_completion_stream_chunks_match_openai_schema,
     test_truncated_stream_reports_in_band_and_keeps_partial,
@@ -58,7 +64,7 @@ def app(tmp_path, fake_qwen, postgres):
 
 @pytest.fixture
 def database_url(postgres) -> str:
-    """The video tasks' two workers on one PostgreSQL database."""
+    """The video tasks' two workers, the rotation's two pools: on one PostgreSQL database."""
     return postgres.new_database()
 
 

@@ -202,3 +202,26 @@ def test_upstream_mode_and_variants() -> None:
     entry = {"id": "m", "info": {"meta": {"capabilities": {"thinking": True}, "chat_type": ["t2t", "search"]}}}
     assert variants(entry) == ["m-thinking", "m-search"]
     assert variants({"id": "m"}) == []
+
+
+@pytest.mark.parametrize("reasoning_in_content", [False, True])
+@pytest.mark.parametrize("model", ["qwen3-max", "\x00qwenproxy-text\x00"])
+def test_text_frames_from_the_template_are_the_chunks_sse(model, reasoning_in_content) -> None:
+    """The hot path renders a text delta into a frame built once; it must be byte for byte
+    the frame of the whole chunk, around reasoning, odd characters and a model name that
+    holds the template's own mark."""
+    from qwenproxy.wire.openai import sse
+    from qwenproxy.wire.render import OpenAIChunks
+
+    def renderer() -> ChunkRenderer:
+        extras = {"chatId": "c-1", "parentId": None}
+        return ChunkRenderer(
+            id="x", model=model, created=1, include_usage=True, extras=extras, reasoning_in_content=reasoning_in_content
+        )
+
+    fast, plain = OpenAIChunks(renderer()), renderer()
+    events = [TextDelta("a"), ReasoningDelta("hm"), TextDelta('h\u00e9llo "q"\n'), TextDelta("x"), TextDelta("\u2028}")]
+    events += [ReasoningDelta("again"), TextDelta("y"), Finished("stop")]
+    for event in events:
+        assert fast.render(event) == [sse(chunk) for chunk in plain.render(event)]
+    assert fast.chunks._text == plain._text
