@@ -40,6 +40,13 @@ from tests.http.test_routes import (  # noqa: F401
     test_truncated_stream_reports_in_band_and_keeps_partial,
     test_two_turns_continue_the_upstream_conversation,
 )
+from tests.http.test_statements import (  # noqa: F401
+    bound,
+    test_create_fills_the_defaults_and_reads_back_as_peewee_wrote_it,
+    test_insert_returns_the_generated_key_and_converts_values,
+    test_update_by_key_counts_rows_and_keeps_one_statement_per_column_set,
+    test_writes_join_the_callers_transaction,
+)
 from tests.postgres import PostgresServer
 
 
