@@ -141,13 +141,14 @@ class QwenClient:
         do for the transport that met it (2026 §4).
         """
         chat_id = body["chat_id"]
-        size = len(json_bytes(body))  # what the body wall counts
+        data = json_bytes(body)  # encoded once: measured here, sent by the transport
+        size = len(data)  # what the body wall counts
         referer = GUEST_REFERER if body.get("chat_mode") == "guest" else f"/c/{quote(str(chat_id))}"
         response = self.transport.request(
             "POST",
             f"{self.base_url}/api/v2/chat/completions?chat_id={quote(str(chat_id))}",
             headers=browser_headers(self.config, token=token, referer_path=referer, stream=True),
-            json_body=dict(body),
+            json_body=data,
             stream=True,
             account_id=account_id,
         )

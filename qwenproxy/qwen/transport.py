@@ -67,7 +67,8 @@ class Transport(ABC):
         account_id: str | None = None,
         timeout: float | None = None,
     ) -> UpstreamResponse:
-        """Send one request; raise ``UpstreamUnavailable`` when the upstream is unreachable."""
+        """Send one request; raise ``UpstreamUnavailable`` when the upstream is unreachable.
+        ``json_body``: a JSON value, or its ``json_bytes`` already encoded."""
 
     def close(self) -> None:
         pass
@@ -153,7 +154,10 @@ def cookie_token(headers: Mapping[str, str]) -> str | None:
 
 def json_bytes(body: Any) -> bytes:
     """A JSON body as the front end's ``JSON.stringify`` sends it: compact, raw UTF-8 (the
-    size the upstream's body wall counts; ``uploads/context.json_size`` measures the same)."""
+    size the upstream's body wall counts; ``uploads/context.json_size`` measures the same).
+    ``bytes`` are a body encoded already (an agent's 100 KB prompt is encoded once a turn)."""
+    if isinstance(body, bytes):
+        return body
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
