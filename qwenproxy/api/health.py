@@ -251,8 +251,8 @@ def init_app(app: Flask) -> None:
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
         route = route_label()
         m: Metrics = app.extensions["metrics"]
-        m.requests.labels(request.method, route, str(response.status_code)).inc()
-        m.request_seconds.labels(route).observe(elapsed)
+        m.child(m.requests, request.method, route, str(response.status_code)).inc()
+        m.child(m.request_seconds, route).observe(elapsed)
         if g.get("rejected"):  # refused before any route: a count, never a row anyone could flood
             m.rejected.labels(g.rejected).inc()
             return response

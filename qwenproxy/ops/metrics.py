@@ -45,6 +45,7 @@ class Metrics:
         if self.multiproc_dir:
             Path(self.multiproc_dir).mkdir(parents=True, exist_ok=True)
         disable_created_metrics()  # no *_created series: multiprocess mode has none either
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -112,6 +113,15 @@ class Metrics:
             source = self.registry
         return generate_latest(_Joined(source, state)), CONTENT_TYPE_LATEST
 
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, kept: prometheus_client checks and converts the label
+        values on every call, several times a request (the values come from small sets)."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
+
 
 class _Joined:
     """``generate_latest`` takes anything with ``collect()``: the registry, then the state."""
@@ -175,13 +185,15 @@ class TurnStats:
         if self.first_event is None:
             self.first_event = self.clock()
             if self.metrics:
-                self.metrics.upstream_seconds.labels(self.provider).observe(self.first_event - self.started)
+                m = self.metrics
+                m.child(m.upstream_seconds, self.provider).observe(self.first_event - self.started)
 
     def observe(self, event: Event) -> None:
         if self.first_token is None and isinstance(event, (TextDelta, ReasoningDelta, ToolCallDelta)):
             self.first_token = self.clock()
             if self.metrics:
-                self.metrics.ttft_seconds.labels(self.provider, self.model).observe(self.first_token - self.started)
+                m = self.metrics
+                m.child(m.ttft_seconds, self.provider, self.model).observe(self.first_token - self.started)
 
     @property
     def ttft_ms(self) -> float | None:
@@ -189,7 +201,7 @@ class TurnStats:
 
     def error(self, code: str | None, stage: str) -> None:
         if self.metrics:
-            self.metrics.errors.labels(self.provider, code or "error", stage).inc()
+            self.metrics.child(self.metrics.errors, self.provider, code or "error", stage).inc()
 
     def finish(self, outcome: str, prompt_tokens: int | None, completion_tokens: int | None) -> None:
         if self.done:
@@ -198,12 +210,12 @@ class TurnStats:
         if not self.metrics:
             return
         m = self.metrics
-        m.completions.labels(self.provider, outcome).inc()
-        m.turn_seconds.labels(self.provider, outcome).observe(self.clock() - self.started)
+        m.child(m.completions, self.provider, outcome).inc()
+        m.child(m.turn_seconds, self.provider, outcome).observe(self.clock() - self.started)
         if prompt_tokens:
-            m.tokens.labels(self.provider, "prompt").inc(prompt_tokens)
+            m.child(m.tokens, self.provider, "prompt").inc(prompt_tokens)
         if completion_tokens:
-            m.tokens.labels(self.provider, "completion").inc(completion_tokens)
+            m.child(m.tokens, self.provider, "completion").inc(completion_tokens)
 
 
 # --- the multiprocess directory (used by gunicorn.conf.py, in the master) ------------------
