@@ -20,7 +20,7 @@ from bench.litellm_side import CACHE
 # innermost match wins; the order only breaks ties inside one frame
 CONCERNS = (
     ("logging", ("logging/", "gunicorn/glogging.py")),
-    ("SQLite / Peewee", ("peewee.py", "playhouse/", "sqlite3")),
+    ("SQLite / Peewee", ("peewee.py", "playhouse/", "sqlite3", "qwenproxy/db/")),
     ("account rotation", ("accounts/store.py", "accounts/pool.py")),
     ("chat and message writes", ("serving/conversations.py", "ops/requestlog.py")),
     ("upstream HTTP client", ("qwen/http.py", "http/client.py", "requests/", "urllib3/", "ssl.py")),

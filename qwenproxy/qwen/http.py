@@ -26,13 +26,14 @@ import base64
 import http.client
 import json
 import os
+import re
 import select
 import socket
 import ssl
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -43,9 +44,32 @@ MAX_IDLE = 64  # idle connections kept per host
 _RETRYABLE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
+_HEADER_NAME = re.compile(r"[^:\s][^:\r\n]*")  # http.client's own check of a name
+
+
+def header_block(pairs: Iterable[tuple[str, str]]) -> bytes:
+    """The header lines of a request, checked and encoded at once (``putheader`` encodes and
+    checks each name and value with two regular expressions: most of sending a request).
+    A value that would start a line of its own is refused (no header injection)."""
+    lines = []
+    for name, given in pairs:
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"Invalid header name {name!r}")
+        value = str(given)
+        if "\r" in value or "\n" in value or "\x00" in value:
+            raise ValueError(f"Invalid value for header {name!r}")
+        lines.append(f"{name}: {value}")
+    return "\r\n".join(lines).encode("latin-1")
+
+
 class _OneSend:
     """The request head and a small body in one ``send`` (``http.client`` sends them apart:
     two syscalls, and on the other side two wake-ups, per request)."""
+
+    def put_block(self, block: bytes) -> None:
+        """Header lines from ``header_block``, after ``putrequest``."""
+        if block:
+            self._buffer.append(block)  # type: ignore[attr-defined]
 
     def _send_output(self, message_body: Any = None, encode_chunked: bool = False) -> None:
         if isinstance(message_body, bytes) and len(message_body) <= 65536:
@@ -423,18 +447,16 @@ class HTTPClient:
             extra.append(("Connection", "keep-alive"))
         if route.proxy and route.scheme == "http" and route.proxy_auth:
             extra.append(("Proxy-Authorization", route.proxy_auth))
+        if body is not None:
+            extra.append(("Content-Length", str(len(body))))
+        block = header_block([*headers.items(), *extra])  # a bad header fails before any connection
         read_timeout = timeout or self.read_timeout
         for attempt in (0, 1):
             conn, reused = pool.checkout()
             try:
                 conn.sock.settimeout(read_timeout)
                 conn.putrequest(method, target, skip_accept_encoding=True)
-                for name, value in headers.items():
-                    conn.putheader(name, value)
-                for name, value in extra:
-                    conn.putheader(name, value)
-                if body is not None:
-                    conn.putheader("Content-Length", str(len(body)))
+                conn.put_block(block)  # type: ignore[attr-defined]
                 conn.endheaders(body)
                 response = conn.getresponse()
             except _RETRYABLE as exc:

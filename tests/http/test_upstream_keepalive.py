@@ -214,3 +214,32 @@ def test_an_http_proxy_from_the_environment_carries_the_requests(monkeypatch, fa
     finally:
         http.close()
         relay.close()
+
+
+def test_the_request_head_is_written_whole_and_refuses_header_injection(monkeypatch, fake_qwen: FakeQwen) -> None:
+    """All header lines go out in one piece (qwen/http.py ``put_headers``), in order, each
+    once; a value that would start a header of its own is refused before anything is sent."""
+    relay = _Relay(fake_qwen._server.port)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{relay.port}")
+    monkeypatch.setenv("NO_PROXY", "")
+    http = HTTPClient(2.0, 5.0)
+    try:
+        headers = {"Authorization": f"Bearer {fake_qwen.make_token()}", "X-Request-Id": "r-1", "source": "web"}
+        body = new_chat_body("qwen3-max")
+        url = f"{fake_qwen.url}/api/v2/chats/new"
+        assert json.loads(http.request("POST", url, headers=headers, json_body=body).read())["data"]["id"]
+        lines = relay.heads[0].decode("latin-1").split("\r\n")
+        sent = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        assert lines[0] == f"POST {fake_qwen.url}/api/v2/chats/new HTTP/1.1"
+        names = [line.split(":", 1)[0] for line in lines[1:]]
+        ours = ["Authorization", "X-Request-Id", "source", "Accept-Encoding", "Connection", "Content-Length"]
+        assert names == ["Host", *ours]
+        assert lines[-1] == f"Content-Length: {len(sent)}" and "X-Request-Id: r-1" in lines
+        for bad in ({"X-Request-Id": "r-1\r\nX-Evil: 1"}, {"X-Request-Id": "r\n1"}, {"Bad Name:": "x"}):
+            with pytest.raises(ValueError):
+                http.request("POST", url, headers=bad, json_body=body)
+        assert len(relay.heads) == 1  # nothing of a refused request reached the wire
+        assert http.opened() == 1 and sum(p.idle() for p in http._pools.values()) == 1  # nor took a connection
+    finally:
+        http.close()
+        relay.close()
