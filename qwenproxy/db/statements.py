@@ -71,9 +71,10 @@ def insert(model: type[Model], /, **values: Any) -> Any:
 
 
 def create(model: type[M], /, **values: Any) -> M:
-    """``model.create(**values)``: the saved instance, its generated key set."""
+    """``model.create(**values)``: the saved instance, its generated key set. The class is
+    positional-only here and in ``insert``/``update``: a field may be called ``model``."""
     values = _with_defaults(model, values)
-    key = insert(model, **values)  # (a field may be called "model": the class is positional)
+    key = insert(model, **values)
     values[model._meta.primary_key.name] = key
     row = model(__no_default__=1, **values)
     row._dirty.clear()
