@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from ..errors import ApiError, BadRequest
 from ..events import Event, Finished, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from .openai import Collected
+from .pieces import Growing
 
 # --------------------------------------------------------------------------- errors
 
@@ -593,6 +594,7 @@ class MessageRenderer:
         self._open: str | None = None  # "thinking" | "text" | "tool:<index>"
         self._tool_blocks: dict[int, int] = {}  # internal call index -> block index
         self._arguments: dict[int, str] = {}
+        self._growing = Growing()  # block texts and arguments, joined when read
         self.usage: Usage | None = None
         self.stop_reason: str | None = None
         self.stops = [s for s in stop_sequences or [] if s]
@@ -613,6 +615,7 @@ class MessageRenderer:
 
     def message(self) -> dict[str, Any]:
         """The ``message`` object as it stands (complete after ``finish``)."""
+        self._growing.settle()
         content = []
         for block in self.blocks:
             shown = dict(block)
@@ -662,6 +665,7 @@ class MessageRenderer:
         index = len(self.blocks) - 1
         out = []
         if self._open == "thinking":
+            self._growing.settle()
             sig = signature(self.blocks[index]["thinking"])
             self.blocks[index]["signature"] = sig
             out.append(self._delta(index, {"type": "signature_delta", "signature": sig}))
@@ -697,7 +701,7 @@ class MessageRenderer:
                 if self._open == "thinking"
                 else self._begin("thinking", {"type": "thinking", "thinking": "", "signature": ""})
             )
-            self.blocks[-1]["thinking"] += event.text
+            self._growing.add(self.blocks[-1], "thinking", event.text)
             return [*out, self._delta(len(self.blocks) - 1, {"type": "thinking_delta", "thinking": event.text})]
         if isinstance(event, TextDelta):
             return self._text(event.text)
@@ -714,7 +718,7 @@ class MessageRenderer:
         if not text:
             return []
         out = [] if self._open == "text" else self._begin("text", {"type": "text", "text": ""})
-        self.blocks[-1]["text"] += text
+        self._growing.add(self.blocks[-1], "text", text)
         return [*out, self._delta(len(self.blocks) - 1, {"type": "text_delta", "text": text})]
 
     def _release(self) -> list[str]:
@@ -753,9 +757,9 @@ class MessageRenderer:
             self._arguments[event.index] = ""
         elif self._open != kind:
             # a late piece of a call whose block is closed: kept for the final message only
-            self._arguments[event.index] += event.arguments
+            self._growing.add(self._arguments, event.index, event.arguments)
             return out
-        self._arguments[event.index] += event.arguments
+        self._growing.add(self._arguments, event.index, event.arguments)
         if event.arguments:
             delta = {"type": "input_json_delta", "partial_json": event.arguments}
             out.append(self._delta(self._tool_blocks[event.index], delta))

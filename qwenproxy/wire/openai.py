@@ -38,6 +38,7 @@ from ..events import (
     ToolCallDelta,
     Usage,
 )
+from .pieces import joined
 from .structured import ResponseFormat
 from .tools import ToolSpec
 
@@ -87,15 +88,6 @@ def url_citations(annotations: list[Annotation], text: str) -> list[dict[str, An
             }
         )
     return out
-
-
-def joined(parts: list[str]) -> str:
-    """The text of ``parts``, joined once and kept joined: appending to a list and joining
-    when read is linear, where ``str +=`` on an attribute copies the whole text every time
-    (a long answer in many small deltas took seconds and held the gevent hub meanwhile)."""
-    if len(parts) > 1:
-        parts[:] = ["".join(parts)]
-    return parts[0] if parts else ""
 
 
 @dataclass

@@ -22,6 +22,7 @@ from ..errors import ApiError, BadRequest
 from ..events import Annotation, Event, Finished, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from .anthropic import parse
 from .openai import Collected, url_citations
+from .pieces import Growing
 
 __all__ = ["ResponseRenderer", "ResponsesRequest", "convert", "input_items", "parse"]
 
@@ -494,6 +495,7 @@ class ResponseRenderer:
         self._open: str | None = None  # "reasoning" | "message" | "call:<index>"
         self._calls: dict[int, int] = {}  # internal call index -> output index
         self._seq = 0
+        self._growing = Growing()  # the open item's text or arguments, joined when read
         self.started = False  # streamed: start() was called
         self.finished = False
         self.completed_at: int | None = None
@@ -518,6 +520,7 @@ class ResponseRenderer:
 
     def response(self) -> dict[str, Any]:
         """The response object as it stands."""
+        self._growing.settle()
         body: dict[str, Any] = {
             "id": self.id,
             "object": "response",
@@ -591,6 +594,7 @@ class ResponseRenderer:
     def _close(self) -> list[str]:
         if self._open is None:
             return []
+        self._growing.settle()
         index = len(self.output) - 1
         item = self.output[index]
         out: list[str] = []
@@ -635,7 +639,7 @@ class ResponseRenderer:
                 ids = {"item_id": self.output[-1]["id"], "output_index": len(self.output) - 1, "summary_index": 0}
                 out.append(self._event("response.reasoning_summary_part.added", **ids, part=dict(part)))
             item = self.output[-1]
-            item["summary"][0]["text"] += event.text
+            self._growing.add(item["summary"][0], "text", event.text)
             ids = {"item_id": item["id"], "output_index": len(self.output) - 1, "summary_index": 0}
             return [*out, self._event("response.reasoning_summary_text.delta", **ids, delta=event.text)]
         if isinstance(event, TextDelta):
@@ -656,7 +660,7 @@ class ResponseRenderer:
                 ids = {"item_id": item["id"], "output_index": len(self.output) - 1, "content_index": 0}
                 out.append(self._event("response.content_part.added", **ids, part=dict(part)))
             item = self.output[-1]
-            item["content"][0]["text"] += event.text
+            self._growing.add(item["content"][0], "text", event.text)
             ids = {"item_id": item["id"], "output_index": len(self.output) - 1, "content_index": 0}
             return [*out, self._event("response.output_text.delta", **ids, delta=event.text, logprobs=[])]
         if isinstance(event, ToolCallDelta):
@@ -686,7 +690,7 @@ class ResponseRenderer:
             out += self._add(kind, item)
             self._calls[event.index] = len(self.output) - 1
         index = self._calls[event.index]
-        self.output[index]["arguments"] += event.arguments
+        self._growing.add(self.output[index], "arguments", event.arguments)
         if event.arguments and self._open == kind:
             item_id = self.output[index]["id"]
             out.append(

@@ -20,7 +20,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from jsonschema import exceptions as schema_exceptions
@@ -31,6 +31,7 @@ from referencing.jsonschema import DRAFT202012
 
 from ..errors import BadRequest, UpstreamError
 from ..events import Event, EventFilter, Finished, ResponseStarted, TextDelta, ToolCallDelta, Usage, add_usage
+from .pieces import joined
 from .transcript import strip_think
 
 log = logging.getLogger(__name__)
@@ -328,7 +329,7 @@ class StructuredFilter(EventFilter):
                     answer.started = event
                     yield event
                 elif isinstance(event, TextDelta):
-                    answer.text += event.text
+                    answer.pieces.append(event.text)
                 elif isinstance(event, Usage):
                     answer.usage = event  # cumulative within a round (Qwen): the last one counts
                 elif isinstance(event, Finished):
@@ -358,10 +359,14 @@ class StructuredFilter(EventFilter):
 @dataclass
 class _Round:
     started: ResponseStarted | None = None
-    text: str = ""
+    pieces: list[str] = field(default_factory=list)  # joined once: ``str +=`` is quadratic
     usage: Usage | None = None
     finished: Finished | None = None
     calls: bool = False
+
+    @property
+    def text(self) -> str:
+        return joined(self.pieces)
 
 
 def _chain(first: Event, rest: Iterator[Event]) -> Iterator[Event]:

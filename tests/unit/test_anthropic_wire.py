@@ -344,3 +344,25 @@ def test_stop_sequences_end_the_answer_even_across_deltas() -> None:
     r = A.MessageRenderer(id="m", model="m", stop_sequences=["END"])
     body = r.replay(collect([TextDelta("it ends with E"), Finished("stop")]))
     assert body["content"][0]["text"] == "it ends with E" and body["stop_reason"] == "end_turn"
+
+
+def test_an_answer_in_many_pieces_is_whole_when_read_mid_stream_and_at_the_end() -> None:
+    """Block texts and tool arguments grow as pieces (``wire/pieces.Growing``: ``+=`` on a
+    dict value was quadratic); every read, mid-stream or final, sees all of them."""
+    r = A.MessageRenderer(id="m", model="m", thinking=True)
+    r.start()
+    for n in range(300):
+        r.render(ReasoningDelta(f"t{n} "))
+    assert r.message()["content"][0]["thinking"] == "".join(f"t{n} " for n in range(300))
+    for n in range(3000):
+        r.render(TextDelta(f"w{n} "))
+        if n == 1500:
+            assert r.message()["content"][1]["text"].endswith("w1499 w1500 ")
+    arguments = json.dumps({"path": "a.txt", "content": "x" * 5000})
+    for i in range(0, len(arguments), 7):
+        r.render(ToolCallDelta(0, "call_1", "write", arguments[i : i + 7]))
+    r.render(Finished("tool_calls"))
+    final = Message.model_validate(r.message())
+    assert final.content[0].signature == A.signature(final.content[0].thinking)
+    assert final.content[1].text == "".join(f"w{n} " for n in range(3000))
+    assert final.content[2].input == {"path": "a.txt", "content": "x" * 5000}

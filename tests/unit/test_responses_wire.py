@@ -263,3 +263,28 @@ def test_output_messages_continue_the_conversation() -> None:
             ],
         }
     ]
+
+
+def test_an_answer_in_many_pieces_is_whole_in_every_done_event_and_object() -> None:
+    """Summary text, output text and arguments grow as pieces (``wire/pieces.Growing``:
+    ``+=`` on a dict value was quadratic); the ``.done`` events and the object read them all."""
+    r = R.ResponseRenderer(id="resp_1", model="m", summary=True)
+    frames = r.start()
+    for n in range(300):
+        frames += r.render(ReasoningDelta(f"t{n} "))
+    for n in range(3000):
+        frames += r.render(TextDelta(f"w{n} "))
+        if n == 1500:
+            assert r.response()["output"][1]["content"][0]["text"].endswith("w1499 w1500 ")
+    arguments = json.dumps({"path": "a.txt", "content": "x" * 5000})
+    for i in range(0, len(arguments), 7):
+        frames += r.render(ToolCallDelta(0, "call_1", "write", arguments[i : i + 7]))
+    frames += r.render(Finished("tool_calls"))
+    frames += r.close()
+    done = {e["type"]: e for e in parsed(frames) if e["type"].endswith(".done") and "item" not in e}
+    text = "".join(f"w{n} " for n in range(3000))
+    assert done["response.reasoning_summary_text.done"]["text"] == "".join(f"t{n} " for n in range(300))
+    assert done["response.output_text.done"]["text"] == text
+    assert done["response.function_call_arguments.done"]["arguments"] == arguments
+    final = Response.model_validate(parsed(frames)[-1]["response"])
+    assert final.output_text == text and final.output[2].arguments == arguments
