@@ -12,12 +12,28 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 from flask import Flask
 
 from qwenproxy import create_app
+from qwenproxy.runtime.chromium import find_chrome
 from tests.conftest import app_config
 
 COMPLETIONS = "/api/v2/chat/completions"
+
+def chromium_available() -> bool:
+    try:
+        find_chrome()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+# the browser tests need Debian's chromium (scripts/setup.sh installs it)
+requires_chromium = pytest.mark.skipif(
+    not chromium_available(), reason="Chromium is not installed (apt-get install chromium)"
+)
+
 
 # the weather tool of the agent tests, as each client API declares it
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

@@ -12,23 +12,16 @@ from qwenproxy import create_app
 from qwenproxy.accounts.credentials import account_dir
 from qwenproxy.db.models import Account as AccountRow
 from tests.conftest import app_config
+from tests.helpers import chromium_available
 
 pytest.importorskip("pyppeteer")
 pytestmark = pytest.mark.filterwarnings("ignore:remove loop argument:DeprecationWarning")  # pyppeteer's websockets
 
 
-def _chromium_or_skip() -> None:
-    from qwenproxy.runtime.chromium import find_chrome
-
-    try:
-        find_chrome()
-    except FileNotFoundError:
-        pytest.skip("Chromium is not installed")
-
-
 @pytest.fixture
 def app(tmp_path, fake_qwen):
-    _chromium_or_skip()
+    if not chromium_available():
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
     application = create_app(app_config(tmp_path, fake_qwen, QWEN_TOKEN=""))
     yield application
     application.extensions["providers"].close()

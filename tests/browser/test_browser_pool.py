@@ -33,13 +33,11 @@ import requests
 from qwenproxy import create_app
 from qwenproxy.errors import UpstreamError
 from qwenproxy.qwen.browser_transport import BrowserTransport
-from qwenproxy.runtime.chromium import find_chrome
 from tests.conftest import ROOT, Gunicorn, LiveServer, app_config, marked_chromium
 from tests.fakes.qwen_web import FakeQwen
+from tests.helpers import chromium_available
 
-try:
-    find_chrome()
-except FileNotFoundError:  # pragma: no cover - CI installs it (scripts/setup.sh)
+if not chromium_available():  # pragma: no cover - CI installs it (scripts/setup.sh)
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 

@@ -24,10 +24,9 @@ import pytest
 
 from qwenproxy.runtime import chromium
 from tests.conftest import ROOT
+from tests.helpers import chromium_available
 
-try:
-    chromium.find_chrome()
-except FileNotFoundError:  # pragma: no cover - CI installs it (scripts/setup.sh)
+if not chromium_available():  # pragma: no cover - CI installs it (scripts/setup.sh)
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 pytestmark = pytest.mark.filterwarnings("ignore:remove loop argument:DeprecationWarning")

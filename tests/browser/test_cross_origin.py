@@ -6,22 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 import requests
 
-from qwenproxy.runtime.chromium import find_chrome, launch
+from qwenproxy.runtime.chromium import launch
 from tests.fakes.server import BackgroundServer
+from tests.helpers import requires_chromium
 
-
-def _chromium_available() -> bool:
-    try:
-        find_chrome()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _chromium_available(), reason="Chromium is not installed")
+pytestmark = requires_chromium
 
 ATTACK = """async (gateway, chatId) => {
     const out = {};

@@ -13,6 +13,7 @@ from qwenproxy.accounts.pool import GUEST_ID
 from tests.browser.test_browser_pool import PoolProcess, alive, wait_until
 from tests.conftest import app_config
 from tests.fakes.qwen_web import FakeQwen
+from tests.helpers import requires_chromium
 
 pytest.importorskip("pyppeteer")
 
@@ -31,13 +32,8 @@ def guest_site() -> Iterator[FakeQwen]:
         server.stop()
 
 
+@requires_chromium
 def test_a_fresh_install_chats_as_a_guest_through_the_browser_pool(tmp_path, guest_site) -> None:
-    from qwenproxy.runtime.chromium import find_chrome
-
-    try:
-        find_chrome()
-    except FileNotFoundError:
-        pytest.skip("Chromium is not installed")
     pool = PoolProcess(guest_site.url)
     application = None
     try:

@@ -6,21 +6,12 @@ import asyncio
 import struct
 from pathlib import Path
 
-import pytest
 import requests
 
-from qwenproxy.runtime.chromium import find_chrome, launch
+from qwenproxy.runtime.chromium import launch
+from tests.helpers import requires_chromium
 
-
-def _chromium_available() -> bool:
-    try:
-        find_chrome()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _chromium_available(), reason="Chromium is not installed")
+pytestmark = requires_chromium
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
