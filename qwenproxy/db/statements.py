@@ -59,7 +59,10 @@ def _with_defaults(model: type[Model], values: dict[str, Any]) -> dict[str, Any]
 def insert(model: type[Model], /, **values: Any) -> Any:
     """``model.insert(**values).execute()`` with the model's defaults filled in: the new row's
     primary key (the given one for a model whose key is not generated)."""
-    values = _with_defaults(model, values)
+    return _insert(model, _with_defaults(model, values))
+
+
+def _insert(model: type[Model], values: dict[str, Any]) -> Any:
     sql, fields = _insert_sql(model, tuple(values))
     cursor = database.execute_sql(sql, [f.db_value(values[f.name]) for f in fields])
     pk = model._meta.primary_key
@@ -74,8 +77,7 @@ def create(model: type[M], /, **values: Any) -> M:
     """``model.create(**values)``: the saved instance, its generated key set. The class is
     positional-only here and in ``insert``/``update``: a field may be called ``model``."""
     values = _with_defaults(model, values)
-    key = insert(model, **values)
-    values[model._meta.primary_key.name] = key
+    values[model._meta.primary_key.name] = _insert(model, values)
     row = model(__no_default__=1, **values)
     row._dirty.clear()
     return row
