@@ -224,7 +224,8 @@ def test_health_answers_while_a_generation_runs(worker: Worker) -> None:
 
 
 def test_closing_the_stream_cancels_at_the_next_token(worker: Worker) -> None:
-    resp = requests.post(worker.url + "/v1/stream", json=greedy(LONG), stream=True, timeout=30)
+    body = {**greedy(LONG), "id": "closed-one"}
+    resp = requests.post(worker.url + "/v1/stream", json=body, stream=True, timeout=30)
     pieces = resp.iter_lines(chunk_size=None)
     for _ in range(6):
         next(pieces)
@@ -233,8 +234,7 @@ def test_closing_the_stream_cancels_at_the_next_token(worker: Worker) -> None:
     while requests.get(worker.url + "/health", timeout=2).json()["active"]:
         assert time.monotonic() < deadline, "generation still running after the client left"
         time.sleep(0.05)
-    log = worker.log.read_text(errors="replace")
-    last = [line for line in log.splitlines() if "completion tokens" in line][-1]
+    last = _summary_line(worker, "closed-one")
     assert "cancelled" in last
     assert int(last.split("+ ")[1].split(" completion")[0]) < LONG // 2
 
@@ -264,8 +264,17 @@ def _text(lines: list[dict]) -> str:
     return "".join(x["text"] for x in lines if x["type"] == "text")
 
 
-def _last_log_line(worker: Worker, rid: str) -> str:
-    return [line for line in worker.log.read_text(errors="replace").splitlines() if f"{rid}: " in line][-1]
+def _summary_line(worker: Worker, rid: str, timeout: float = 10.0) -> str:
+    """The worker's summary line of request ``rid``. Its handler thread writes it after the
+    scheduler has let the request go (``/health`` may say idle first): waited for."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = worker.log.read_text(errors="replace").splitlines()
+        found = [line for line in log if f"{rid}: " in line and "completion tokens" in line]
+        if found:
+            return found[-1]
+        assert time.monotonic() < deadline, f"no summary line for {rid} in the worker's log"
+        time.sleep(0.05)
 
 
 def test_concurrent_streams_decode_together(worker: Worker) -> None:
@@ -283,7 +292,7 @@ def test_concurrent_streams_decode_together(worker: Worker) -> None:
     finally:
         resp.close()
     wait_idle(worker.url)
-    last = _last_log_line(worker, "long-one")
+    last = _summary_line(worker, "long-one")
     assert "cancelled" in last  # the long one was still decoding when the joined one ended
 
 
